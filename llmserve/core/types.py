@@ -1,0 +1,100 @@
+"""Request and response types that cross from the frontends into the server core.
+
+Frontends build an InferenceRequest, hand it to InferenceServer.infer(), and read
+InferenceResponse objects back. Tensors are numpy arrays; BYTES tensors are object
+arrays of `bytes`; BF16 tensors hold float32 values (numpy has no bfloat16) and are
+converted at the wire edge.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from llmserve.core.errors import ServerError
+
+
+@dataclass(slots=True)
+class Tensor:
+    name: str
+    datatype: str  # API name: FP32, BYTES, ...
+    data: np.ndarray  # already shaped
+
+    @property
+    def shape(self) -> list[int]:
+        return list(self.data.shape)
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    binary_data: bool = False  # HTTP only: return in the binary section
+    classification: int = 0  # top-k classification extension, 0 = off
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+class CancellationToken:
+    """Set by a frontend when the client goes away; read by schedulers and backends."""
+
+    __slots__ = ("_event", "_callbacks", "_lock")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._callbacks: list = []
+        self._lock = threading.Lock()
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            cb()
+
+    def is_cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def add_callback(self, cb) -> None:
+        """Run cb() once on cancel (at once if already cancelled)."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(cb)
+                return
+        cb()
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    model_name: str
+    inputs: dict[str, Tensor]
+    model_version: int = -1  # -1: pick by the model's version policy (highest ready)
+    id: str = ""
+    requested_outputs: list[RequestedOutput] | None = None  # None: all outputs
+    parameters: dict[str, Any] = field(default_factory=dict)
+    correlation_id: int | str = 0
+    flags: int = 0  # sequence START=1 / END=2
+    priority: int = 0
+    timeout_us: int = 0  # 0: none; queue timeout per the model's queue policy
+    cancel: CancellationToken = field(default_factory=CancellationToken)
+    arrival_ns: int = 0
+
+
+@dataclass(slots=True)
+class InferenceResponse:
+    model_name: str
+    model_version: int
+    id: str = ""
+    outputs: list[Tensor] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    error: ServerError | None = None
+    final: bool = True  # decoupled streams: False until the last response
+
+    def output(self, name: str) -> Tensor | None:
+        for t in self.outputs:
+            if t.name == name:
+                return t
+        return None
