@@ -1,0 +1,288 @@
+"""The tensorrt_llm model's config.pbtxt parameters, read into an ExecutorConfig.
+
+A parameter that is missing, empty or still its literal `${...}` placeholder is unset and
+takes its default. INEFFECTIVE_PARAMETERS lists, in one place, every parameter that has
+no effect on llmserve's engine; setting one logs a warning at load (README lists them).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmserve.core.errors import InvalidArgument, Unsupported
+from llmserve.llm.config import (
+    BatchingType,
+    CapacitySchedulerPolicy,
+    ExecutorConfig,
+    KvCacheConfig,
+    PeftCacheConfig,
+    SchedulerConfig,
+    SpeculativeDecodingConfig,
+)
+
+logger = logging.getLogger(__name__)
+
+_PLACEHOLDER = re.compile(r"^\$\{?\w*\}?$")
+
+# Parameter -> why it has no effect here. Setting one (to anything but its harmless
+# template default) logs a warning at load.
+INEFFECTIVE_PARAMETERS: dict[str, str] = {
+    "participant_ids": "orchestrator/MPI mode does not exist: one process owns the engine",
+    "recv_poll_period_ms": "orchestrator mode does not exist",
+    "executor_worker_path": "no separate executor worker process is spawned",
+    "FORCE_CPU_ONLY_INPUT_TENSORS": "input tensors are always host numpy arrays",
+    "cross_kv_cache_fraction": "encoder-decoder models are not supported",
+    "kv_cache_onboard_blocks": "no host KV offload tier to onboard blocks from",
+    "gpu_weights_percent": "weights are never streamed from host memory",
+    "lora_prefetch_dir": "LoRA adapters are not prefetched from disk",
+    "lookahead_window_size": "lookahead decoding is not implemented",
+    "lookahead_ngram_size": "lookahead decoding is not implemented",
+    "lookahead_verification_set_size": "lookahead decoding is not implemented",
+    "medusa_choices": "Medusa heads are not supported",
+    "eagle_choices": "EAGLE heads are not supported",
+    "enable_context_fmha_fp32_acc": "attention is PyTorch SDPA, no FMHA kernel option",
+    "multi_block_mode": "attention is PyTorch SDPA, no multi-block kernel option",
+    "cuda_graph_mode": "the PyTorch engine does not capture CUDA graphs",
+    "cuda_graph_cache_size": "the PyTorch engine does not capture CUDA graphs",
+    "guided_decoding_backend": "guided decoding is not implemented",
+    "xgrammar_tokenizer_info_path": "guided decoding is not implemented",
+}
+
+# Values of INEFFECTIVE_PARAMETERS that mean "off" and need no warning.
+_HARMLESS = {
+    "FORCE_CPU_ONLY_INPUT_TENSORS": {"no", "false", "0"},
+    "executor_worker_path": {"/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"},
+    "gpu_weights_percent": {"1", "1.0"},
+    "multi_block_mode": {"true", "1", "yes"},
+    "cuda_graph_mode": {"false", "0", "no"},
+    "cuda_graph_cache_size": {"0"},
+    "enable_context_fmha_fp32_acc": {"false", "0", "no"},
+    "kv_cache_onboard_blocks": {"true", "1", "yes"},
+    "guided_decoding_backend": {"none"},
+}
+
+_LORA_KEYS = (
+    "lora_cache_optimal_adapter_size",
+    "lora_cache_max_adapter_size",
+    "lora_cache_gpu_memory_fraction",
+    "lora_cache_host_memory_bytes",
+)
+_DECODING_MODES = {"top_k", "top_p", "top_k_top_p", "beam_search", "auto"}
+_UNSUPPORTED_DECODING_MODES = {"medusa", "redrafter", "lookahead", "eagle", "explicit_draft_tokens"}
+
+
+def is_unset(value: str | None) -> bool:
+    return value is None or value.strip() == "" or bool(_PLACEHOLDER.match(value.strip()))
+
+
+def parse_bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "1", "yes", "on"):
+        return True
+    if v in ("false", "0", "no", "off"):
+        return False
+    raise InvalidArgument(f"parameter '{name}': expected true or false, got '{value}'")
+
+
+@dataclass(slots=True)
+class BackendSettings:
+    """Everything the backend needs beyond the ExecutorConfig."""
+
+    engine_dir: Path
+    executor_config: ExecutorConfig
+    exclude_input_in_output: bool = False
+    cancellation_check_period_ms: int = 100
+    stats_check_period_ms: int = 100
+    decoding_mode: str | None = None  # top_k | top_p | top_k_top_p | beam_search
+    tokenizer_dir: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Params:
+    def __init__(self, raw: dict[str, str]):
+        self.raw = raw
+
+    def get(self, name: str) -> str | None:
+        value = self.raw.get(name)
+        return None if is_unset(value) else value.strip()
+
+    def as_int(self, name: str, default: int | None = None) -> int | None:
+        v = self.get(name)
+        if v is None:
+            return default
+        try:
+            return int(v)
+        except ValueError:
+            raise InvalidArgument(f"parameter '{name}': expected an integer, got '{v}'") from None
+
+    def as_float(self, name: str, default: float | None = None) -> float | None:
+        v = self.get(name)
+        if v is None:
+            return default
+        try:
+            return float(v)
+        except ValueError:
+            raise InvalidArgument(f"parameter '{name}': expected a number, got '{v}'") from None
+
+    def as_bool(self, name: str, default: bool) -> bool:
+        v = self.get(name)
+        return default if v is None else parse_bool(name, v)
+
+
+def _resolve_path(value: str, model_dir: Path | None) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_absolute() and model_dir is not None and not path.exists():
+        candidate = model_dir / path
+        if candidate.exists():
+            return candidate
+    return path
+
+
+def _policy(value: str | None) -> CapacitySchedulerPolicy:
+    if value is None:
+        return CapacitySchedulerPolicy.GUARANTEED_NO_EVICT
+    try:
+        return CapacitySchedulerPolicy(value.lower())
+    except ValueError:
+        raise InvalidArgument(
+            f"parameter 'batch_scheduler_policy': expected max_utilization or "
+            f"guaranteed_no_evict, got '{value}'"
+        ) from None
+
+
+def _batching(value: str | None) -> BatchingType:
+    if value is None or value.lower() in ("inflight_fused_batching", "inflight_batching"):
+        return BatchingType.INFLIGHT
+    if value.lower() in ("v1", "static"):
+        return BatchingType.STATIC
+    raise InvalidArgument(
+        f"parameter 'gpt_model_type' (batching_strategy): expected inflight_fused_batching "
+        f"or V1, got '{value}'"
+    )
+
+
+def _device(p: _Params) -> str | None:
+    explicit = p.get("engine_device")
+    ids = p.get("gpu_device_ids")
+    if ids is None:
+        return explicit
+    first_instance = ids.split(";")[0]
+    devices = [d.strip() for d in first_instance.split(",") if d.strip()]
+    if len(devices) > 1 or ";" in ids:
+        logger.warning(
+            "gpu_device_ids '%s': tensor/pipeline parallelism and per-instance devices are not "
+            "supported; the model runs on GPU %s only",
+            ids,
+            devices[0] if devices else "0",
+        )
+    if explicit is not None:
+        return explicit
+    return f"cuda:{devices[0]}" if devices else None
+
+
+def _attention_window(p: _Params) -> list[int] | int | None:
+    v = p.get("max_attention_window_size")
+    if v is None:
+        return None
+    try:
+        values = [int(x) for x in v.replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise InvalidArgument(
+            f"parameter 'max_attention_window_size': expected integers, got '{v}'"
+        ) from None
+    return values[0] if len(values) == 1 else values
+
+
+def _warn_ineffective(p: _Params) -> list[str]:
+    warnings = []
+    for name, why in INEFFECTIVE_PARAMETERS.items():
+        value = p.get(name)
+        if value is None or value.lower() in _HARMLESS.get(name, set()):
+            continue
+        msg = f"parameter '{name}' = '{value}' has no effect on llmserve's engine: {why}"
+        logger.warning(msg)
+        warnings.append(msg)
+    return warnings
+
+
+def read_settings(
+    raw: dict[str, str], *, max_queue_size: int = 0, model_dir: Path | None = None
+) -> BackendSettings:
+    """Build the executor settings from the tensorrt_llm model's parameters."""
+    p = _Params(raw)
+    engine = p.get("gpt_model_path") or p.get("engine_dir")
+    if engine is None:
+        raise InvalidArgument(
+            "parameter 'gpt_model_path' (engine_dir) must name a Hugging Face checkpoint folder"
+        )
+    engine_dir = _resolve_path(engine, model_dir)
+    if not engine_dir.is_dir():
+        raise InvalidArgument(f"parameter 'gpt_model_path': '{engine_dir}' is not a folder")
+    if p.get("encoder_model_path") is not None:
+        raise Unsupported("encoder-decoder models (encoder_engine_dir) are not supported")
+
+    decoding_mode = p.get("decoding_mode")
+    if decoding_mode is not None:
+        decoding_mode = decoding_mode.lower()
+        if decoding_mode in _UNSUPPORTED_DECODING_MODES:
+            raise Unsupported(f"decoding_mode '{decoding_mode}' is not supported")
+        if decoding_mode not in _DECODING_MODES:
+            raise InvalidArgument(f"parameter 'decoding_mode': unknown mode '{decoding_mode}'")
+        if decoding_mode == "auto":
+            decoding_mode = None
+
+    fast_logits = p.as_bool("speculative_decoding_fast_logits", False)
+    lora = None
+    if any(p.get(k) is not None for k in _LORA_KEYS):
+        lora = PeftCacheConfig(
+            optimal_adapter_size=p.as_int("lora_cache_optimal_adapter_size", 8),
+            max_adapter_size=p.as_int("lora_cache_max_adapter_size", 64),
+            device_cache_percent=p.as_float("lora_cache_gpu_memory_fraction", 0.05),
+            host_cache_size=p.as_int("lora_cache_host_memory_bytes", None),
+        )
+    config = ExecutorConfig(
+        max_beam_width=p.as_int("max_beam_width", 1),
+        scheduler_config=SchedulerConfig(
+            capacity_scheduler_policy=_policy(p.get("batch_scheduler_policy"))
+        ),
+        kv_cache_config=KvCacheConfig(
+            enable_block_reuse=p.as_bool("enable_kv_cache_reuse", False),
+            max_tokens=p.as_int("max_tokens_in_paged_kv_cache", None),
+            free_gpu_memory_fraction=p.as_float("kv_cache_free_gpu_mem_fraction", 0.9),
+            host_cache_size=p.as_int("kv_cache_host_memory_bytes", None),
+            max_attention_window=_attention_window(p),
+            sink_token_length=p.as_int("sink_token_length", None),
+        ),
+        enable_chunked_context=p.as_bool("enable_chunked_context", False),
+        max_batch_size=p.as_int("engine_max_batch_size", None),
+        max_num_tokens=p.as_int("engine_max_num_tokens", None),
+        max_queue_size=max_queue_size if max_queue_size > 0 else None,
+        batching_type=_batching(p.get("gpt_model_type")),
+        lora_config=lora,
+        speculative_decoding_config=(
+            SpeculativeDecodingConfig(fast_logits=True) if fast_logits else None
+        ),
+        iter_stats_max_iterations=p.as_int("iter_stats_max_iterations", 1000),
+        request_stats_max_iterations=p.as_int("request_stats_max_iterations", 0),
+        normalize_log_probs=p.as_bool("normalize_log_probs", True),
+        tokens_per_block=p.as_int("engine_kv_block_size", 32),
+        device=_device(p),
+        dtype=p.get("engine_dtype") or "auto",
+    )
+    if decoding_mode == "beam_search" and config.max_beam_width < 2:
+        logger.warning("decoding_mode beam_search with max_beam_width 1 decodes greedily")
+    config.validate()
+    tokenizer = p.get("tokenizer_dir")
+    return BackendSettings(
+        engine_dir=engine_dir,
+        executor_config=config,
+        exclude_input_in_output=p.as_bool("exclude_input_in_output", False),
+        cancellation_check_period_ms=p.as_int("cancellation_check_period_ms", 100),
+        stats_check_period_ms=p.as_int("stats_check_period_ms", 100),
+        decoding_mode=decoding_mode,
+        tokenizer_dir=_resolve_path(tokenizer, model_dir) if tokenizer else None,
+        warnings=_warn_ineffective(p),
+    )

@@ -1,0 +1,80 @@
+"""llmserve.llm Result -> the tensorrt_llm model's output tensors.
+
+Each response covers one batch item (batch_index says which) and one sequence
+(sequence_index); tensors get a leading batch dim of 1 when the model is batched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llmserve.backends.tensorrtllm.request_mapping import ItemOptions
+from llmserve.llm.request import Result
+
+
+def _pad(rows: list[list], fill, dtype) -> np.ndarray:
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), width), fill, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _logits(value) -> np.ndarray:
+    return value.detach().to("cpu").float().numpy()
+
+
+def result_tensors(
+    result: Result,
+    options: ItemOptions,
+    *,
+    output_ids: list[list[int]] | None = None,
+    pad_id: int = 0,
+    num_output_tokens: int = 0,
+) -> dict[str, np.ndarray]:
+    """Output tensors without the batch dim. output_ids overrides result.output_token_ids
+    (the backend passes the tokens it releases after UTF-8 hold-back); num_output_tokens
+    is the sequence's generated-token count so far."""
+    beams = result.output_token_ids if output_ids is None else output_ids
+    out: dict[str, np.ndarray] = {
+        "output_ids": _pad(beams, pad_id, np.int32),
+        "sequence_length": np.array([len(b) for b in beams], dtype=np.int32),
+        "batch_index": np.array([options.batch_index], dtype=np.int32),
+        "sequence_index": np.array([result.sequence_index], dtype=np.int32),
+    }
+    if options.return_log_probs:
+        cum = result.cum_log_probs or [0.0] * len(beams)
+        out["cum_log_probs"] = np.array(cum, dtype=np.float32)
+        out["output_log_probs"] = _pad(result.log_probs or [[] for _ in beams], 0.0, np.float32)
+    if options.return_context_logits and result.context_logits is not None:
+        out["context_logits"] = _logits(result.context_logits)
+    if options.return_generation_logits and result.generation_logits is not None:
+        out["generation_logits"] = _logits(result.generation_logits)
+    metrics = result.request_perf_metrics
+    if options.return_perf_metrics and metrics is not None:
+        kv, timing, spec = (
+            metrics.kv_cache_metrics,
+            metrics.timing_metrics,
+            metrics.speculative_decoding,
+        )
+        out.update(
+            kv_cache_alloc_new_blocks=np.array([kv.num_new_allocated_blocks], np.int32),
+            kv_cache_reused_blocks=np.array([kv.num_reused_blocks], np.int32),
+            kv_cache_alloc_total_blocks=np.array([kv.num_total_allocated_blocks], np.int32),
+            arrival_time_ns=np.array([timing.arrival_time], np.int64),
+            first_scheduled_time_ns=np.array([timing.first_scheduled_time], np.int64),
+            first_token_time_ns=np.array([timing.first_token_time], np.int64),
+            last_token_time_ns=np.array([timing.last_token_time], np.int64),
+            acceptance_rate=np.array([spec.acceptance_rate], np.float32),
+            total_accepted_draft_tokens=np.array([spec.total_accepted_draft_tokens], np.int32),
+            total_draft_tokens=np.array([spec.total_draft_tokens], np.int32),
+        )
+    if options.return_num_input_tokens:
+        out["num_input_tokens"] = np.array([options.num_input_tokens], np.int32)
+    if options.return_num_output_tokens:
+        out["num_output_tokens"] = np.array([num_output_tokens], np.int32)
+    return out
+
+
+def add_batch_dim(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: value[None, ...] for name, value in tensors.items()}

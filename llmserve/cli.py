@@ -1,0 +1,314 @@
+"""The `llmserve` command: `llmserve serve` with tritonserver's flags (parsed into
+ServerOptions, then llmserve.server.run_server) and `llmserve config show`, which prints
+a model's completed configuration as the HTTP config endpoint returns it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from llmserve.core.errors import ServerError
+from llmserve.options import ServerOptions
+
+log = logging.getLogger("llmserve")
+
+_TRUE = {"true", "1", "yes", "on", "t", "y"}
+_FALSE = {"false", "0", "no", "off", "f", "n"}
+
+# tritonserver flags accepted so existing launch scripts keep working; they change nothing.
+IGNORED_FLAGS = (
+    "--allow-gpu-metrics", "--allow-cpu-metrics", "--allow-sagemaker", "--allow-vertex-ai",
+    "--pinned-memory-pool-byte-size", "--cuda-memory-pool-byte-size",
+    "--min-supported-compute-capability", "--id", "--backend-directory",
+    "--repoagent-directory", "--buffer-manager-thread-count", "--trace-config",
+    "--metrics-interval-ms", "--metrics-config", "--http-thread-count",
+    "--grpc-infer-allocation-pool-size", "--host-policy", "--response-cache-byte-size",
+    "--model-namespacing", "--log-format",
+)
+
+
+def parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got '{text}'")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got '{text}'")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got '{text}'")
+    return value
+
+
+def parse_backend_config(text: str) -> tuple[str, str, str]:
+    """'[BACKEND,]KEY=VALUE' -> (backend or "", key, value)."""
+    head, eq, value = text.partition("=")
+    if not eq:
+        raise argparse.ArgumentTypeError(
+            f"--backend-config expects [BACKEND,]KEY=VALUE, got '{text}'")
+    backend, comma, key = head.partition(",")
+    if not comma:
+        backend, key = "", head
+    if not key.strip():
+        raise argparse.ArgumentTypeError(f"--backend-config '{text}' has an empty setting name")
+    return backend.strip(), key.strip(), value
+
+
+def parse_rate_limit_resource(text: str) -> tuple[str, int, int | None]:
+    """'NAME:COUNT[:DEVICE]' -> (name, count, device or None)."""
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3) or not parts[0]:
+            raise ValueError
+        count = int(parts[1])
+        device = int(parts[2]) if len(parts) == 3 else None
+        if count < 0 or (device is not None and device < 0):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--rate-limit-resource expects NAME:COUNT[:DEVICE], got '{text}'") from None
+    return parts[0], count, device
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-repository", "--model-store", dest="model_repositories",
+                   action="append", type=Path, default=[], metavar="PATH",
+                   help="model repository root (repeatable)")
+    p.add_argument("--model-config-name", metavar="NAME",
+                   help="use configs/NAME.pbtxt where a model has it")
+    p.add_argument("--disable-auto-complete-config", action="store_true",
+                   help="no backend auto-complete (instance_group is still filled)")
+    p.add_argument("--strict-model-config", type=parse_bool, metavar="BOOL",
+                   help="deprecated tritonserver spelling: true = --disable-auto-complete-config")
+    p.add_argument("--backend-config", action="append", type=parse_backend_config, default=[],
+                   metavar="[BACKEND,]KEY=VALUE",
+                   help="backend setting, e.g. default-max-batch-size=8 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmserve", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve model repositories (tritonserver flags)")
+    _add_config_flags(serve)
+    serve.add_argument("--model-control-mode", choices=["none", "poll", "explicit"],
+                       default="none")
+    serve.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                       help="model to load at start-up in explicit mode ('*' = all)")
+    serve.add_argument("--repository-poll-secs", type=_seconds, default=15.0)
+    for flag, default in (("--exit-on-error", True), ("--strict-readiness", True),
+                          ("--allow-http", True), ("--allow-grpc", True),
+                          ("--allow-metrics", True)):
+        serve.add_argument(flag, type=parse_bool, nargs="?", const=True, default=default,
+                           metavar="BOOL")
+    serve.add_argument("--http-address", default="0.0.0.0")
+    serve.add_argument("--http-port", type=_port, default=8000)
+    serve.add_argument("--grpc-address", default="0.0.0.0")
+    serve.add_argument("--grpc-port", type=_port, default=8001)
+    serve.add_argument("--metrics-address", default="0.0.0.0")
+    serve.add_argument("--metrics-port", type=_port, default=8002)
+    serve.add_argument("--http-max-input-size", type=_positive_int, default=64 * 1024 * 1024,
+                       help="largest HTTP request body in bytes")
+    serve.add_argument("--log-verbose", type=_positive_int, default=0)
+    for flag in ("--log-info", "--log-warning", "--log-error"):
+        serve.add_argument(flag, type=parse_bool, nargs="?", const=True, default=True,
+                           metavar="BOOL")
+    serve.add_argument("--log-file", type=Path, help="also write the log to this file")
+    serve.add_argument("--cache-config", action="append", default=[],
+                       metavar="CACHE,KEY=VALUE", help="e.g. local,size=1048576")
+    serve.add_argument("--rate-limit", choices=["off", "execution_count"], default="off")
+    serve.add_argument("--rate-limit-resource", action="append", default=[],
+                       type=parse_rate_limit_resource, metavar="NAME:COUNT[:DEVICE]")
+    serve.add_argument("--model-load-thread-count", type=_positive_int, default=4)
+    serve.add_argument("--exit-timeout-secs", type=_seconds, default=30.0)
+    for flag in IGNORED_FLAGS:
+        serve.add_argument(flag, dest="ignored_" + flag[2:].replace("-", "_"),
+                           action="append", metavar="VALUE", help=argparse.SUPPRESS)
+
+    config = sub.add_parser("config", help="model configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print a model's completed configuration")
+    _add_config_flags(show)
+    show.add_argument("--format", choices=["json", "pbtxt"], default="json")
+    show.add_argument("model", metavar="MODEL")
+    return parser
+
+
+def _parse_cache_config(items: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        cache, comma, setting = item.partition(",")
+        key, eq, value = setting.partition("=")
+        if not comma or not eq or not cache or not key:
+            parser.error(f"--cache-config expects CACHE,KEY=VALUE, got '{item}'")
+        if out.get("cache", cache) != cache:
+            parser.error(f"--cache-config names two caches: {out['cache']} and {cache}")
+        out["cache"] = cache
+        out[key] = value
+    return out
+
+
+def _base_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ServerOptions:
+    from llmserve.repository.files import check_config_name
+
+    if not args.model_repositories:
+        parser.error("at least one --model-repository is required")
+    if args.model_config_name is not None:
+        try:
+            check_config_name(args.model_config_name)
+        except ServerError as e:
+            parser.error(str(e))
+    backend_config: dict[str, dict[str, str]] = {}
+    for backend, key, value in args.backend_config:
+        backend_config.setdefault(backend, {})[key] = value
+    options = ServerOptions(
+        model_repositories=list(args.model_repositories),
+        model_config_name=args.model_config_name,
+        disable_auto_complete_config=args.disable_auto_complete_config,
+        backend_config=backend_config,
+    )
+    if args.strict_model_config is not None:
+        options.disable_auto_complete_config = (args.strict_model_config
+                                                or args.disable_auto_complete_config)
+    try:
+        options.default_max_batch_size()
+    except ValueError:
+        parser.error("--backend-config default-max-batch-size must be an integer")
+    return options
+
+
+def parse_serve_args(argv: list[str]) -> ServerOptions:
+    """Options of `llmserve serve ARGV...` (argv without the "serve" word)."""
+    parser = build_parser()
+    args = parser.parse_args(["serve", *argv])
+    return _serve_options(args, parser)
+
+
+def _serve_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ServerOptions:
+    options = _base_options(args, parser)
+    options.model_control_mode = args.model_control_mode
+    options.load_models = list(args.load_model)
+    options.repository_poll_secs = args.repository_poll_secs
+    options.exit_on_error = args.exit_on_error
+    options.strict_readiness = args.strict_readiness
+    options.http_address, options.http_port = args.http_address, args.http_port
+    options.grpc_address, options.grpc_port = args.grpc_address, args.grpc_port
+    options.metrics_address, options.metrics_port = args.metrics_address, args.metrics_port
+    options.allow_http, options.allow_grpc = args.allow_http, args.allow_grpc
+    options.allow_metrics = args.allow_metrics
+    options.log_verbose = args.log_verbose
+    options.cache_config = _parse_cache_config(args.cache_config, parser)
+    options.rate_limit = args.rate_limit
+    options.rate_limit_resources = list(args.rate_limit_resource)
+    options.model_load_thread_count = max(1, args.model_load_thread_count)
+    options.exit_timeout_secs = args.exit_timeout_secs
+    options.http_max_body_bytes = args.http_max_input_size
+    return options
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    level = logging.INFO
+    if getattr(args, "log_verbose", 0) > 0:
+        level = logging.DEBUG
+    elif not getattr(args, "log_info", True):
+        level = logging.WARNING if getattr(args, "log_warning", True) else logging.ERROR
+        if not getattr(args, "log_error", True) and not getattr(args, "log_warning", True):
+            level = logging.CRITICAL
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if getattr(args, "log_file", None):
+        handlers.append(logging.FileHandler(args.log_file))
+    logging.basicConfig(level=level, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+
+
+def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    options = _serve_options(args, parser)
+    setup_logging(args)
+    for name, value in sorted(vars(args).items()):
+        if name.startswith("ignored_") and value:
+            flag = "--" + name[len("ignored_"):].replace("_", "-")
+            log.warning("%s is accepted for tritonserver compatibility and has no effect in "
+                        "llmserve", flag)
+    if options.load_models and options.model_control_mode != "explicit":
+        log.warning("--load-model only applies with --model-control-mode=explicit; ignored")
+    from llmserve.server import run_server
+
+    return int(run_server(options) or 0)
+
+
+def _config_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from llmserve.config.parse import config_to_json_dict, config_to_text
+    from llmserve.repository import (
+        find_model,
+        load_model_config,
+        model_file_path,
+        select_versions,
+    )
+
+    options = _base_options(args, parser)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        model_dir = find_model(options.model_repositories, args.model)
+        if model_dir is None:
+            roots = ", ".join(str(r) for r in options.model_repositories)
+            print(f"error: model '{args.model}' not found in model repository {roots}",
+                  file=sys.stderr)
+            return 1
+        config = load_model_config(model_dir, options)
+        for version in select_versions(model_dir, config):
+            model_file_path(model_dir, version, config)
+    except ServerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug of ours: still one line, the traceback only at debug level
+        log.debug("config show failed", exc_info=True)
+        print(f"error: internal error while resolving model '{args.model}': "
+              f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    if args.format == "pbtxt":
+        sys.stdout.write(config_to_text(config))
+    else:
+        print(json.dumps(config_to_json_dict(config), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args, parser)
+    return _config_show(args, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Backend-side auto-complete for Python models: call the model's static
+TritonPythonModel.auto_complete_config(cfg) with a pb_utils.ModelConfig and take the
+config it returns. Models without that method are never imported here.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import itertools
+import sys
+import threading
+import traceback
+from pathlib import Path
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from llmserve.config.errors import ConfigError
+from llmserve.config.parse import config_to_json_dict, parse_config_json
+
+_lock = threading.Lock()
+_counter = itertools.count()
+
+
+def defines_auto_complete(model_file: Path) -> bool:
+    """Whether model.py's TritonPythonModel defines auto_complete_config (read, not run)."""
+    try:
+        source = Path(model_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{model_file}: cannot read the Python model: {e}") from None
+    try:
+        tree = ast.parse(source, filename=str(model_file))
+    except SyntaxError as e:
+        raise ConfigError(f"{model_file}:{e.lineno}: syntax error: {e.msg}") from None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "TritonPythonModel":
+            return any(
+                isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and item.name == "auto_complete_config"
+                for item in node.body
+            )
+    return False
+
+
+def run_python_auto_complete(config: mc.ModelConfig, model_file: Path) -> mc.ModelConfig:
+    """Return the config completed by the model's auto_complete_config, or `config`
+    unchanged when the model does not define it."""
+    model_file = Path(model_file)
+    if not model_file.is_file():
+        raise ConfigError(f"{model_file}: Python model file not found for model "
+                          f"'{config.name}'")
+    if not defines_auto_complete(model_file):
+        return config
+    from llmserve.backends.python.model_config import ModelConfig as PbModelConfig
+
+    cfg = PbModelConfig(config_to_json_dict(config))
+    try:
+        result = _call_auto_complete(model_file, cfg)
+    except Exception as e:  # the model's own code: report it, never crash the server
+        raise ConfigError(_describe(e, model_file, config.name)) from None
+    if result is None:
+        result = cfg
+    if not isinstance(result, PbModelConfig):
+        raise ConfigError(f"{model_file}: auto_complete_config of model '{config.name}' must "
+                          f"return the pb_utils.ModelConfig it was given, got "
+                          f"{type(result).__name__}")
+    return parse_config_json(result.as_dict(),
+                             f"{model_file}: config returned by auto_complete_config")
+
+
+def _call_auto_complete(model_file: Path, cfg):
+    version_dir = str(model_file.parent)
+    module_name = f"_llmserve_autocomplete_{next(_counter)}"
+    with _lock:
+        before = set(sys.modules)
+        sys.path.insert(0, version_dir)
+        try:
+            spec = importlib.util.spec_from_file_location(module_name, model_file)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+            model_class = getattr(module, "TritonPythonModel", None)
+            if model_class is None:
+                raise AttributeError(f"{model_file.name} defines no class TritonPythonModel")
+            return model_class.auto_complete_config(cfg)
+        finally:
+            sys.path.remove(version_dir)
+            # Forget the model's own modules (helpers in its folder) so that another
+            # model's same-named helpers, or a reload, import afresh.
+            for name in set(sys.modules) - before:
+                file = getattr(sys.modules[name], "__file__", None) or ""
+                if name == module_name or file.startswith(version_dir):
+                    del sys.modules[name]
+
+
+def _describe(e: Exception, model_file: Path, model: str) -> str:
+    line = None
+    for frame in traceback.extract_tb(e.__traceback__):
+        if Path(frame.filename) == model_file:
+            line = frame.lineno
+    where = f"{model_file}:{line}" if line else str(model_file)
+    return (f"{where}: auto_complete_config of model '{model}' failed: "
+            f"{type(e).__name__}: {e}")

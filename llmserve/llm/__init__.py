@@ -1,0 +1,68 @@
+"""The LLM executor: inflight batching on a paged KV cache over the PyTorch engine.
+
+The public names mirror TensorRT-LLM's executor Python bindings (SPEC.md section 8).
+"""
+
+from llmserve.llm.config import (
+    BatchingType,
+    CapacitySchedulerPolicy,
+    ExecutorConfig,
+    KvCacheConfig,
+    ModelType,
+    PeftCacheConfig,
+    SchedulerConfig,
+    SpeculativeDecodingConfig,
+)
+from llmserve.llm.executor import Executor
+from llmserve.llm.request import (
+    ExternalDraftTokensConfig,
+    FinishReason,
+    KvCacheMetrics,
+    LoraConfig,
+    OutputConfig,
+    Request,
+    RequestPerfMetrics,
+    Response,
+    Result,
+    SamplingConfig,
+    SpeculativeDecodingMetrics,
+    TimingMetrics,
+)
+from llmserve.llm.stats import (
+    InflightBatchingStats,
+    IterationStats,
+    KvCacheStats,
+    RequestStage,
+    RequestStats,
+    RequestStatsPerIteration,
+)
+
+__all__ = [
+    "BatchingType",
+    "CapacitySchedulerPolicy",
+    "Executor",
+    "ExecutorConfig",
+    "ExternalDraftTokensConfig",
+    "FinishReason",
+    "InflightBatchingStats",
+    "IterationStats",
+    "KvCacheConfig",
+    "KvCacheMetrics",
+    "KvCacheStats",
+    "LoraConfig",
+    "ModelType",
+    "OutputConfig",
+    "PeftCacheConfig",
+    "Request",
+    "RequestPerfMetrics",
+    "RequestStage",
+    "RequestStats",
+    "RequestStatsPerIteration",
+    "Response",
+    "Result",
+    "SamplingConfig",
+    "SchedulerConfig",
+    "SpeculativeDecodingConfig",
+    "SpeculativeDecodingMetrics",
+    "TimingMetrics",
+]

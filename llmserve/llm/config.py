@@ -1,0 +1,117 @@
+"""Executor configuration types, mirroring TensorRT-LLM's executor bindings.
+
+ExecutorConfig and its parts (SchedulerConfig, KvCacheConfig, PeftCacheConfig, ...) are
+plain data; validation of values happens here, interpretation in the executor.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from llmserve.core.errors import InvalidArgument
+
+
+class ModelType(enum.Enum):
+    DECODER_ONLY = "decoder_only"
+    ENCODER_ONLY = "encoder_only"
+    ENCODER_DECODER = "encoder_decoder"
+
+
+class CapacitySchedulerPolicy(enum.Enum):
+    # admit only requests whose worst case (prompt + max_tokens) fits next to the
+    # worst cases of those already running: a started request is never paused
+    GUARANTEED_NO_EVICT = "guaranteed_no_evict"
+    # admit greedily; when blocks run out, pause the newest and recompute it later
+    MAX_UTILIZATION = "max_utilization"
+    # admit a batch only when nothing runs, then run it to completion
+    STATIC_BATCH = "static_batch"
+
+
+class BatchingType(enum.Enum):
+    INFLIGHT = "inflight"
+    STATIC = "static"  # same as CapacitySchedulerPolicy.STATIC_BATCH
+
+
+@dataclass(slots=True)
+class SchedulerConfig:
+    capacity_scheduler_policy: CapacitySchedulerPolicy = (
+        CapacitySchedulerPolicy.GUARANTEED_NO_EVICT
+    )
+
+
+@dataclass(slots=True)
+class KvCacheConfig:
+    enable_block_reuse: bool = False
+    max_tokens: int | None = None
+    free_gpu_memory_fraction: float | None = 0.9
+    host_cache_size: int | None = None
+    max_attention_window: list[int] | int | None = None
+    sink_token_length: int | None = None
+
+
+@dataclass(slots=True)
+class PeftCacheConfig:
+    """LoRA cache sizing (the executor does not apply adapters yet)."""
+
+    optimal_adapter_size: int = 8
+    max_adapter_size: int = 64
+    device_cache_percent: float | None = 0.05
+    host_cache_size: int | None = None
+
+
+@dataclass(slots=True)
+class SpeculativeDecodingConfig:
+    fast_logits: bool = False
+
+
+@dataclass(slots=True)
+class ExecutorConfig:
+    max_beam_width: int = 1
+    scheduler_config: SchedulerConfig = field(default_factory=SchedulerConfig)
+    kv_cache_config: KvCacheConfig = field(default_factory=KvCacheConfig)
+    enable_chunked_context: bool = False
+    max_batch_size: int | None = None  # None: 64
+    max_num_tokens: int | None = None  # None: 8192 tokens per step
+    max_queue_size: int | None = None  # None or <= 0: unbounded
+    max_seq_len: int | None = None  # None: the checkpoint's max_position_embeddings
+    batching_type: BatchingType = BatchingType.INFLIGHT
+    lora_config: PeftCacheConfig | None = None
+    speculative_decoding_config: SpeculativeDecodingConfig | None = None
+    iter_stats_max_iterations: int = 1000
+    request_stats_max_iterations: int = 0
+    normalize_log_probs: bool = True
+    tokens_per_block: int = 32
+    # Engine placement (TensorRT-LLM fixes these at engine build time).
+    device: str | None = None  # None: "cuda" when available, else "cpu"
+    dtype: str = "auto"
+
+    def validate(self) -> None:
+        if self.max_beam_width < 1:
+            raise InvalidArgument(f"max_beam_width must be >= 1, got {self.max_beam_width}")
+        if self.tokens_per_block < 1:
+            raise InvalidArgument(
+                f"tokens_per_block must be >= 1, got {self.tokens_per_block}"
+            )
+        if self.max_batch_size is not None and self.max_batch_size < 1:
+            raise InvalidArgument(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_num_tokens is not None and self.max_num_tokens < 1:
+            raise InvalidArgument(f"max_num_tokens must be >= 1, got {self.max_num_tokens}")
+        kv = self.kv_cache_config
+        if kv.max_tokens is not None and kv.max_tokens < 1:
+            raise InvalidArgument(f"kv_cache_config.max_tokens must be >= 1, got {kv.max_tokens}")
+        fraction = kv.free_gpu_memory_fraction
+        if fraction is not None and not 0.0 < fraction <= 1.0:
+            raise InvalidArgument(
+                f"kv_cache_config.free_gpu_memory_fraction must be in (0, 1], got {fraction}"
+            )
+
+    @property
+    def effective_policy(self) -> CapacitySchedulerPolicy:
+        if self.batching_type is BatchingType.STATIC:
+            return CapacitySchedulerPolicy.STATIC_BATCH
+        return self.scheduler_config.capacity_scheduler_policy
+
+
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_NUM_TOKENS = 8192

@@ -1,0 +1,226 @@
+"""Paged attention over the KV cache: the per-step metadata (token order, slots, block
+tables, masks) built once per forward, and the per-layer attention that writes the new
+K/V into their slots and attends over each sequence's cached context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .kv_cache import KVCache
+
+
+@dataclass(slots=True)
+class SeqChunk:
+    """One sequence's share of a step (the B -> C contract)."""
+
+    token_ids: list[int]  # tokens to run: a prefill chunk, 1 decode token, or 1 + k drafts
+    start_pos: int  # tokens of this sequence already in the KV cache
+    block_table: list[int]  # physical blocks covering [0, start_pos + len(token_ids))
+    logits: str = "last"  # "last" | "all" | "none": which rows need logits
+
+
+@dataclass(slots=True)
+class PrefillSeq:
+    """A multi-token chunk, attended on its own."""
+
+    offset: int  # first row in the step's token stream
+    length: int  # tokens in this chunk
+    context: int  # start_pos + length: keys attended by the last token
+    fresh: bool  # start_pos == 0: its keys are exactly this step's new keys
+    blocks: torch.Tensor | None  # [ceil(context / block_size)] block ids (None if fresh)
+    masks: dict[int | None, torch.Tensor | None] = field(default_factory=dict)
+    # window -> [length, context] bool (True = attend); None value = plain causal
+
+
+@dataclass(slots=True)
+class StepMetadata:
+    """Everything the layers need for one forward, built once per step. Decode chunks
+    (one token) come first in the token stream, batched; multi-token chunks follow."""
+
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    slot_mapping: torch.Tensor  # [T] cache slot of each new token
+    num_decode: int
+    decode_blocks: torch.Tensor | None  # [num_decode * max_blocks] flattened block table
+    decode_max_blocks: int
+    decode_masks: dict[int | None, torch.Tensor]  # window -> [B, 1, 1, max_blocks * bs]
+    prefills: list[PrefillSeq]
+    logit_rows: torch.Tensor | None  # rows of the stream needing logits, in chunk order
+    num_logit_rows: int
+    chunk_rows: list[int]  # first row of each chunk in the stream, in chunk order
+
+
+def _window_ok(keys: torch.Tensor, query_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    allowed = keys <= query_pos
+    if window is not None:
+        allowed &= keys > query_pos - window
+    return allowed
+
+
+def build_step(
+    chunks: list[SeqChunk],
+    block_size: int,
+    windows: set[int | None],
+    device: torch.device,
+) -> StepMetadata:
+    """Orders the chunks' tokens (decodes first), computes slots, block tables and masks."""
+    decode = [i for i, c in enumerate(chunks) if len(c.token_ids) == 1]
+    multi = [i for i, c in enumerate(chunks) if len(c.token_ids) != 1]
+    order = decode + multi
+    ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    row_of_chunk = [0] * len(chunks)
+    for i in order:
+        chunk = chunks[i]
+        row_of_chunk[i] = len(ids)
+        start, table = chunk.start_pos, chunk.block_table
+        ids.extend(chunk.token_ids)
+        end = start + len(chunk.token_ids)
+        positions.extend(range(start, end))
+        slots.extend(
+            table[p // block_size] * block_size + p % block_size for p in range(start, end)
+        )
+
+    num_decode = len(decode)
+    decode_blocks = None
+    decode_masks: dict[int | None, torch.Tensor] = {}
+    max_blocks = 0
+    if num_decode:
+        contexts = [chunks[i].start_pos + 1 for i in decode]
+        max_blocks = (max(contexts) + block_size - 1) // block_size
+        flat: list[int] = []
+        for i, ctx in zip(decode, contexts, strict=True):
+            used = (ctx + block_size - 1) // block_size
+            flat.extend(chunks[i].block_table[:used])
+            flat.extend([0] * (max_blocks - used))  # padding, masked out below
+        decode_blocks = torch.tensor(flat, dtype=torch.long).to(device, non_blocking=True)
+        keys = torch.arange(max_blocks * block_size)[None, :]
+        query_pos = torch.tensor(contexts, dtype=torch.long)[:, None] - 1
+        for window in windows:
+            mask = _window_ok(keys, query_pos, window)
+            decode_masks[window] = mask[:, None, None, :].to(device, non_blocking=True)
+
+    prefills: list[PrefillSeq] = []
+    for i in multi:
+        chunk = chunks[i]
+        n, start = len(chunk.token_ids), chunk.start_pos
+        context = start + n
+        fresh = start == 0
+        seq = PrefillSeq(row_of_chunk[i], n, context, fresh, None)
+        if not fresh:
+            used = (context + block_size - 1) // block_size
+            seq.blocks = torch.tensor(chunk.block_table[:used], dtype=torch.long).to(device)
+        keys = torch.arange(context)[None, :]
+        query_pos = torch.arange(start, context)[:, None]
+        for window in windows:
+            if fresh and (window is None or window >= context):
+                seq.masks[window] = None
+            else:
+                seq.masks[window] = _window_ok(keys, query_pos, window).to(device)
+        prefills.append(seq)
+
+    rows: list[int] = []
+    for i, chunk in enumerate(chunks):
+        n, first = len(chunk.token_ids), row_of_chunk[i]
+        if chunk.logits == "last":
+            rows.append(first + n - 1)
+        elif chunk.logits == "all":
+            rows.extend(range(first, first + n))
+    in_order = rows == list(range(len(ids)))
+    return StepMetadata(
+        input_ids=torch.tensor(ids, dtype=torch.long).to(device, non_blocking=True),
+        positions=torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True),
+        slot_mapping=torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True),
+        num_decode=num_decode,
+        decode_blocks=decode_blocks,
+        decode_max_blocks=max_blocks,
+        decode_masks=decode_masks,
+        prefills=prefills,
+        logit_rows=None if in_order else torch.tensor(rows, dtype=torch.long).to(device),
+        num_logit_rows=len(rows),
+        chunk_rows=row_of_chunk,
+    )
+
+
+def paged_attention(
+    layer: int,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cache: KVCache,
+    meta: StepMetadata,
+    scale: float,
+    window: int | None,
+) -> torch.Tensor:
+    """q: [T, Hq, D]; k, v: [T, Hkv, D] (rotated). Writes k/v into the cache, returns
+    the attention output [T, Hq, D]."""
+    k_slots, v_slots = cache.k_flat(layer), cache.v_flat(layer)
+    k_slots.index_copy_(0, meta.slot_mapping, k)
+    v_slots.index_copy_(0, meta.slot_mapping, v)
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv = k.shape[1]
+    group = num_heads // num_kv
+    if meta.num_decode == num_tokens and not meta.prefills:
+        return _decode(layer, q, cache, meta, scale, window, group)
+    out = torch.empty_like(q)
+    if meta.num_decode:
+        out[: meta.num_decode] = _decode(
+            layer, q[: meta.num_decode], cache, meta, scale, window, group
+        )
+    for seq in meta.prefills:
+        rows = slice(seq.offset, seq.offset + seq.length)
+        qs = q[rows].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, D]
+        mask = seq.masks[window]
+        if seq.fresh:
+            ks, vs = k[rows], v[rows]
+        else:
+            assert seq.blocks is not None
+            ks, vs = cache.gather_blocks(layer, seq.blocks)
+            ks, vs = ks[: seq.context], vs[: seq.context]
+        ks = ks.transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, D]
+        vs = vs.transpose(0, 1).unsqueeze(0)
+        attn = F.scaled_dot_product_attention(
+            qs,
+            ks,
+            vs,
+            attn_mask=mask,
+            is_causal=mask is None,
+            scale=scale,
+            enable_gqa=group > 1,
+        )
+        out[rows] = attn[0].transpose(0, 1)
+    return out
+
+
+def _decode(
+    layer: int,
+    q: torch.Tensor,
+    cache: KVCache,
+    meta: StepMetadata,
+    scale: float,
+    window: int | None,
+    group: int,
+) -> torch.Tensor:
+    """One query token per sequence, batched: each sequence's blocks are gathered and
+    padded to the longest context; the query heads sharing a KV head are folded into
+    the query-length axis so GQA needs no K/V repetition."""
+    batch, num_heads, head_dim = q.shape
+    num_kv = num_heads // group
+    assert meta.decode_blocks is not None
+    length = meta.decode_max_blocks * cache.block_size
+    ks, vs = cache.gather_blocks(layer, meta.decode_blocks)
+    ks = ks.view(batch, length, num_kv, head_dim)
+    vs = vs.view(batch, length, num_kv, head_dim)
+    qs = q.view(batch, num_kv, group, head_dim)
+    attn = F.scaled_dot_product_attention(
+        qs,
+        ks.transpose(1, 2),
+        vs.transpose(1, 2),
+        attn_mask=meta.decode_masks[window],
+        scale=scale,
+    )
+    return attn.reshape(batch, num_heads, head_dim)

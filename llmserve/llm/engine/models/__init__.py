@@ -1,0 +1,1 @@
+"""Model families the engine runs: one readable file per family."""

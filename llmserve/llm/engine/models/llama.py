@@ -1,0 +1,185 @@
+"""The Llama family (Llama, Mistral, Qwen2) in one file: weights fused at load (q/k/v
+into one matrix, gate/up into one), RMSNorm, rotary embeddings, paged attention and a
+SwiGLU MLP over a flat [tokens, hidden] stream with no padding."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from llmserve.core.errors import InvalidArgument
+
+from ..attention import StepMetadata, paged_attention
+from ..config import ArchConfig
+from ..kv_cache import KVCache
+from ..rope import apply_rope
+
+logger = logging.getLogger(__name__)
+
+_ACT = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+@dataclass(slots=True)
+class LayerWeights:
+    input_norm: torch.Tensor
+    qkv: torch.Tensor  # [q_size + 2 * kv_size, hidden]
+    qkv_bias: torch.Tensor | None
+    o_proj: torch.Tensor
+    o_bias: torch.Tensor | None
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    gate_up_bias: torch.Tensor | None
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+
+
+class _Loader:
+    """Takes tensors out of a checkpoint state dict, converted and moved, noting what
+    was used so leftovers can be reported."""
+
+    def __init__(self, state: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device):
+        self.state, self.dtype, self.device = state, dtype, device
+        self.used: set[str] = set()
+
+    def has(self, name: str) -> bool:
+        return name in self.state
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.state:
+            raise InvalidArgument(f"checkpoint is missing tensor '{name}'")
+        self.used.add(name)
+        return self.state[name].to(device=self.device, dtype=self.dtype).contiguous()
+
+    def opt(self, name: str) -> torch.Tensor | None:
+        return self.get(name) if name in self.state else None
+
+    def cat(self, names: list[str]) -> torch.Tensor | None:
+        present = [n for n in names if n in self.state]
+        if not present:
+            return None
+        if len(present) != len(names):
+            missing = sorted(set(names) - set(present))
+            raise InvalidArgument(f"checkpoint has some but not all of {missing}")
+        return torch.cat([self.get(n) for n in names], dim=0).contiguous()
+
+
+class LlamaModel:
+    """Decoder-only Llama-family transformer working on a paged KV cache."""
+
+    def __init__(
+        self,
+        arch: ArchConfig,
+        state: dict[str, torch.Tensor],
+        dtype: torch.dtype,
+        device: torch.device,
+    ):
+        self.arch = arch
+        self.dtype = dtype
+        self.device = device
+        self.act = _ACT[arch.hidden_act]
+        self.scale = arch.head_dim**-0.5
+        self.eps = arch.rms_norm_eps
+        load = _Loader(state, dtype, device)
+        self.embed = load.get("embed_tokens.weight")
+        if self.embed.shape != (arch.vocab_size, arch.hidden_size):
+            raise InvalidArgument(
+                f"embed_tokens.weight has shape {tuple(self.embed.shape)}, config says "
+                f"({arch.vocab_size}, {arch.hidden_size})"
+            )
+        self.layers = [self._load_layer(load, i) for i in range(arch.num_layers)]
+        self.norm = load.get("norm.weight")
+        if load.has("lm_head.weight") and not arch.tie_word_embeddings:
+            self.lm_head = load.get("lm_head.weight")
+        elif load.has("lm_head.weight") and not torch.equal(
+            state["lm_head.weight"], state["embed_tokens.weight"]
+        ):
+            # Config says tied but the checkpoint stores a distinct head: transformers
+            # would tie (and ignore it); follow transformers.
+            logger.warning("tie_word_embeddings is set; ignoring the stored lm_head.weight")
+            load.used.add("lm_head.weight")
+            self.lm_head = self.embed
+        else:
+            if not arch.tie_word_embeddings and not load.has("lm_head.weight"):
+                logger.warning("checkpoint has no lm_head.weight; tying it to embed_tokens")
+            load.used.add("lm_head.weight")
+            self.lm_head = self.embed
+        unused = sorted(set(state) - load.used)
+        if unused:
+            logger.warning("ignoring %d checkpoint tensors: %s", len(unused), unused[:8])
+        self.windows = arch.layer_windows
+        self.window_set: set[int | None] = set(self.windows)
+
+    def _load_layer(self, load: _Loader, i: int) -> LayerWeights:
+        p = f"layers.{i}."
+        attn, mlp = p + "self_attn.", p + "mlp."
+        qkv = load.cat([attn + "q_proj.weight", attn + "k_proj.weight", attn + "v_proj.weight"])
+        gate_up = load.cat([mlp + "gate_proj.weight", mlp + "up_proj.weight"])
+        assert qkv is not None and gate_up is not None
+        arch = self.arch
+        expected = (arch.q_size + 2 * arch.kv_size, arch.hidden_size)
+        if tuple(qkv.shape) != expected:
+            raise InvalidArgument(f"layer {i}: q/k/v weights {tuple(qkv.shape)} != {expected}")
+        return LayerWeights(
+            input_norm=load.get(p + "input_layernorm.weight"),
+            qkv=qkv,
+            qkv_bias=load.cat([attn + "q_proj.bias", attn + "k_proj.bias", attn + "v_proj.bias"]),
+            o_proj=load.get(attn + "o_proj.weight"),
+            o_bias=load.opt(attn + "o_proj.bias"),
+            post_norm=load.get(p + "post_attention_layernorm.weight"),
+            gate_up=gate_up,
+            gate_up_bias=load.cat([mlp + "gate_proj.bias", mlp + "up_proj.bias"]),
+            down=load.get(mlp + "down_proj.weight"),
+            down_bias=load.opt(mlp + "down_proj.bias"),
+        )
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
+        # transformers normalises in fp32, rounds to the model dtype, then scales.
+        normed = F.rms_norm(x.float(), (x.shape[-1],), None, self.eps)
+        return weight * normed.to(x.dtype)
+
+    def forward(
+        self,
+        meta: StepMetadata,
+        cache: KVCache,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> torch.Tensor:
+        """Runs every layer over the step's tokens; returns the final hidden states of
+        the rows that need logits [num_logit_rows, hidden] (after the final norm)."""
+        arch = self.arch
+        num_tokens = meta.input_ids.shape[0]
+        q_size, kv_size, head_dim = arch.q_size, arch.kv_size, arch.head_dim
+        num_qk_heads = arch.num_heads + arch.num_kv_heads
+        x = F.embedding(meta.input_ids, self.embed)
+        for i, layer in enumerate(self.layers):
+            h = self.rms_norm(x, layer.input_norm)
+            qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+            # q and k share the per-token rotation: rotate them in one op.
+            qk = qkv[:, : q_size + kv_size].view(num_tokens, num_qk_heads, head_dim)
+            qk = apply_rope(qk, cos, sin)
+            q = qk[:, : arch.num_heads]
+            k = qk[:, arch.num_heads :]
+            v = qkv[:, q_size + kv_size :].view(num_tokens, arch.num_kv_heads, head_dim)
+            o = paged_attention(i, q, k, v, cache, meta, self.scale, self.windows[i])
+            x = x + F.linear(o.reshape(num_tokens, q_size), layer.o_proj, layer.o_bias)
+            h = self.rms_norm(x, layer.post_norm)
+            gate, up = F.linear(h, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+            x = x + F.linear(self.act(gate) * up, layer.down, layer.down_bias)
+        if meta.logit_rows is not None:
+            x = x.index_select(0, meta.logit_rows)
+        return self.rms_norm(x, self.norm)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.lm_head).float()

@@ -1,0 +1,177 @@
+"""ModelRunner: loads a Hugging Face checkpoint onto a device and runs one batched
+forward per step over mixed prefill/decode chunks on a paged KV cache."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from llmserve.core.errors import InvalidArgument, NotFound, Unavailable
+
+from .attention import SeqChunk, build_step
+from .config import ArchConfig, load_arch_config, resolve_dtype
+from .kv_cache import KVCache, kv_cache_bytes_per_block
+from .models.llama import LlamaModel
+from .rope import RopeTable
+from .weights import load_state_dict, stored_dtype
+
+logger = logging.getLogger(__name__)
+
+_LOGITS_MODES = ("last", "all", "none")
+
+
+def _meminfo_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+class ModelRunner:
+    """Owns the model weights, the rope table and the KV cache tensors of one model."""
+
+    def __init__(self, model_path: str | Path, *, dtype: str = "auto", device: str = "cpu"):
+        path = Path(model_path)
+        if not path.is_dir():
+            raise NotFound(f"model folder '{path}' does not exist")
+        self.model_path = path
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise Unavailable(f"device '{device}' requested but CUDA is not available")
+        arch = load_arch_config(path)
+        if arch.checkpoint_dtype is None:
+            arch.checkpoint_dtype = stored_dtype(path)
+        arch.dtype = resolve_dtype(dtype, arch, self.device.type)
+        arch.device = str(self.device)
+        self.arch: ArchConfig = arch
+        with torch.inference_mode():
+            state = load_state_dict(path)
+            self.model = LlamaModel(arch, state, arch.dtype, self.device)
+            del state
+            self.rope = RopeTable(arch, arch.dtype, self.device)
+        self.kv_cache: KVCache | None = None
+        for window in set(arch.layer_windows) - {None}:
+            logger.info("sliding-window attention of %d tokens on some layers", window)
+        logger.info(
+            "loaded %s (%s, %d layers, hidden %d) as %s on %s",
+            path,
+            arch.model_type,
+            arch.num_layers,
+            arch.hidden_size,
+            arch.dtype,
+            self.device,
+        )
+
+    # -- KV cache ---------------------------------------------------------------------
+
+    def kv_cache_bytes_per_block(self, block_size: int) -> int:
+        a = self.arch
+        return kv_cache_bytes_per_block(
+            a.num_layers, block_size, a.num_kv_heads, a.head_dim, a.dtype
+        )
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
+        """(Re)allocates the cache; any previous cache content is dropped."""
+        a = self.arch
+        self.kv_cache = None
+        self.kv_cache = KVCache(
+            a.num_layers, num_blocks, block_size, a.num_kv_heads, a.head_dim, a.dtype, self.device
+        )
+        logger.info(
+            "KV cache: %d blocks x %d tokens, %.1f MiB",
+            num_blocks,
+            block_size,
+            self.kv_cache.nbytes() / 2**20,
+        )
+
+    @property
+    def num_blocks(self) -> int:
+        return self.kv_cache.num_blocks if self.kv_cache else 0
+
+    @property
+    def block_size(self) -> int:
+        return self.kv_cache.block_size if self.kv_cache else 0
+
+    def available_memory_bytes(self) -> int:
+        """Free device memory (CUDA) or available RAM (CPU) right now."""
+        if self.device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(self.device)
+            return int(free)
+        return _meminfo_available()
+
+    def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
+        with torch.inference_mode():
+            self._cache().copy_blocks(pairs)
+
+    def _cache(self) -> KVCache:
+        if self.kv_cache is None:
+            raise Unavailable("KV cache is not allocated: call allocate_kv_cache first")
+        return self.kv_cache
+
+    # -- forward ----------------------------------------------------------------------
+
+    def _check(self, chunks: list[SeqChunk], cache: KVCache) -> int:
+        max_end = 0
+        vocab = self.arch.vocab_size
+        for chunk in chunks:
+            n = len(chunk.token_ids)
+            if n == 0:
+                raise InvalidArgument("SeqChunk with no tokens")
+            if chunk.start_pos < 0:
+                raise InvalidArgument(f"SeqChunk start_pos {chunk.start_pos} < 0")
+            if chunk.logits not in _LOGITS_MODES:
+                raise InvalidArgument(f"SeqChunk logits '{chunk.logits}' not in {_LOGITS_MODES}")
+            end = chunk.start_pos + n
+            needed = (end + cache.block_size - 1) // cache.block_size
+            table = chunk.block_table
+            if len(table) < needed:
+                raise InvalidArgument(
+                    f"block table has {len(table)} blocks, {needed} needed for {end} tokens"
+                )
+            if min(table[:needed]) < 0 or max(table[:needed]) >= cache.num_blocks:
+                raise InvalidArgument(f"block id out of range [0, {cache.num_blocks})")
+            if min(chunk.token_ids) < 0 or max(chunk.token_ids) >= vocab:
+                raise InvalidArgument(f"token id out of range [0, {vocab})")
+            max_end = max(max_end, end)
+        return max_end
+
+    def forward(self, chunks: list[SeqChunk]) -> torch.Tensor:
+        """One batched forward over all chunks. Writes their K/V into the cache and
+        returns float32 logits [rows, vocab]: per chunk in order, 1 row for "last",
+        len(token_ids) for "all", none for "none"."""
+        cache = self._cache()
+        if not chunks:
+            return torch.empty(0, self.arch.vocab_size, dtype=torch.float32, device=self.device)
+        max_end = self._check(chunks, cache)
+        with torch.inference_mode():
+            meta = build_step(chunks, cache.block_size, self.model.window_set, self.device)
+            self.rope.ensure(max_end)
+            cos = self.rope.cos.index_select(0, meta.positions)
+            sin = self.rope.sin.index_select(0, meta.positions)
+            self._dynamic_rope(chunks, meta.chunk_rows, cos, sin)
+            hidden = self.model.forward(meta, cache, cos, sin)
+            if meta.num_logit_rows == 0:
+                return torch.empty(0, self.arch.vocab_size, dtype=torch.float32, device=self.device)
+            return self.model.logits(hidden)
+
+    def _dynamic_rope(
+        self, chunks: list[SeqChunk], rows: list[int], cos: torch.Tensor, sin: torch.Tensor
+    ) -> None:
+        # Dynamic-NTK rope changes the frequencies once a sequence outgrows
+        # max_position_embeddings; transformers recomputes them from the current length.
+        if not self.rope.dynamic:
+            return
+        for chunk, first in zip(chunks, rows, strict=True):
+            end = chunk.start_pos + len(chunk.token_ids)
+            if self.rope.needs_dynamic(end):
+                positions = torch.arange(chunk.start_pos, end)
+                c, s = self.rope.for_sequence(positions, end)
+                cos[first : first + len(chunk.token_ids)] = c
+                sin[first : first + len(chunk.token_ids)] = s

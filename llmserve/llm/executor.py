@@ -1,0 +1,413 @@
+"""The Executor: TensorRT-LLM's executor API over our PyTorch engine.
+
+Requests are validated and queued by the caller's thread; one loop thread admits them,
+steps the engine (Stepper) and retires them; responses come back through a
+ResponseRouter (await_responses, callbacks, or asyncio queues via subscribe()).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import torch
+
+from llmserve.core.errors import InvalidArgument, Unavailable, Unsupported
+from llmserve.llm.block_manager import BlockManager
+from llmserve.llm.config import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_NUM_TOKENS,
+    ExecutorConfig,
+    ModelType,
+)
+from llmserve.llm.outputs import error_response
+from llmserve.llm.request import Request, Response
+from llmserve.llm.responses import ResponseRouter
+from llmserve.llm.sampling import SamplingParams, make_generator
+from llmserve.llm.scheduler import Scheduler
+from llmserve.llm.sequence import RequestState
+from llmserve.llm.stats import IterationStats, KvCacheStats, RequestStatsPerIteration
+from llmserve.llm.stepper import Stepper
+from llmserve.llm.stop import StopCriteria
+
+logger = logging.getLogger(__name__)
+
+_IDLE_POLL_S = 0.005  # when work exists but nothing fits this step
+
+
+def _seconds(timeout: datetime.timedelta | float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, datetime.timedelta):
+        return timeout.total_seconds()
+    return float(timeout)
+
+
+class Executor:
+    def __init__(self, model_path: str | Path | None,
+                 model_type: ModelType = ModelType.DECODER_ONLY,
+                 executor_config: ExecutorConfig | None = None, *, runner=None) -> None:
+        """runner: an already built engine obeying the ModelRunner contract (tests)."""
+        config = executor_config or ExecutorConfig()
+        config.validate()
+        if model_type is not ModelType.DECODER_ONLY:
+            raise Unsupported(f"model type {model_type.name} is not supported; "
+                              "only DECODER_ONLY models are")
+        self.config = config
+        if runner is None:
+            from llmserve.llm.engine import ModelRunner
+
+            device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            runner = ModelRunner(model_path, dtype=config.dtype, device=device)
+        self.runner = runner
+        arch = runner.arch
+        self.vocab_size = arch.vocab_size
+        self.max_seq_len = config.max_seq_len or arch.max_position_embeddings
+        self.max_batch_size = config.max_batch_size or DEFAULT_MAX_BATCH_SIZE
+        self.max_num_tokens = config.max_num_tokens or DEFAULT_MAX_NUM_TOKENS
+        self.tokens_per_block = config.tokens_per_block
+        num_blocks = self._kv_cache_blocks(str(arch.device))
+        runner.allocate_kv_cache(num_blocks, self.tokens_per_block)
+        self.block_manager = BlockManager(num_blocks, self.tokens_per_block,
+                                          config.kv_cache_config.enable_block_reuse)
+        self.scheduler = Scheduler(self.block_manager, config.effective_policy,
+                                   self.max_batch_size, self.max_num_tokens,
+                                   config.enable_chunked_context)
+        self._warn_ineffective(config)
+        self._warned: set[str] = set()
+
+        self._cond = threading.Condition()
+        self._intake: list[RequestState] = []
+        self._cancels: list[int] = []
+        self._next_id = 1
+        self._num_queued = 0
+        self._accepting = True
+        self._stop = False
+        self._drain = False
+        self._drain_deadline: float | None = None
+        self._router = ResponseRouter()
+        self._stats_lock = threading.Lock()
+        self._iter_stats: deque[IterationStats] = deque(
+            maxlen=max(1, config.iter_stats_max_iterations))
+        self._req_stats: deque[RequestStatsPerIteration] = deque(
+            maxlen=max(1, config.request_stats_max_iterations))
+        self._stepper = Stepper(runner, self.scheduler, self._dequeued)
+        self._thread = threading.Thread(target=self._loop, name="llmserve-executor",
+                                        daemon=True)
+        self._thread.start()
+
+    # -- KV cache sizing ----------------------------------------------------------------
+
+    def _kv_cache_blocks(self, device: str) -> int:
+        kv = self.config.kv_cache_config
+        bs = self.tokens_per_block
+        per_block = self.runner.kv_cache_bytes_per_block(bs)
+        per_seq = -(-self.max_seq_len // bs)
+        limits = []
+        if kv.max_tokens is not None:
+            limits.append(-(-kv.max_tokens // bs))
+        fraction = kv.free_gpu_memory_fraction if kv.free_gpu_memory_fraction else 0.9
+        if kv.max_tokens is None or kv.free_gpu_memory_fraction is not None:
+            limits.append(int(self.runner.available_memory_bytes() * fraction) // per_block)
+        if not device.startswith("cuda"):
+            # host RAM is shared with everything else: never more than a full batch of
+            # max-length sequences can use
+            limits.append(self.max_batch_size * per_seq)
+        num_blocks = max(1, min(limits))
+        if num_blocks < per_seq:
+            logger.warning("KV cache holds %d tokens, less than max_seq_len %d",
+                           num_blocks * bs, self.max_seq_len)
+        logger.info("KV cache: %d blocks of %d tokens (%.1f MiB)", num_blocks, bs,
+                    num_blocks * per_block / 2**20)
+        return num_blocks
+
+    def _warn_ineffective(self, config: ExecutorConfig) -> None:
+        kv = config.kv_cache_config
+        ignored = {
+            "max_beam_width > 1 (beam search is not built yet; beam requests fail)":
+                config.max_beam_width > 1,
+            "kv_cache_config.host_cache_size (no host offload)": kv.host_cache_size,
+            "kv_cache_config.max_attention_window (the checkpoint's windows apply)":
+                kv.max_attention_window is not None,
+            "kv_cache_config.sink_token_length": kv.sink_token_length is not None,
+            "lora_config (LoRA adapters are not applied yet; LoRA requests fail)":
+                config.lora_config is not None,
+            "speculative_decoding_config (external draft tokens work without it)":
+                config.speculative_decoding_config is not None,
+            "normalize_log_probs=False (log probs are always normalised)":
+                not config.normalize_log_probs,
+        }
+        for name, set_ in ignored.items():
+            if set_:
+                logger.warning("ExecutorConfig: %s is accepted but has no effect", name)
+
+    # -- enqueue --------------------------------------------------------------------------
+
+    def can_enqueue_requests(self) -> bool:
+        with self._cond:
+            return self._accepting
+
+    def enqueue_request(self, request: Request) -> int:
+        """Queue request and return its id; raises InvalidArgument for a bad request,
+        Unavailable when the queue is full or the executor is shut down."""
+        params, stop, num_seqs, failure = self._validate(request)
+        with self._cond:
+            self._check_accepting()
+            limit = self.config.max_queue_size
+            if limit is not None and limit > 0 and self._num_queued >= limit:
+                raise Unavailable(
+                    f"Maximum queue size of {limit} has been reached, please try again later"
+                )
+            request_id = self._next_id
+            self._next_id += 1
+            if failure is None:
+                self._num_queued += 1  # hold the queue slot
+        # the router is never called with self._cond held: a response callback may call
+        # back into the executor (cancel_request) while the loop thread delivers
+        state = RequestState(request_id, request, params, stop, num_seqs)
+        self._router.register(request_id)
+        if failure is not None:
+            self._router.deliver(error_response(state, failure))
+            return request_id
+        seq0 = state.seqs[0]
+        seq0.generator = make_generator(params.seed, 0)
+        draft = request.external_draft_tokens_config
+        if draft is not None and draft.tokens and num_seqs == 1:
+            seq0.draft_tokens = list(draft.tokens)
+        with self._cond:
+            if not self._accepting:
+                self._num_queued -= 1
+                self._check_accepting()
+            self._intake.append(state)
+            self._cond.notify_all()
+        return request_id
+
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            raise Unavailable("Executor is shut down and does not accept requests")
+
+    def enqueue_requests(self, requests: list[Request]) -> list[int]:
+        return [self.enqueue_request(r) for r in requests]
+
+    def _validate(self, req: Request) -> tuple[SamplingParams, StopCriteria, int, str | None]:
+        prompt = req.input_token_ids
+        if len(prompt) == 0:
+            raise InvalidArgument("input_token_ids must not be empty")
+        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+            raise InvalidArgument(f"input_token_ids must be in [0, {self.vocab_size})")
+        if req.max_tokens < 1:
+            raise InvalidArgument(f"max_tokens must be >= 1, got {req.max_tokens}")
+        total = len(prompt) + req.max_tokens
+        if total > self.max_seq_len:
+            raise InvalidArgument(
+                f"prompt length ({len(prompt)}) + max_tokens ({req.max_tokens}) = {total} "
+                f"exceeds max_seq_len ({self.max_seq_len})"
+            )
+        sc = req.sampling_config
+        sc.validate()
+        if sc.beam_width > self.config.max_beam_width:
+            raise InvalidArgument(
+                f"beam_width ({sc.beam_width}) exceeds max_beam_width "
+                f"({self.config.max_beam_width}) of the executor"
+            )
+        if not self.config.enable_chunked_context and len(prompt) > self.max_num_tokens:
+            raise InvalidArgument(
+                f"prompt length ({len(prompt)}) exceeds max_num_tokens "
+                f"({self.max_num_tokens}); enable chunked context to serve it"
+            )
+        num_seqs = sc.num_return_sequences or 1
+        if num_seqs > self.max_batch_size:
+            raise InvalidArgument(f"num_return_sequences ({num_seqs}) exceeds max_batch_size "
+                                  f"({self.max_batch_size})")
+        draft = req.external_draft_tokens_config
+        num_draft = len(draft.tokens) if draft is not None and num_seqs == 1 else 0
+        bm = self.block_manager
+        need = (bm.blocks_for(total + num_draft) + (1 if num_seqs > 1 else 0)) * num_seqs
+        if need > bm.num_blocks:
+            raise InvalidArgument(
+                f"request needs up to {need} KV cache blocks but the cache has only "
+                f"{bm.num_blocks}; shorten the prompt or max_tokens"
+            )
+        for name, words in (("bad_words", req.bad_words), ("stop_words", req.stop_words)):
+            for word in words or []:
+                if any(not 0 <= t < self.vocab_size for t in word):
+                    raise InvalidArgument(f"{name} token ids must be in [0, {self.vocab_size})")
+        bias = req.embedding_bias
+        if bias is not None:
+            bias = torch.as_tensor(bias, dtype=torch.float32).reshape(-1)
+            if bias.numel() != self.vocab_size:
+                raise InvalidArgument(
+                    f"embedding_bias has {bias.numel()} values, vocab size is {self.vocab_size}"
+                )
+        end_id = req.end_id if req.end_id is not None and req.end_id >= 0 else None
+        params = SamplingParams.from_config(
+            sc, end_id=end_id, bad_words=req.bad_words, embedding_bias=bias,
+            return_log_probs=req.output_config.return_log_probs)
+        stop = StopCriteria.build(req.max_tokens, end_id, req.stop_words)
+        self._warn_request_fields(req)
+        failure = None
+        if sc.beam_width > 1:
+            failure = "beam search (beam_width > 1) is not supported yet"
+        elif req.lora_config is not None:
+            failure = "LoRA adapters (lora_config) are not supported yet"
+        return params, stop, num_seqs, failure
+
+    def _warn_request_fields(self, req: Request) -> None:
+        draft = req.external_draft_tokens_config
+        notes = {
+            "priority (requests are served first come, first served)": req.priority != 0.5,
+            "external draft logits / acceptance_threshold (drafts are accepted by token "
+            "match)": draft is not None and (draft.logits is not None
+                                              or draft.acceptance_threshold is not None),
+        }
+        for note, present in notes.items():
+            if present and note not in self._warned:
+                self._warned.add(note)
+                logger.warning("Request field %s is accepted but has no effect", note)
+
+    # -- responses ------------------------------------------------------------------------
+
+    def await_responses(
+        self,
+        id: int | list[int] | datetime.timedelta | None = None,  # noqa: A002 (TRT-LLM name)
+        timeout: datetime.timedelta | float | None = None,
+    ) -> list[Response] | list[list[Response]]:
+        """Responses ready for one id (list), several ids (list of lists, waits for any)
+        or all requests (id None). Waits up to timeout (None: until one is ready)."""
+        if isinstance(id, datetime.timedelta):
+            id, timeout = None, id
+        return self._router.await_responses(id, _seconds(timeout))
+
+    def get_num_responses_ready(self, id: int | None = None) -> int:  # noqa: A002
+        return self._router.num_ready(id)
+
+    def add_response_callback(self, request_id: int,
+                              callback: Callable[[Response], None]) -> None:
+        """Deliver request_id's responses to callback (on the executor thread; keep it
+        quick) instead of buffering them for await_responses."""
+        self._router.add_callback(request_id, callback)
+
+    def subscribe(self, request_id: int,
+                  loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Queue[Response]:
+        """An asyncio.Queue (on loop, default the running one) fed with the responses."""
+        return self._router.subscribe(request_id, loop)
+
+    async def iter_responses(self, request_id: int) -> AsyncIterator[Response]:
+        """Async iterator over a request's responses, ending after the final one.
+        Leaving it early (break, aclose, task cancel) cancels the request."""
+        queue = self.subscribe(request_id)
+        final = False
+        try:
+            while not final:
+                response = await queue.get()
+                final = response.is_final
+                yield response
+        finally:
+            if not final:
+                self.cancel_request(request_id)
+
+    # -- control --------------------------------------------------------------------------
+
+    def cancel_request(self, id: int) -> None:  # noqa: A002
+        """Stop the request at the next step; it gets a final CANCELLED response."""
+        with self._cond:
+            self._cancels.append(id)
+            self._cond.notify_all()
+
+    def get_latest_iteration_stats(self) -> list[IterationStats]:
+        with self._stats_lock:
+            out = list(self._iter_stats)
+            self._iter_stats.clear()
+        return out
+
+    def get_latest_request_stats(self) -> list[RequestStatsPerIteration]:
+        with self._stats_lock:
+            out = list(self._req_stats)
+            self._req_stats.clear()
+        return out
+
+    def get_kv_cache_stats(self) -> KvCacheStats:
+        """A snapshot of the block pool (read without stopping the loop)."""
+        bm = self.block_manager
+        return KvCacheStats(max_num_blocks=bm.num_blocks, free_num_blocks=bm.num_free_blocks,
+                            used_num_blocks=bm.num_used_blocks, tokens_per_block=bm.block_size,
+                            cached_num_blocks=bm.num_cached_blocks)
+
+    def shutdown(self, wait_for_requests: bool = False,
+                 timeout: datetime.timedelta | float | None = None) -> None:
+        """Stop accepting requests; finish the active ones first when wait_for_requests
+        (up to timeout), cancel whatever remains (CANCELLED responses) and stop the loop."""
+        with self._cond:
+            self._accepting = False
+            if not self._stop:
+                self._stop = True
+                self._drain = wait_for_requests
+                seconds = _seconds(timeout)
+                self._drain_deadline = None if seconds is None else time.monotonic() + seconds
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # -- the loop thread ------------------------------------------------------------------
+
+    def _dequeued(self, n: int) -> None:
+        with self._cond:
+            self._num_queued -= n
+
+    def _loop(self) -> None:
+        stepper = self._stepper
+        while True:
+            with self._cond:
+                while not (self._intake or self._cancels or self._stop or stepper.has_work()):
+                    self._cond.wait()
+                intake, self._intake = self._intake, []
+                cancels, self._cancels = self._cancels, []
+                stop, drain, deadline = self._stop, self._drain, self._drain_deadline
+            for state in intake:
+                stepper.add(state)
+            for request_id in cancels:
+                stepper.cancel(request_id)
+            if stop and (not drain or not stepper.has_work()
+                         or (deadline is not None and time.monotonic() > deadline)):
+                stepper.cancel_all()
+                self._flush()
+                return
+            self._flush()
+            if stepper.has_work():
+                self._step()
+
+    def _step(self) -> None:
+        stepper = self._stepper
+        try:
+            stats = stepper.step()
+        except Exception as exc:  # a failed forward fails its requests, not the executor
+            logger.exception("executor step failed")
+            stepper.fail(stepper.running_states(), f"executor step failed: {exc}")
+            self._flush()
+            return
+        if stats is None:
+            with self._cond:
+                self._cond.wait(_IDLE_POLL_S)
+            return
+        with self._stats_lock:
+            if self.config.iter_stats_max_iterations > 0:
+                self._iter_stats.append(stats)
+            if self.config.request_stats_max_iterations > 0:
+                self._req_stats.append(stepper.request_stats())
+        self._flush()
+
+    def _flush(self) -> None:
+        for response in self._stepper.take_outbox():
+            self._router.deliver(response)

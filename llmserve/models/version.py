@@ -1,0 +1,231 @@
+"""One loaded version of a model: its backend instances (each on its own worker thread),
+request queue, readiness state, in-flight accounting and statistics."""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from llmserve.backends import (
+    BackendInstance,
+    BackendModel,
+    InstanceSpec,
+    ModelSpec,
+    load_backend_model,
+)
+from llmserve.core.errors import InternalError, InvalidArgument, ServerError, Unavailable
+from llmserve.core.types import InferenceRequest, InferenceResponse
+from llmserve.models.stats import ModelStats
+from llmserve.repository import backend_of, config_to_json_dict
+from llmserve.scheduling.batcher import RequestQueue
+from llmserve.scheduling.ordering import ResponseOrderer
+from llmserve.scheduling.request import ResponseSink, SchedRequest, now_ns
+from llmserve.scheduling.validate import output_transform, requested_output_names, validate_request
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(str, enum.Enum):
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+
+
+def instance_specs(config: mc.ModelConfig) -> list[InstanceSpec]:
+    specs = []
+    for gi, group in enumerate(config.instance_group):
+        kind = mc.ModelInstanceGroup.Kind.Name(group.kind)
+        name = group.name or f"{config.name}_{gi}"
+        devices = list(group.gpus) if kind == "KIND_GPU" and group.gpus else [0]
+        index = 0
+        for device in devices:
+            for _ in range(max(int(group.count), 1)):
+                specs.append(InstanceSpec(f"{name}_{index}", kind, int(device), name, index))
+                index += 1
+    return specs
+
+
+def _warn_unimplemented(config: mc.ModelConfig) -> None:
+    name = config.name
+    if config.response_cache.enable:
+        log.warning("model '%s': response_cache is accepted but not used (no response cache)", name)
+    if len(config.model_warmup):
+        log.warning("model '%s': model_warmup is accepted but warmup requests are not run", name)
+    sb = config.sequence_batching
+    if config.HasField("sequence_batching") and (len(sb.control_input) or len(sb.state)):
+        log.warning("model '%s': sequence_batching control inputs and implicit state are "
+                    "accepted but not generated", name)
+    if any(g.HasField("rate_limiter") for g in config.instance_group):
+        log.warning("model '%s': instance_group rate_limiter settings are accepted but not "
+                    "enforced", name)
+
+
+class ModelVersion:
+    def __init__(self, name: str, version: int, model_dir: Path, config: mc.ModelConfig,
+                 server: Any):
+        self.name = name
+        self.version = version
+        self.model_dir = model_dir
+        self.config = config
+        self.server = server
+        self.backend = backend_of(config)
+        self.is_ensemble = self.backend == "ensemble"
+        self.decoupled = bool(config.model_transaction_policy.decoupled)
+        self.state = ModelState.LOADING
+        self.reason = ""
+        self.stats = ModelStats()
+        self.queue: RequestQueue | None = None if self.is_ensemble else RequestQueue(config)
+        preserve = config.HasField("dynamic_batching") and config.dynamic_batching.preserve_ordering
+        self.orderer = ResponseOrderer() if preserve else None
+        self.sequence_needs_corrid = (config.HasField("sequence_batching")
+                                      and not config.sequence_batching.iterative_sequence)
+        self._backend_model: BackendModel | None = None
+        self._instances: list[BackendInstance] = []
+        self._workers: list[threading.Thread] = []
+        self._idle = threading.Condition()
+        self._inflight = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def load(self) -> None:
+        """Blocking: load the backend and start every instance; raises on failure."""
+        _warn_unimplemented(self.config)
+        if self.is_ensemble:
+            self.state = ModelState.READY
+            return
+        spec = ModelSpec(self.name, self.version, self.model_dir, self.config,
+                         json.dumps(config_to_json_dict(self.config)), self.server.options,
+                         self.server)
+        self._backend_model = load_backend_model(self.backend, spec)
+        try:
+            for ispec in instance_specs(self.config):
+                self._instances.append(self._backend_model.create_instance(ispec))
+        except BaseException:
+            self._finalize_instances()
+            raise
+        for inst, ispec in zip(self._instances, instance_specs(self.config), strict=False):
+            t = threading.Thread(target=self._worker, args=(inst,), daemon=True,
+                                 name=f"model-{ispec.name}")
+            t.start()
+            self._workers.append(t)
+        self.state = ModelState.READY
+
+    def _finalize_instances(self) -> None:
+        for inst in self._instances:
+            try:
+                inst.finalize()
+            except Exception:
+                log.exception("finalize of an instance of model '%s' failed", self.name)
+        self._instances = []
+        if self._backend_model is not None:
+            try:
+                self._backend_model.unload()
+            except Exception:
+                log.exception("unload of model '%s' failed", self.name)
+            self._backend_model = None
+
+    def ready(self) -> bool:
+        if self.state != ModelState.READY:
+            return False
+        return all(inst.is_ready() for inst in self._instances)
+
+    def inflight(self) -> int:
+        with self._idle:
+            return self._inflight
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout)
+
+    def unload(self, drain_timeout: float | None) -> None:
+        """Blocking: finish in-flight requests (up to drain_timeout), then finalize."""
+        self.state = ModelState.UNLOADING
+        if not self.wait_idle(drain_timeout):
+            log.warning("model '%s' version %d: %d requests still in flight at unload",
+                        self.name, self.version, self.inflight())
+        if self.queue is not None:
+            for sreq in self.queue.stop():
+                sreq.fail(Unavailable(f"model '{self.name}' version {self.version} was unloaded"))
+        for t in self._workers:
+            t.join(timeout=30)
+        self._workers = []
+        self._finalize_instances()
+        self.state = ModelState.UNAVAILABLE
+        self.reason = "unloaded"
+
+    # -- requests -----------------------------------------------------------------------
+    def prepare(self, request: InferenceRequest, deliver) -> SchedRequest:
+        """Validate a request and wrap it for the scheduler; raises ServerError."""
+        if self.sequence_needs_corrid and request.correlation_id in (0, "", None):
+            raise InvalidArgument(
+                f"inference request to model '{self.name}' must specify a non-zero or non-empty "
+                "correlation ID"
+            )
+        inputs, batch_size = validate_request(self.config, request)
+        names = requested_output_names(self.config, request)
+        sreq = SchedRequest(request, inputs, batch_size, names, ResponseSink(deliver),
+                            model_version=self.version)
+        sreq.output_transform = output_transform(self.config, names, bool(request.requested_outputs))
+        return sreq
+
+    def submit(self, sreq: SchedRequest) -> None:
+        assert self.queue is not None
+        if self.state != ModelState.READY:
+            raise Unavailable(f"Request for unknown model: '{self.name}' version {self.version} "
+                              "is not at ready state")
+        start = sreq.request.arrival_ns or now_ns()
+
+        def done(resp: InferenceResponse) -> None:
+            self.stats.request_done(not sreq.sink.failed, now_ns() - start)
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+        sreq.sink.add_final_callback(done)
+        sreq.requeue = self.queue.requeue
+        with self._idle:
+            self._inflight += 1
+        withdraw = self.orderer.register(sreq) if self.orderer is not None else None
+        try:
+            self.queue.enqueue(sreq)
+        except ServerError:
+            if withdraw is not None:
+                withdraw()
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+            raise
+
+    def _worker(self, inst: BackendInstance) -> None:
+        assert self.queue is not None
+        while True:
+            batch = self.queue.next_batch()
+            if batch is None:
+                return
+            self._run_batch(inst, batch)
+
+    def _run_batch(self, inst: BackendInstance, batch: list[SchedRequest]) -> None:
+        start = now_ns()
+        for r in batch:
+            self.stats.queued(start - r.enqueue_ns)
+        size = sum(r.batch_size for r in batch)
+        try:
+            fut = inst.execute(batch)
+        except Exception as exc:
+            log.exception("model '%s' failed to execute a batch", self.name)
+            for r in batch:
+                if not r.sink.closed:
+                    r.fail(InternalError(f"Failed to process the request(s) for model "
+                                         f"'{self.name}', message: {exc}"))
+            fut = None
+        if fut is None:
+            self.stats.executed(size, len(batch), 0, now_ns() - start, 0)
+        else:
+            fut.add_done_callback(
+                lambda _f: self.stats.executed(size, len(batch), 0, now_ns() - start, 0))

@@ -1,0 +1,71 @@
+"""Scanning model repositories: every model folder of every --model-repository root,
+checked against the naming rules, symlinks that escape a root refused, and a model name
+appearing in two roots an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from llmserve.config.errors import ConfigError
+from llmserve.repository.naming import check_model_name, is_within, name_problem
+
+log = logging.getLogger(__name__)
+
+_SKIPPED = {"__pycache__"}
+
+
+def _model_dirs(root: Path) -> list[Path]:
+    if not root.exists():
+        raise ConfigError(f"model repository '{root}' does not exist")
+    if not root.is_dir():
+        raise ConfigError(f"model repository '{root}' is not a directory")
+    try:
+        entries = sorted(root.iterdir(), key=lambda p: p.name)
+    except OSError as e:
+        raise ConfigError(f"model repository '{root}' cannot be read: {e.strerror}") from None
+    out = []
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name in _SKIPPED or not entry.is_dir():
+            continue  # hidden folders (.git, .ipynb_checkpoints) and files are not models
+        problem = name_problem(entry.name)
+        if problem:
+            raise ConfigError(f"{entry}: {problem}")
+        if entry.is_symlink() and not is_within(entry, root):
+            raise ConfigError(f"{entry}: model folder is a symlink leading outside the model "
+                              f"repository (to {entry.resolve()}); refused")
+        out.append(entry)
+    return out
+
+
+def scan_repositories(roots: list[Path]) -> dict[str, Path]:
+    """Model name -> model folder over all roots (ConfigError, INVALID_ARG, for a bad
+    folder name, an escaping symlink, a missing root, or a name found in two roots)."""
+    found: dict[str, Path] = {}
+    for root in roots:
+        for model_dir in _model_dirs(Path(root)):
+            other = found.get(model_dir.name)
+            if other is not None:
+                raise ConfigError(f"model '{model_dir.name}' appears in more than one model "
+                                  f"repository: {other} and {model_dir}")
+            found[model_dir.name] = model_dir
+    return found
+
+
+def find_model(roots: list[Path], name: str) -> Path | None:
+    """The folder of model `name` (a load request's name), None when no root holds it.
+    A name that is not a valid model name (a path, '..') is refused."""
+    check_model_name(name)
+    matches = []
+    for root in roots:
+        candidate = Path(root) / name
+        if candidate.is_dir() and is_within(candidate, root):
+            matches.append(candidate)
+        elif candidate.is_dir():
+            raise ConfigError(f"{candidate}: model folder is a symlink leading outside the "
+                              "model repository; refused")
+    if len(matches) > 1:
+        raise ConfigError(f"model '{name}' appears in more than one model repository: "
+                          f"{matches[0]} and {matches[1]}")
+    return matches[0] if matches else None

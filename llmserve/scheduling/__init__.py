@@ -1,0 +1,1 @@
+"""Schedulers: request validation, the batching queue, response ordering, ensembles."""

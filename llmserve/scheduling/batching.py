@@ -1,0 +1,58 @@
+"""Batch dimension handling for backends that run one tensor per batch (TorchScript,
+ONNX, ...): concatenate every request's inputs along dim 0 and split outputs back.
+Ragged inputs are flattened and concatenated, as Triton hands them to a backend.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
+
+from llmserve.core.errors import InternalError, InvalidArgument
+from llmserve.scheduling.request import SchedRequest
+
+
+def concat_inputs(config: mc.ModelConfig, batch: list[SchedRequest]) -> dict[str, np.ndarray]:
+    """One array per input for the whole batch."""
+    result: dict[str, np.ndarray] = {}
+    batching = config.max_batch_size > 0
+    if not batching and len(batch) != 1:
+        raise InternalError(f"model '{config.name}' does not batch but got {len(batch)} requests")
+    for cfg in config.input:
+        present = [r.inputs.get(cfg.name) for r in batch]
+        if all(t is None for t in present):
+            continue
+        if any(t is None for t in present):
+            raise InvalidArgument(
+                f"optional input '{cfg.name}' of model '{config.name}' must be given by every "
+                "request of a batch or by none"
+            )
+        arrays = [t.data for t in present]
+        if len(arrays) == 1:
+            result[cfg.name] = arrays[0]
+        elif cfg.allow_ragged_batch:
+            result[cfg.name] = np.concatenate([a.reshape(-1) for a in arrays])
+        else:
+            result[cfg.name] = np.concatenate(arrays, axis=0)
+    return result
+
+
+def split_outputs(config: mc.ModelConfig, batch: list[SchedRequest],
+                  outputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Per-request slices of the batch outputs (by each request's batch size)."""
+    if config.max_batch_size <= 0:
+        return [dict(outputs)]
+    sizes = [r.batch_size for r in batch]
+    total = sum(sizes)
+    per_request: list[dict[str, np.ndarray]] = [{} for _ in batch]
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != total:
+            raise InternalError(
+                f"output '{name}' of model '{config.name}' has shape {list(array.shape)}, "
+                f"expected batch dimension {total}"
+            )
+        offset = 0
+        for i, n in enumerate(sizes):
+            per_request[i][name] = array[offset : offset + n]
+            offset += n
+    return per_request

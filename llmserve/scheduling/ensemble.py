@@ -1,0 +1,200 @@
+"""The ensemble scheduler: runs the steps of `ensemble_scheduling` as soon as their input
+tensors exist, maps tensors with input_map/output_map, streams decoupled steps through
+(each upstream response flows on in its own branch and yields one ensemble response), and
+fails the request naming the step on any step error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from tritonclient.grpc import model_config_pb2 as mc
+
+from llmserve.core.errors import InternalError, ServerError
+from llmserve.core.types import (
+    CancellationToken,
+    InferenceRequest,
+    InferenceResponse,
+    RequestedOutput,
+    Tensor,
+)
+
+
+class _Branch:
+    """Tensors known along one path of responses; a decoupled step forks a branch per response."""
+
+    def __init__(self, tensors: dict[str, Tensor], parent: _Branch | None = None):
+        self.own = dict(tensors)
+        self.parent = parent
+        self.children: list[_Branch] = []
+        self.started: set[int] = set()
+        self.emitted = False
+
+    def get(self, name: str) -> Tensor | None:
+        b: _Branch | None = self
+        while b is not None:
+            if name in b.own:
+                return b.own[name]
+            b = b.parent
+        return None
+
+    def has_started(self, step: int) -> bool:
+        b: _Branch | None = self
+        while b is not None:
+            if step in b.started:
+                return True
+            b = b.parent
+        return False
+
+    def subtree(self) -> list[_Branch]:
+        out = [self]
+        for c in self.children:
+            out.extend(c.subtree())
+        return out
+
+
+class EnsembleRun:
+    def __init__(self, server: Any, config: mc.ModelConfig, version: int, request: InferenceRequest,
+                 inputs: dict[str, Tensor], output_names: list[str]):
+        self.server = server
+        self.config = config
+        self.version = version
+        self.request = request
+        self.steps = list(config.ensemble_scheduling.step)
+        self.output_names = output_names
+        self.root = _Branch(inputs)
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.tasks: set[asyncio.Task] = set()
+        self.failed = False
+        self.streaming = any(self._step_decoupled(s) for s in self.steps)
+
+    def _step_decoupled(self, step: mc.ModelEnsembling.Step) -> bool:
+        try:
+            return bool(self.server.is_decoupled(step.model_name, _version(step.model_version)))
+        except ServerError:
+            return False
+
+    # -- dataflow -----------------------------------------------------------------------
+    def _trigger(self, branch: _Branch) -> None:
+        for b in branch.subtree():
+            for i, step in enumerate(self.steps):
+                if b.has_started(i):
+                    continue
+                if all(b.get(t) is not None for t in step.input_map.values()):
+                    b.started.add(i)
+                    task = asyncio.create_task(self._run_step(b, i))
+                    self.tasks.add(task)
+                    task.add_done_callback(self._task_done)
+            self._maybe_emit(b)
+
+    def _maybe_emit(self, b: _Branch) -> None:
+        if b.emitted or self.failed:
+            return
+        tensors = [b.get(n) for n in self.output_names]
+        if any(t is None for t in tensors):
+            return
+        b.emitted = True
+        outs = [Tensor(n, t.datatype, t.data) for n, t in zip(self.output_names, tensors, strict=False)]
+        self.queue.put_nowait(InferenceResponse(self.config.name, self.version, self.request.id,
+                                                outs, final=False))
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not self.tasks:
+            self.queue.put_nowait(None)
+
+    async def _run_step(self, branch: _Branch, index: int) -> None:
+        step = self.steps[index]
+        inputs = {}
+        for model_input, tensor_name in step.input_map.items():
+            t = branch.get(tensor_name)
+            inputs[model_input] = Tensor(model_input, t.datatype, t.data)
+        token = CancellationToken()
+        self.request.cancel.add_callback(token.cancel)
+        sub = InferenceRequest(
+            model_name=step.model_name,
+            inputs=inputs,
+            model_version=int(step.model_version),
+            id=self.request.id,
+            requested_outputs=[RequestedOutput(n) for n in step.output_map],
+            parameters=dict(self.request.parameters),
+            correlation_id=self.request.correlation_id,
+            flags=self.request.flags,
+            priority=self.request.priority,
+            timeout_us=self.request.timeout_us,
+            cancel=token,
+        )
+        decoupled = self._step_decoupled(step)
+        try:
+            async for resp in self.server.infer_internal(sub):
+                if resp.error is not None:
+                    raise resp.error
+                produced = {step.output_map[t.name]: t for t in resp.outputs if t.name in step.output_map}
+                if not produced:
+                    continue
+                if decoupled:
+                    child = _Branch(produced, branch)
+                    branch.children.append(child)
+                    self._trigger(child)
+                else:
+                    branch.own.update(produced)
+                    self._trigger(branch)
+        except ServerError as exc:
+            self._fail(ServerError(f"in ensemble '{self.config.name}', step '{step.model_name}': "
+                                   f"{exc.message}", exc.code))
+        except asyncio.CancelledError:
+            token.cancel()
+            raise
+        except Exception as exc:
+            self._fail(InternalError(f"in ensemble '{self.config.name}', step '{step.model_name}': {exc}"))
+
+    def _fail(self, error: ServerError) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        self.queue.put_nowait(error)
+        for t in list(self.tasks):
+            t.cancel()
+
+    # -- responses ----------------------------------------------------------------------
+    async def responses(self) -> AsyncIterator[InferenceResponse]:
+        self._trigger(self.root)
+        if not self.tasks:
+            self.queue.put_nowait(None)
+        held: InferenceResponse | None = None
+        sent = 0
+        try:
+            while True:
+                item = await self.queue.get()
+                if isinstance(item, ServerError):
+                    yield self._final(error=item)
+                    return
+                if item is None:
+                    break
+                if self.streaming:
+                    sent += 1
+                    yield item
+                else:
+                    held = item
+            if self.streaming:
+                yield self._final()
+            elif held is not None:
+                held.final = True
+                yield held
+            else:
+                missing = [n for n in self.output_names if self.root.get(n) is None]
+                yield self._final(error=InternalError(
+                    f"ensemble '{self.config.name}' completed without producing output(s) {missing}"))
+        finally:
+            for t in list(self.tasks):
+                t.cancel()
+
+    def _final(self, error: ServerError | None = None) -> InferenceResponse:
+        return InferenceResponse(self.config.name, self.version, self.request.id, [], error=error,
+                                 final=True)
+
+
+def _version(v: int) -> str:
+    return "" if int(v) <= 0 else str(v)

@@ -1,0 +1,109 @@
+"""A request inside the server: validated inputs, queue bookkeeping and its response sink.
+
+The sink is the one way responses travel back to whoever submitted the request (the
+asyncio consumer of InferenceServer.infer, or a BLS caller on another thread).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmserve.core.errors import ServerError
+from llmserve.core.types import InferenceRequest, InferenceResponse, Tensor
+
+_SEQ = itertools.count()
+
+
+class ResponseSink:
+    """Thread-safe delivery of responses; remembers whether the final one went out."""
+
+    def __init__(self, deliver: Callable[[InferenceResponse], None]):
+        self._deliver = deliver
+        self._lock = threading.Lock()
+        self.closed = False
+        self.count = 0
+        self.failed = False
+        self._on_final: list[Callable[[InferenceResponse], None]] = []
+
+    def add_final_callback(self, cb: Callable[[InferenceResponse], None]) -> None:
+        self._on_final.append(cb)
+
+    def send(self, response: InferenceResponse) -> bool:
+        """Deliver one response; returns False (and drops it) once the final was sent."""
+        with self._lock:
+            if self.closed:
+                return False
+            self.count += 1
+            if response.error is not None:
+                self.failed = True
+            if response.final:
+                self.closed = True
+        self._deliver(response)
+        if response.final:
+            for cb in self._on_final:
+                cb(response)
+        return True
+
+
+@dataclass(eq=False)
+class SchedRequest:
+    """One client (or BLS) request as the schedulers and backends see it."""
+
+    request: InferenceRequest
+    inputs: dict[str, Tensor]  # validated, reshaped to what the backend expects
+    batch_size: int  # size of the batch dimension (1 when the model does not batch)
+    output_names: list[str]  # outputs the client asked for (all when it named none)
+    sink: ResponseSink
+    priority_level: int = 0
+    timeout_ns: int = 0  # 0: no queue timeout
+    timeout_reject: bool = True  # queue policy timeout_action REJECT (else DELAY)
+    enqueue_ns: int = 0
+    seq: int = field(default_factory=lambda: next(_SEQ))
+    delayed: bool = False
+    reschedule_count: int = 0
+    requeue: Callable[[SchedRequest], None] | None = None
+    backend_state: dict[str, Any] = field(default_factory=dict)
+    model_version: int = -1
+    # applied to every response's outputs: filter to requested, reshape back to client dims
+    output_transform: Callable[[list[Tensor]], list[Tensor]] | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.request.model_name
+
+    def is_cancelled(self) -> bool:
+        return self.request.cancel.is_cancelled()
+
+    def expired(self, now_ns: int) -> bool:
+        return self.timeout_ns > 0 and now_ns - self.enqueue_ns >= self.timeout_ns
+
+    def respond(self, outputs: list[Tensor] | None = None, *, error: ServerError | None = None,
+                final: bool = True, parameters: dict[str, Any] | None = None) -> bool:
+        outs = list(outputs or [])
+        if error is None and outs and self.output_transform is not None:
+            try:
+                outs = self.output_transform(outs)
+            except ServerError as exc:
+                outs, error = [], exc
+        resp = InferenceResponse(
+            model_name=self.request.model_name,
+            model_version=self.model_version,
+            id=self.request.id,
+            outputs=outs if error is None else [],
+            parameters=dict(parameters or {}),
+            error=error,
+            final=final,
+        )
+        return self.sink.send(resp)
+
+    def fail(self, error: ServerError) -> bool:
+        return self.respond(error=error, final=True)
+
+
+def now_ns() -> int:
+    return time.monotonic_ns()

@@ -1,0 +1,287 @@
+"""InferenceServer: the model registry behind the frontends (health, metadata, config,
+repository control, statistics, inference) and run_server(), which starts it with the
+frontends and shuts it down on SIGINT/SIGTERM after draining in-flight requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator
+
+from prometheus_client import CollectorRegistry
+from tritonclient.grpc import model_config_pb2 as mc
+
+import llmserve
+from llmserve.backends.python import context as pb_context
+from llmserve.backends.python.metrics import CustomMetrics
+from llmserve.core.errors import InternalError, ServerError, Unavailable
+from llmserve.core.types import InferenceRequest, InferenceResponse
+from llmserve.models import ModelManager, ModelState, ModelVersion
+from llmserve.models.metrics import ModelMetricsCollector
+from llmserve.options import ServerOptions
+from llmserve.scheduling.ensemble import EnsembleRun
+from llmserve.scheduling.request import now_ns
+from llmserve.scheduling.validate import dtype_api_name, requested_output_names, validate_request
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = [
+    "classification", "sequence", "model_repository", "model_repository(unload_dependents)",
+    "schedule_policy", "model_configuration", "binary_tensor_data", "parameters", "statistics",
+]
+
+
+def _version_arg(version: str | int) -> str:
+    if version in (None, "", -1):
+        return ""
+    return str(version)
+
+
+class InferenceServer:
+    def __init__(self, options: ServerOptions):
+        self.options = options
+        self.metrics_registry = CollectorRegistry()
+        self.custom_metrics = CustomMetrics()
+        self.metrics_registry.register(ModelMetricsCollector(self._metric_rows))
+        self.metrics_registry.register(self.custom_metrics)
+        self.models = ModelManager(self)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._live = False
+        self._accepting = False
+        self._inflight = 0
+        self._idle: asyncio.Event | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Scan and load per the control mode. With exit_on_error a failed model raises."""
+        self.loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        pb_context.set_default_server(self)
+        self._live = True
+        self._accepting = True
+        failures = await self.models.start()
+        if failures and self.options.exit_on_error:
+            detail = "; ".join(f"{n}: {r}" for n, r in failures)
+            await self.stop()
+            raise InternalError(f"failed to load all models: {detail}")
+
+    async def stop(self) -> None:
+        """Refuse new requests, drain in-flight ones (up to exit_timeout_secs), finalize."""
+        self._accepting = False
+        timeout = float(self.options.exit_timeout_secs)
+        if self._idle is not None and self._inflight:
+            log.info("waiting up to %.0fs for %d in-flight requests", timeout, self._inflight)
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("%d requests still in flight after %.0fs", self._inflight, timeout)
+        await self.models.stop(drain_timeout=0 if self._inflight else timeout)
+        self._live = False
+        pb_context.clear_default_server(self)
+
+    def is_live(self) -> bool:
+        return self._live
+
+    def is_ready(self) -> bool:
+        if not (self._live and self._accepting):
+            return False
+        if not self.options.strict_readiness:
+            return True
+        for entry in list(self.models.entries.values()):
+            if entry.reason == "unloaded" and not entry.ready_versions():
+                continue  # unloaded on purpose
+            live = [v for v in entry.versions.values() if v.reason != "unloaded"]
+            if not live or not all(v.ready() for v in live):
+                return False
+        return True
+
+    # -- metadata -----------------------------------------------------------------------
+    def metadata(self) -> dict:
+        return {"name": "llmserve", "version": llmserve.__version__, "extensions": list(EXTENSIONS)}
+
+    def _version(self, name: str, version: str = "") -> ModelVersion:
+        return self.models.resolve(name, _version_arg(version))
+
+    def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        return self._version(name, version).config
+
+    def model_metadata(self, name: str, version: str = "") -> dict:
+        mv = self._version(name, version)
+        entry = self.models.entries[name]
+        config = mv.config
+        lead = [-1] if config.max_batch_size > 0 else []
+
+        def tensors(items) -> list[dict]:
+            return [{"name": t.name, "datatype": dtype_api_name(t.data_type),
+                     "shape": lead + [int(d) for d in t.dims]} for t in items]
+
+        return {
+            "name": name,
+            "versions": [str(v.version) for v in entry.ready_versions()],
+            "platform": config.platform or config.backend,
+            "inputs": tensors(config.input),
+            "outputs": tensors(config.output),
+        }
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            return self._version(name, version).ready()
+        except ServerError:
+            return False
+
+    def is_decoupled(self, name: str, version: str = "") -> bool:
+        return self._version(name, version).decoupled
+
+    def repository_index(self, ready_only: bool = False) -> list[dict]:
+        rows: list[dict] = []
+        known = set()
+        for name, entry in sorted(self.models.entries.items()):
+            known.add(name)
+            rows.extend(entry.index_rows())
+        try:
+            from llmserve.repository import scan_repositories
+
+            for name in sorted(set(scan_repositories(self.models.roots)) - known):
+                rows.append({"name": name, "version": "", "state": "", "reason": ""})
+        except ServerError as exc:
+            log.warning("repository index: %s", exc)
+        if ready_only:
+            rows = [r for r in rows if r["state"] == ModelState.READY.value]
+        return sorted(rows, key=lambda r: (r["name"], r["version"]))
+
+    # -- repository control -------------------------------------------------------------
+    async def load_model(self, name: str, config_json: str | None = None,
+                         files: dict[str, bytes] | None = None) -> None:
+        if self.options.model_control_mode != "explicit":
+            raise Unavailable("explicit model load / unload is not allowed if polling is enabled"
+                              if self.options.model_control_mode == "poll" else
+                              "explicit model load / unload is not allowed in model control mode 'none'")
+        await self.models.load(name, config_json, files)
+
+    async def unload_model(self, name: str, unload_dependents: bool = False) -> None:
+        if self.options.model_control_mode != "explicit":
+            raise Unavailable("explicit model load / unload is not allowed if polling is enabled"
+                              if self.options.model_control_mode == "poll" else
+                              "explicit model load / unload is not allowed in model control mode 'none'")
+        await self.models.unload(name, unload_dependents, float(self.options.exit_timeout_secs))
+
+    # -- statistics ---------------------------------------------------------------------
+    def statistics(self, name: str = "", version: str = "") -> dict:
+        if name:
+            if version:
+                versions = [self._version(name, version)]
+            else:
+                entry = self.models.entries.get(name)
+                if entry is None or not entry.ready_versions():
+                    self._version(name)  # raises the right error
+                versions = entry.ready_versions()
+        else:
+            versions = [v for v in self.models.all_versions() if v.state == ModelState.READY]
+        return {"model_stats": [v.stats.to_json(v.name, v.version)
+                                for v in sorted(versions, key=lambda v: (v.name, v.version))]}
+
+    def _metric_rows(self):
+        for v in self.models.all_versions():
+            if v.state in (ModelState.READY, ModelState.UNLOADING):
+                pending = v.queue.pending_count() if v.queue is not None else 0
+                yield v.name, v.version, v.stats.to_json(v.name, v.version), pending
+
+    # -- inference ----------------------------------------------------------------------
+    async def infer(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
+        """Responses for a client request; request errors raise before the first yield."""
+        if not self._accepting:
+            raise Unavailable("Server is shutting down" if self._live else "Server is not started")
+        self._inflight += 1
+        assert self._idle is not None
+        self._idle.clear()
+        try:
+            async for resp in self.infer_internal(request):
+                yield resp
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def infer_internal(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
+        """infer() without the shutdown gate: BLS calls and ensemble steps of in-flight requests."""
+        if not request.arrival_ns:
+            request.arrival_ns = now_ns()
+        mv = self.models.resolve(request.model_name, _version_arg(request.model_version))
+        finished = False
+        try:
+            if mv.is_ensemble:
+                inputs, _ = validate_request(mv.config, request)
+                names = requested_output_names(mv.config, request)
+                run = EnsembleRun(self, mv.config, mv.version, request, inputs, names)
+                async for resp in run.responses():
+                    finished = resp.final
+                    yield resp
+                    if finished:
+                        return
+                return
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[InferenceResponse] = asyncio.Queue()
+
+            def deliver(resp: InferenceResponse) -> None:
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, resp)
+                except RuntimeError:  # the consumer's loop is closed
+                    pass
+
+            sreq = mv.prepare(request, deliver)
+            mv.submit(sreq)
+            while True:
+                resp = await queue.get()
+                finished = resp.final
+                yield resp
+                if finished:
+                    return
+        finally:
+            if not finished:
+                request.cancel.cancel()
+
+
+# -- process entry point ---------------------------------------------------------------
+async def _serve(options: ServerOptions) -> int:
+    from llmserve.frontends import start_frontends
+
+    server = InferenceServer(options)
+    try:
+        await server.start()
+    except ServerError as exc:
+        log.error("%s", exc)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    try:
+        frontends = await start_frontends(server, options)
+    except Exception as exc:
+        log.error("failed to start the frontends: %s", exc)
+        await server.stop()
+        return 1
+    log.info("llmserve is serving")
+    await stop.wait()
+    log.info("shutting down")
+    server._accepting = False
+    await server.stop()
+    await frontends.stop()
+    return 0
+
+
+def run_server(options: ServerOptions) -> int:
+    """Run until SIGINT/SIGTERM; returns the process exit code."""
+    if threading.current_thread() is not threading.main_thread():
+        raise InternalError("run_server must be called from the main thread")
+    try:
+        return asyncio.run(_serve(options))
+    except KeyboardInterrupt:
+        return 0

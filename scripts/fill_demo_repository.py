@@ -1,0 +1,172 @@
+"""Fill the inflight_batcher_llm templates for the bundled demo model into a folder.
+
+    python scripts/fill_demo_repository.py [OUT] [--model DIR] [--draft DIR] [--force]
+
+copies all_models/inflight_batcher_llm to OUT (default build/demo_repository) and fills
+every config.pbtxt with tools/fill_template.py, pointing engine_dir and tokenizer_dir at
+the demo checkpoint (models/demo-llm). With a draft checkpoint (models/demo-draft, when
+present) it also adds a `tensorrt_llm_draft` model for the BLS's speculative decoding.
+Then: llmserve serve --model-repository OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = ROOT / "all_models" / "inflight_batcher_llm"
+FILL = ROOT / "tools" / "fill_template.py"
+DEFAULT_OUT = ROOT / "build" / "demo_repository"
+DEFAULT_MODEL = ROOT / "models" / "demo-llm"
+DEFAULT_DRAFT = ROOT / "models" / "demo-draft"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def fill_file(path: Path, values: dict[str, str]) -> None:
+    """Run tools/fill_template.py -i on path (every key must appear in the file)."""
+    spec = ",".join(f"{k}:{_escape(v)}" for k, v in values.items())
+    subprocess.run([sys.executable, str(FILL), "-i", str(path), spec], check=True)
+
+
+def model_values(
+    model_dir: Path,
+    *,
+    decoupled: bool = True,
+    max_batch_size: int = 8,
+    instances: int = 1,
+    draft_name: str | None = None,
+) -> dict[str, dict[str, str]]:
+    """Placeholder values per model folder of the template set."""
+    model = str(model_dir.resolve())
+    common = {"triton_max_batch_size": str(max_batch_size)}
+    trtllm = {
+        **common,
+        "triton_backend": "tensorrtllm",
+        "decoupled_mode": str(decoupled).lower(),
+        "max_queue_delay_microseconds": "0",
+        "max_queue_size": "0",
+        "engine_dir": model,
+        "tokenizer_dir": model,
+        "batching_strategy": "inflight_fused_batching",
+        "encoder_input_features_data_type": "TYPE_FP16",
+        "logits_datatype": "TYPE_FP32",
+        "batch_scheduler_policy": "guaranteed_no_evict",
+        "kv_cache_free_gpu_mem_fraction": "0.9",
+        "enable_kv_cache_reuse": "true",
+        "enable_chunked_context": "true",
+        "exclude_input_in_output": "true",
+        "max_beam_width": "1",
+    }
+    bls = {
+        **common,
+        "decoupled_mode": str(decoupled).lower(),
+        "bls_instance_count": str(instances),
+        "logits_datatype": "TYPE_FP32",
+        "accumulate_tokens": "false",
+        "tensorrt_llm_model_name": "tensorrt_llm",
+    }
+    if draft_name:
+        bls["tensorrt_llm_draft_model_name"] = draft_name
+    return {
+        "preprocessing": {
+            **common,
+            "tokenizer_dir": model,
+            "engine_dir": model,
+            "add_special_tokens": "true",
+            "preprocessing_instance_count": str(instances),
+        },
+        "postprocessing": {
+            **common,
+            "tokenizer_dir": model,
+            "skip_special_tokens": "true",
+            "postprocessing_instance_count": str(instances),
+        },
+        "tensorrt_llm": trtllm,
+        "tensorrt_llm_bls": bls,
+        "ensemble": {**common, "logits_datatype": "TYPE_FP32"},
+    }
+
+
+def fill_repository(
+    out: Path,
+    model_dir: Path = DEFAULT_MODEL,
+    *,
+    draft_dir: Path | None = None,
+    decoupled: bool = True,
+    max_batch_size: int = 8,
+    instances: int = 1,
+    force: bool = False,
+) -> Path:
+    """Copy the templates to out and fill them; returns out."""
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"no Hugging Face checkpoint (config.json) in {model_dir}")
+    if out.exists():
+        if not force:
+            raise FileExistsError(f"{out} exists; pass --force to replace it")
+        shutil.rmtree(out)
+    shutil.copytree(TEMPLATES, out, ignore=shutil.ignore_patterns("__pycache__"))
+    draft_name = "tensorrt_llm_draft" if draft_dir is not None else None
+    values = model_values(
+        model_dir,
+        decoupled=decoupled,
+        max_batch_size=max_batch_size,
+        instances=instances,
+        draft_name=draft_name,
+    )
+    if draft_dir is not None:
+        shutil.copytree(out / "tensorrt_llm", out / draft_name)
+        draft_config = out / draft_name / "config.pbtxt"
+        text = draft_config.read_text().replace('name: "tensorrt_llm"', f'name: "{draft_name}"')
+        draft_config.write_text(text)
+        draft_values = model_values(draft_dir, decoupled=decoupled, max_batch_size=max_batch_size)
+        fill_file(draft_config, draft_values["tensorrt_llm"])
+    for name, model_vals in values.items():
+        fill_file(out / name / "config.pbtxt", model_vals)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="HF checkpoint folder")
+    parser.add_argument(
+        "--draft", type=Path, default=None,
+        help="draft checkpoint for speculative decoding (default: models/demo-draft if present)",
+    )
+    parser.add_argument("--no-draft", action="store_true", help="do not add a draft model")
+    parser.add_argument("--decoupled", choices=["true", "false"], default="true")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--instances", type=int, default=1, help="pre/post/BLS instance count")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    args = parser.parse_args(argv)
+    draft = args.draft
+    if draft is None and not args.no_draft and (DEFAULT_DRAFT / "config.json").is_file():
+        draft = DEFAULT_DRAFT
+    if args.no_draft:
+        draft = None
+    try:
+        out = fill_repository(
+            args.out,
+            args.model,
+            draft_dir=draft,
+            decoupled=args.decoupled == "true",
+            max_batch_size=args.max_batch_size,
+            instances=args.instances,
+            force=args.force,
+        )
+    except (FileNotFoundError, FileExistsError, subprocess.CalledProcessError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"filled model repository: {out}\nserve it with: llmserve serve --model-repository {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Tokenizer helpers of the model set: word lists, embedding bias, streaming decode."""
+
+import numpy as np
+import pytest
+from llm_fixtures import build_tokenizer
+from model_set_helpers import metaspace_tokenizer
+
+from llmserve.backends.tensorrtllm import text
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return build_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def test_split_words_csv_convention():
+    assert text.split_words([b"Hello,world", b'"a,b",c', b""]) == ["Hello", "world", "a,b", "c"]
+
+
+def test_words_to_ids_offsets_layout(tok):
+    batch = np.array([[b"fox,dog"], [b"quick"]], dtype=object)
+    out = text.words_to_ids_offsets(tok, batch, 2)
+    fox = tok.encode("fox", add_special_tokens=False)
+    dog = tok.encode("dog", add_special_tokens=False)
+    quick = tok.encode("quick", add_special_tokens=False)
+    assert out.shape[:2] == (2, 2) and out.dtype == np.int32
+    width = out.shape[2]
+    assert out[0, 0].tolist() == fox + dog + [0] * (width - len(fox + dog))
+    ends = [len(fox), len(fox) + len(dog)]
+    assert out[0, 1].tolist() == ends + [-1] * (width - 2)
+    assert out[1, 0, : len(quick)].tolist() == quick
+    assert out[1, 1].tolist() == [len(quick)] + [-1] * (width - 1)
+
+
+def test_words_to_ids_offsets_empty(tok):
+    assert text.words_to_ids_offsets(tok, None, 3).shape == (3, 2, 0)
+    assert text.words_to_ids_offsets(tok, np.array([[b""]], dtype=object), 1).shape == (1, 2, 0)
+
+
+def test_embedding_bias(tok):
+    words = np.array([[b"fox", b"dog"]], dtype=object)
+    weights = np.array([[1.5, -2.0]], dtype=np.float32)
+    bias = text.embedding_bias(tok, words, weights, 1, 320)
+    expected = np.zeros(320, np.float32)
+    for word, weight in (("fox", 1.5), ("dog", -2.0)):
+        for t in tok.encode(word, add_special_tokens=False):
+            expected[t] += weight
+    assert bias.shape == (1, 320)
+    np.testing.assert_allclose(bias[0], expected)
+    assert np.count_nonzero(expected) > 0
+    assert text.embedding_bias(tok, None, None, 2, 320).shape == (2, 0)
+    with pytest.raises(ValueError):
+        text.embedding_bias(tok, words, np.array([[1.0]], np.float32), 1, 320)
+
+
+def test_utf8_holdback_never_splits_a_character(tok):
+    ids = tok.encode("quick 中文 fox", add_special_tokens=False)
+    hold = text.Utf8HoldBack(tok)
+    pieces = []
+    for i, t in enumerate(ids):
+        released = hold.push([t], final=i == len(ids) - 1)
+        if released:
+            piece = tok.decode(released)
+            assert "\ufffd" not in piece
+            pieces.append(piece)
+    assert "".join(pieces) == "quick 中文 fox"
+
+
+def test_incremental_decoder_matches_full_decode(tok):
+    ids = tok.encode("Hello 世界, the lazy dog!", add_special_tokens=False)
+    dec = text.IncrementalDecoder(lambda lists: [tok.decode(x) for x in lists])
+    deltas = [dec.push([t]) for t in ids]
+    deltas.append(dec.push([], final=True))
+    assert all("\ufffd" not in d for d in deltas)
+    assert "".join(deltas) == tok.decode(ids)
+
+
+def test_sentencepiece_spaces_kept(tmp_path):
+    sp = metaspace_tokenizer(tmp_path)
+    ids = sp.encode("hello world again", add_special_tokens=False)
+    # token-by-token plain decode loses the spaces (tensorrtllm_backend #332) ...
+    assert "".join(sp.decode([t]) for t in ids) != "hello world again"
+    # ... decoding each delta as a continuation keeps them
+    first = sp.decode(ids[:1])
+    rest = "".join(text.decode_continuation(sp, [t], True) for t in ids[1:])
+    assert first + rest == "hello world again"
+    dec = text.IncrementalDecoder(lambda lists: [sp.decode(x) for x in lists])
+    out = "".join(dec.push([t]) for t in ids) + dec.push([], final=True)
+    assert out == "hello world again"
