@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -284,6 +285,8 @@ def _config_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         config = load_model_config(model_dir, options)
         for version in select_versions(model_dir, config):
             model_file_path(model_dir, version, config)
+        if config.HasField("ensemble_scheduling"):
+            _check_ensemble_steps(config, options)
     except ServerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -295,11 +298,30 @@ def _config_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         print(f"error: internal error while resolving model '{args.model}': "
               f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    if args.format == "pbtxt":
-        sys.stdout.write(config_to_text(config))
-    else:
-        print(json.dumps(config_to_json_dict(config), indent=2))
+    text = (config_to_text(config) if args.format == "pbtxt"
+            else json.dumps(config_to_json_dict(config), indent=2) + "\n")
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `llmserve config show ... | head`
+        sys.stdout = open(os.devnull, "w")  # the interpreter flushes stdout at exit
     return 0
+
+
+def _check_ensemble_steps(config, options: ServerOptions) -> None:
+    """Check an ensemble's maps against the step models found in the repositories."""
+    from llmserve.config.ensemble import validate_ensemble_steps
+    from llmserve.repository import find_model, load_model_config
+
+    step_configs = {}
+    for step in config.ensemble_scheduling.step:
+        step_dir = find_model(options.model_repositories, step.model_name)
+        if step_dir is None:
+            log.warning("ensemble '%s': step model '%s' is not in the model repository",
+                        config.name, step.model_name)
+        elif step.model_name not in step_configs:
+            step_configs[step.model_name] = load_model_config(step_dir, options)
+    validate_ensemble_steps(config, step_configs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -198,10 +198,12 @@ class InferenceServer:
         self._inflight += 1
         assert self._idle is not None
         self._idle.clear()
+        inner = self.infer_internal(request)
         try:
-            async for resp in self.infer_internal(request):
+            async for resp in inner:
                 yield resp
         finally:
+            await inner.aclose()  # runs its cleanup now, not when garbage collected
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
@@ -217,11 +219,15 @@ class InferenceServer:
                 inputs, _ = validate_request(mv.config, request)
                 names = requested_output_names(mv.config, request)
                 run = EnsembleRun(self, mv.config, mv.version, request, inputs, names)
-                async for resp in run.responses():
-                    finished = resp.final
-                    yield resp
-                    if finished:
-                        return
+                stream = run.responses()
+                try:
+                    async for resp in stream:
+                        finished = resp.final
+                        yield resp
+                        if finished:
+                            return
+                finally:
+                    await stream.aclose()
                 return
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[InferenceResponse] = asyncio.Queue()

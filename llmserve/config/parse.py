@@ -66,15 +66,19 @@ def parse_config_json(text: str | bytes | dict, source: str = "config JSON") -> 
     return config
 
 
-def config_to_json_dict(config: mc.ModelConfig) -> dict[str, Any]:
+def config_to_json_dict(config: mc.ModelConfig, *, int64_as_string: bool = False
+                        ) -> dict[str, Any]:
     """The config as Triton's config endpoint shows it: proto field names, fields with
-    default values printed, int64 fields (dims, shapes, microseconds) as JSON numbers."""
+    default values printed, int64 fields (dims, shapes, microseconds) as JSON numbers
+    (Triton's ModelConfigToJson undoes protobuf's int64-as-string; int64_as_string=True
+    keeps protobuf's form, as tritonclient's gRPC get_model_config(as_json=True) shows)."""
     data = json_format.MessageToDict(
         config,
         preserving_proto_field_name=True,
         always_print_fields_with_no_presence=True,
     )
-    _fix_int64(config.DESCRIPTOR, data)
+    if not int64_as_string:
+        _fix_int64(config.DESCRIPTOR, data)
     return data
 
 

@@ -54,15 +54,12 @@ def _validate_identity(config: mc.ModelConfig) -> None:
     name = config.name
     if not name:
         raise fail("model configuration must specify 'name'")
-    if not config.backend:
-        if config.platform != pf.ENSEMBLE:
-            if config.platform and config.platform not in pf.KNOWN_PLATFORMS:
-                raise fail(f"unexpected platform type '{config.platform}' for {name}; known "
-                           f"platforms are {', '.join(sorted(pf.KNOWN_PLATFORMS))}")
-            if not config.platform:
-                raise fail(f"must specify 'platform' or 'backend' for '{name}'")
-            raise fail(f"unexpected platform type '{config.platform}' for {name}")
-    elif config.platform == pf.ENSEMBLE:
+    if not config.backend and config.platform != pf.ENSEMBLE:
+        if not config.platform:
+            raise fail(f"must specify 'platform' or 'backend' for '{name}'")
+        raise fail(f"unexpected platform type '{config.platform}' for {name}; known platforms "
+                   f"are {', '.join(sorted(pf.KNOWN_PLATFORMS))}")
+    if config.backend and config.platform == pf.ENSEMBLE:
         raise fail(f"Ensemble model '{name}' must have platform type '{pf.ENSEMBLE}' and "
                    "empty backend type")
     if config.backend in pf.TYPED_BACKENDS and (

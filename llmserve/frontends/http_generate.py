@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -22,6 +23,8 @@ from llmserve.frontends.http_common import read_body, until_disconnect
 from llmserve.frontends.tensors import apply_parameters, parse_version
 from llmserve.frontends.wire import parse_json, tensor_from_json
 from llmserve.options import ServerOptions
+
+logger = logging.getLogger(__name__)
 
 
 def build_generate_request(server: Any, model: str, version: str, doc: Any) -> InferenceRequest:
@@ -190,6 +193,8 @@ class EventStreamResponse(Response):
                 producer.cancel()
                 with contextlib.suppress(BaseException):
                     await producer
+        if not producer.cancelled() and producer.exception() is not None:
+            logger.error("generate_stream failed", exc_info=producer.exception())
 
     async def _pump(self, send: Send) -> None:
         try:

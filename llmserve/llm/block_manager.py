@@ -103,7 +103,8 @@ class BlockManager:
             for block_id in computed:
                 self._take(block_id)
             seq.block_table.extend(computed)
-            seq.block_hashes.extend(self.blocks[b].block_hash for b in computed)  # type: ignore[misc]
+            hashes = [self.blocks[b].block_hash for b in computed]
+            seq.block_hashes.extend(h for h in hashes if h is not None)
             seq.num_computed = len(computed) * self.block_size
             seq.num_reused_blocks += len(computed)
             self.total_reused += len(computed)

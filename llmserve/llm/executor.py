@@ -179,7 +179,7 @@ class Executor:
         seq0.generator = make_generator(params.seed, 0)
         draft = request.external_draft_tokens_config
         if draft is not None and draft.tokens and num_seqs == 1:
-            seq0.draft_tokens = list(draft.tokens)
+            seq0.draft_tokens = [int(t) for t in draft.tokens]
         with self._cond:
             if not self._accepting:
                 self._num_queued -= 1
@@ -196,17 +196,18 @@ class Executor:
         return [self.enqueue_request(r) for r in requests]
 
     def _validate(self, req: Request) -> tuple[SamplingParams, StopCriteria, int, str | None]:
-        prompt = req.input_token_ids
+        prompt = [int(t) for t in req.input_token_ids]
         if len(prompt) == 0:
             raise InvalidArgument("input_token_ids must not be empty")
         if min(prompt) < 0 or max(prompt) >= self.vocab_size:
             raise InvalidArgument(f"input_token_ids must be in [0, {self.vocab_size})")
-        if req.max_tokens < 1:
-            raise InvalidArgument(f"max_tokens must be >= 1, got {req.max_tokens}")
-        total = len(prompt) + req.max_tokens
+        max_tokens = int(req.max_tokens)
+        if max_tokens < 1:
+            raise InvalidArgument(f"max_tokens must be >= 1, got {max_tokens}")
+        total = len(prompt) + max_tokens
         if total > self.max_seq_len:
             raise InvalidArgument(
-                f"prompt length ({len(prompt)}) + max_tokens ({req.max_tokens}) = {total} "
+                f"prompt length ({len(prompt)}) + max_tokens ({max_tokens}) = {total} "
                 f"exceeds max_seq_len ({self.max_seq_len})"
             )
         sc = req.sampling_config
@@ -235,7 +236,7 @@ class Executor:
                 f"{bm.num_blocks}; shorten the prompt or max_tokens"
             )
         for name, words in (("bad_words", req.bad_words), ("stop_words", req.stop_words)):
-            for word in words or []:
+            for word in (words if words is not None else []):
                 if any(not 0 <= t < self.vocab_size for t in word):
                     raise InvalidArgument(f"{name} token ids must be in [0, {self.vocab_size})")
         bias = req.embedding_bias
@@ -245,11 +246,11 @@ class Executor:
                 raise InvalidArgument(
                     f"embedding_bias has {bias.numel()} values, vocab size is {self.vocab_size}"
                 )
-        end_id = req.end_id if req.end_id is not None and req.end_id >= 0 else None
+        end_id = int(req.end_id) if req.end_id is not None and req.end_id >= 0 else None
         params = SamplingParams.from_config(
             sc, end_id=end_id, bad_words=req.bad_words, embedding_bias=bias,
             return_log_probs=req.output_config.return_log_probs)
-        stop = StopCriteria.build(req.max_tokens, end_id, req.stop_words)
+        stop = StopCriteria.build(max_tokens, end_id, req.stop_words)
         self._warn_request_fields(req)
         failure = None
         if sc.beam_width > 1:

@@ -88,7 +88,8 @@ def _set_random_seed(self: SamplingConfig, value: int | None) -> None:
 
 
 # Readable and writable under both names, as in TensorRT-LLM's bindings.
-SamplingConfig.random_seed = property(_get_random_seed, _set_random_seed)  # type: ignore[assignment]
+SamplingConfig.random_seed = property(  # type: ignore[assignment]
+    _get_random_seed, _set_random_seed)
 
 
 @dataclass(slots=True)

@@ -63,8 +63,9 @@ class SamplingParams:
             frequency_penalty=cfg.frequency_penalty or 0.0,
             min_tokens=cfg.min_tokens or 0,
             no_repeat_ngram_size=cfg.no_repeat_ngram_size or 0,
-            end_ids=[end_id] if end_id is not None and end_id >= 0 else [],
-            bad_words=[list(w) for w in (bad_words or []) if w],
+            end_ids=[int(end_id)] if end_id is not None and end_id >= 0 else [],
+            bad_words=[[int(t) for t in w] for w in (bad_words if bad_words is not None else [])
+                       if len(w)],
             embedding_bias=embedding_bias,
             seed=cfg.seed,
             return_log_probs=return_log_probs,
@@ -117,9 +118,12 @@ def sample(logits: torch.Tensor, rows: Seq[SampleRow],
     _apply_bans(logits, rows, params)
 
     tokens = logits.argmax(dim=-1)
+    sample_idx = [i for i, p in enumerate(params) if not p.greedy]
+    want_log_probs = any(p.return_log_probs for p in params)
+    if not sample_idx and not want_log_probs:
+        return SampleOutput(tokens.tolist(), None)  # all greedy: the common fast path
     temps = torch.tensor([p.temperature for p in params], device=device)
     scaled = logits / temps.unsqueeze(1)
-    sample_idx = [i for i, p in enumerate(params) if not p.greedy]
     if sample_idx:
         idx = torch.tensor(sample_idx, device=device)
         sub = scaled.index_select(0, idx)
@@ -133,7 +137,7 @@ def sample(logits: torch.Tensor, rows: Seq[SampleRow],
         ]).to(device)
         tokens.index_copy_(0, idx, (probs / noise).argmax(dim=-1))
     log_probs = None
-    if any(p.return_log_probs for p in params):
+    if want_log_probs:
         lp = torch.log_softmax(scaled, dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
         log_probs = lp.tolist()
     return SampleOutput(tokens.tolist(), log_probs)

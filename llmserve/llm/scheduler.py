@@ -102,8 +102,9 @@ class Scheduler:
             seq = self.running[i]
             num = min(seq.num_pending, budget)
             num_draft = 0
-            if seq.draft_tokens and num == seq.num_pending and num + len(seq.draft_tokens) <= budget:
-                num_draft = len(seq.draft_tokens)
+            drafts = len(seq.draft_tokens)
+            if drafts and num == seq.num_pending and num + drafts <= budget:
+                num_draft = drafts
             copies = self.bm.allocate_slots(seq, num + num_draft)
             while copies is None and num_draft:
                 num_draft = 0  # drafts are an optimisation: drop them before preempting
@@ -189,7 +190,7 @@ class Scheduler:
 
     def _worst_case(self, seq: Sequence) -> int:
         state = seq.state
-        blocks = self.bm.blocks_for(seq.prompt_len + state.request.max_tokens
+        blocks = self.bm.blocks_for(seq.prompt_len + state.stop.max_tokens
                                     + len(seq.draft_tokens))
         # siblings share the prompt's partial block until one copies it on write
         return blocks + (1 if state.num_sequences > 1 else 0)

@@ -96,7 +96,7 @@ class RequestState:
         self.context_logits: list[torch.Tensor] = []
         self.context_logits_sent = False
         self.error: str | None = None  # set when the request fails before it runs
-        prompt = list(request.input_token_ids)
+        prompt = [int(t) for t in request.input_token_ids]  # numpy / torch ints too
         self.seqs: list[Sequence] = [Sequence(self, 0, prompt, len(prompt))]
         self.seqs[0].cur_top_p = params.top_p
 

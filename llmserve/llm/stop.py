@@ -20,8 +20,9 @@ class StopCriteria:
     @classmethod
     def build(cls, max_tokens: int, end_id: int | None,
               stop_words: list[list[int]] | None) -> StopCriteria:
-        end_ids = frozenset([end_id]) if end_id is not None and end_id >= 0 else frozenset()
-        return cls(max_tokens, end_ids, [list(w) for w in (stop_words or []) if w])
+        end_ids = frozenset([int(end_id)]) if end_id is not None and end_id >= 0 else frozenset()
+        words = stop_words if stop_words is not None else []
+        return cls(int(max_tokens), end_ids, [[int(t) for t in w] for w in words if len(w)])
 
     def is_end(self, token: int) -> bool:
         return token in self.end_ids

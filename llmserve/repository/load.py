@@ -91,6 +91,11 @@ def _complete(config: mc.ModelConfig, model_dir: Path, options: ServerOptions,
         if generated:
             enable_default_dynamic_batching(config)
     elif backend in _DYNAMIC_BATCHING_BACKENDS:
+        if generated or (len(config.input) == 0 and len(config.output) == 0):
+            log.warning("model '%s': llmserve cannot read inputs, outputs or batching from a "
+                        "%s model file; declare max_batch_size, input and output in "
+                        "config.pbtxt (--backend-config default-max-batch-size is not applied)",
+                        model_name, backend)
         enable_default_dynamic_batching(config)
 
 

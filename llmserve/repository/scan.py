@@ -43,7 +43,11 @@ def scan_repositories(roots: list[Path]) -> dict[str, Path]:
     """Model name -> model folder over all roots (ConfigError, INVALID_ARG, for a bad
     folder name, an escaping symlink, a missing root, or a name found in two roots)."""
     found: dict[str, Path] = {}
+    seen_roots: set[Path] = set()
     for root in roots:
+        if Path(root).resolve() in seen_roots:
+            continue  # the same root given twice
+        seen_roots.add(Path(root).resolve())
         for model_dir in _model_dirs(Path(root)):
             other = found.get(model_dir.name)
             if other is not None:
@@ -57,9 +61,11 @@ def find_model(roots: list[Path], name: str) -> Path | None:
     """The folder of model `name` (a load request's name), None when no root holds it.
     A name that is not a valid model name (a path, '..') is refused."""
     check_model_name(name)
-    matches = []
+    matches: list[Path] = []
     for root in roots:
         candidate = Path(root) / name
+        if any(m.resolve() == candidate.resolve() for m in matches):
+            continue  # the same root given twice
         if candidate.is_dir() and is_within(candidate, root):
             matches.append(candidate)
         elif candidate.is_dir():

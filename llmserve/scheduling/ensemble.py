@@ -65,6 +65,8 @@ class EnsembleRun:
         self.steps = list(config.ensemble_scheduling.step)
         self.output_names = output_names
         self.root = _Branch(inputs)
+        # optional ensemble inputs the client left out: steps run without them (Triton)
+        self.absent = {i.name for i in config.input if i.optional and i.name not in inputs}
         self.queue: asyncio.Queue = asyncio.Queue()
         self.tasks: set[asyncio.Task] = set()
         self.failed = False
@@ -82,7 +84,8 @@ class EnsembleRun:
             for i, step in enumerate(self.steps):
                 if b.has_started(i):
                     continue
-                if all(b.get(t) is not None for t in step.input_map.values()):
+                if all(b.get(t) is not None or t in self.absent
+                       for t in step.input_map.values()):
                     b.started.add(i)
                     task = asyncio.create_task(self._run_step(b, i))
                     self.tasks.add(task)
@@ -110,6 +113,8 @@ class EnsembleRun:
         inputs = {}
         for model_input, tensor_name in step.input_map.items():
             t = branch.get(tensor_name)
+            if t is None:  # an optional ensemble input the client did not send
+                continue
             inputs[model_input] = Tensor(model_input, t.datatype, t.data)
         token = CancellationToken()
         self.request.cancel.add_callback(token.cancel)

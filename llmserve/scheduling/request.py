@@ -43,10 +43,10 @@ class ResponseSink:
                 self.failed = True
             if response.final:
                 self.closed = True
-        self._deliver(response)
-        if response.final:
+        if response.final:  # bookkeeping first: the consumer may look at stats at once
             for cb in self._on_final:
                 cb(response)
+        self._deliver(response)
         return True
 
 

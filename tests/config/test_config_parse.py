@@ -78,6 +78,11 @@ def test_json_like_triton_config_endpoint():
     assert json.loads(config_to_json(parse_config_text(FULL))) == data
 
 
+def test_int64_as_string_option():
+    data = config_to_json_dict(parse_config_text(FULL), int64_as_string=True)
+    assert data["input"][0]["dims"] == ["-1", "16"] and data["max_batch_size"] == 8
+
+
 def test_protobuf_json_with_string_int64_also_parses():
     config = parse_config_text(FULL)
     as_protobuf_json = json_format.MessageToJson(config, preserving_proto_field_name=True)

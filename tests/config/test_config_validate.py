@@ -133,6 +133,8 @@ BAD = [
      '} ] }', "must not specify 'int32_false_true'"),
     ("state dims", PY + IO + 'sequence_batching { state [ { input_name: "si" output_name: "so"'
      ' data_type: TYPE_FP32 dims: [ 0 ] } ] }', "state 'si' dimension must be integer >= 1"),
+    ("no backend", 'default_model_filename: "x.bin"\n' + IO,
+     "must specify 'platform' or 'backend' for 'm'"),
     ("unknown platform", 'platform: "caffe2_netdef"\n' + IO,
      "unexpected platform type 'caffe2_netdef' for m"),
     ("platform backend pair", 'platform: "tensorrt_plan"\nbackend: "onnxruntime"\n' + IO,

@@ -15,8 +15,6 @@ import tritonclient.grpc as tg
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-pytest.importorskip("llmserve.server", reason="InferenceServer (issue 3, engineer D) not built yet")
-
 
 @pytest.fixture(scope="module")
 def hc(live):

@@ -370,3 +370,44 @@ def test_aio_client(running):
             await c.close()
 
     asyncio.run(main())
+
+
+FUZZ_PATHS = [
+    "/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/simple", "/v2/models/simple/ready",
+    "/v2/models/simple/config", "/v2/models/simple/infer", "/v2/models/simple/versions/1/infer",
+    "/v2/models/identity/infer", "/v2/models/gen/generate", "/v2/models/gen_stream/generate_stream",
+    "/v2/models/stats", "/v2/models/simple/stats", "/v2/repository/index",
+    "/v2/repository/models/simple/load", "/v2/repository/models/simple/unload",
+    "/v2/models/%00/infer", "/v2/models/../../etc/passwd", "/v2/models/simple/versions/-1",
+    "/v2/models/" + "a" * 3000,
+]
+
+
+def test_fuzz_requests_never_500(running, client):
+    import random
+
+    rng = random.Random(1234)
+    port = running.frontends.http_port
+    junk = [b"", b"{", b"null", b"[]", b'{"inputs": [null]}', b'{"inputs": [{"name": 1}]}',
+            bytes(rng.randrange(256) for _ in range(64)), b'{"text_input": null}',
+            b'{"inputs":[{"name":"INPUT0","datatype":"BYTES","shape":[1],"data":[[[]]]}]}']
+    for path in FUZZ_PATHS:
+        for method in ("GET", "POST"):
+            body = rng.choice(junk)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as h:
+                r = h.request(method, path, content=body)
+            assert r.status_code < 500 or r.status_code in (501, 503), (method, path, r.text)
+            if r.status_code >= 400 and r.content:
+                assert "error" in r.json()
+    # raw garbage on the socket
+    for garbage in (b"\x00\xff\r\n\r\n", b"POST /v2/models/simple/infer HTTP/1.1\r\n"
+                    b"Content-Length: 99999999999999999999\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.settimeout(5)
+            s.sendall(garbage)
+            try:
+                s.recv(1024)
+            except (TimeoutError, ConnectionResetError):
+                pass
+    a, b, inputs = simple_inputs()
+    np.testing.assert_array_equal(client.infer("simple", inputs).as_numpy("OUTPUT0"), a + b)

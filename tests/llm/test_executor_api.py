@@ -111,7 +111,8 @@ def test_num_return_sequences(make_executor, ref):
     assert [r.result.is_final for r in greedy] == [False, False, True]
     assert all(r.result.is_sequence_final for r in greedy)
     assert all(tokens_of(greedy, i) == ref for i in range(3))
-    a, b, single = run(ex, [sampled_request(P, 16, seed=5, n=2), sampled_request(P, 16, seed=5, n=2),
+    a, b, single = run(ex, [sampled_request(P, 16, seed=5, n=2),
+                            sampled_request(P, 16, seed=5, n=2),
                             sampled_request(P, 16, seed=5)])
     assert tokens_of(a, 0) == tokens_of(b, 0) and tokens_of(a, 1) == tokens_of(b, 1)
     assert tokens_of(a, 0) != tokens_of(a, 1)

@@ -90,3 +90,9 @@ def test_find_model_refuses_escaping_symlink(tmp_path):
     os.symlink(outside, root / "linked")
     with pytest.raises(ConfigError, match="outside"):
         find_model([root], "linked")
+
+
+def test_same_root_twice_is_not_a_duplicate(tmp_path):
+    write_model(tmp_path, "m")
+    assert scan_repositories([tmp_path, tmp_path / "sub" / "..", tmp_path]) == {"m": tmp_path / "m"}
+    assert find_model([tmp_path, tmp_path], "m") == tmp_path / "m"

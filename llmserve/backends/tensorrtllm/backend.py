@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
 
 from llmserve.backends.tensorrtllm import request_mapping as rm
 from llmserve.backends.tensorrtllm.metrics import LlmMetrics
@@ -63,7 +64,7 @@ def _parameters(config) -> dict[str, str]:
 def _output_dtypes(config) -> dict[str, tuple[str, np.dtype]]:
     out = {}
     for o in config.output:
-        dt = datatypes.from_config_name(o.DataType.Name(o.data_type))
+        dt = datatypes.from_config_name(mc.DataType.Name(o.data_type))
         out[o.name] = (dt.api_name, dt.numpy if dt.numpy is not None else np.dtype(np.float32))
     return out
 

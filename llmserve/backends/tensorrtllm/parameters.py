@@ -200,7 +200,7 @@ def _warn_ineffective(p: _Params) -> list[str]:
     warnings = []
     for name, why in INEFFECTIVE_PARAMETERS.items():
         value = p.get(name)
-        if value is None or value.lower() in _HARMLESS.get(name, set()):
+        if value is None or value.lower() in {h.lower() for h in _HARMLESS.get(name, ())}:
             continue
         msg = f"parameter '{name}' = '{value}' has no effect on llmserve's engine: {why}"
         logger.warning(msg)

@@ -42,37 +42,48 @@ def result_tensors(
         "batch_index": np.array([options.batch_index], dtype=np.int32),
         "sequence_index": np.array([result.sequence_index], dtype=np.int32),
     }
-    if options.return_log_probs:
-        cum = result.cum_log_probs or [0.0] * len(beams)
-        out["cum_log_probs"] = np.array(cum, dtype=np.float32)
+    n = len(beams)
+    width = max((len(b) for b in beams), default=0)
+    # Like TensorRT-LLM's backend, every output exists; a feature that is off gives zeros
+    # (so an ensemble that maps the output always receives it).
+    if options.return_log_probs and result.cum_log_probs is not None:
+        out["cum_log_probs"] = np.array(result.cum_log_probs, dtype=np.float32)
         out["output_log_probs"] = _pad(result.log_probs or [[] for _ in beams], 0.0, np.float32)
+    else:
+        out["cum_log_probs"] = np.zeros(n, np.float32)
+        out["output_log_probs"] = np.zeros((n, width), np.float32)
     if options.return_context_logits and result.context_logits is not None:
         out["context_logits"] = _logits(result.context_logits)
+    else:
+        out["context_logits"] = np.zeros((1, 1), np.float32)
     if options.return_generation_logits and result.generation_logits is not None:
         out["generation_logits"] = _logits(result.generation_logits)
-    metrics = result.request_perf_metrics
-    if options.return_perf_metrics and metrics is not None:
-        kv, timing, spec = (
-            metrics.kv_cache_metrics,
-            metrics.timing_metrics,
-            metrics.speculative_decoding,
-        )
-        out.update(
-            kv_cache_alloc_new_blocks=np.array([kv.num_new_allocated_blocks], np.int32),
-            kv_cache_reused_blocks=np.array([kv.num_reused_blocks], np.int32),
-            kv_cache_alloc_total_blocks=np.array([kv.num_total_allocated_blocks], np.int32),
-            arrival_time_ns=np.array([timing.arrival_time], np.int64),
-            first_scheduled_time_ns=np.array([timing.first_scheduled_time], np.int64),
-            first_token_time_ns=np.array([timing.first_token_time], np.int64),
-            last_token_time_ns=np.array([timing.last_token_time], np.int64),
-            acceptance_rate=np.array([spec.acceptance_rate], np.float32),
-            total_accepted_draft_tokens=np.array([spec.total_accepted_draft_tokens], np.int32),
-            total_draft_tokens=np.array([spec.total_draft_tokens], np.int32),
-        )
-    if options.return_num_input_tokens:
-        out["num_input_tokens"] = np.array([options.num_input_tokens], np.int32)
-    if options.return_num_output_tokens:
-        out["num_output_tokens"] = np.array([num_output_tokens], np.int32)
+    else:
+        out["generation_logits"] = np.zeros((n, 1, 1), np.float32)
+    metrics = result.request_perf_metrics if options.return_perf_metrics else None
+    kv = metrics.kv_cache_metrics if metrics else None
+    timing = metrics.timing_metrics if metrics else None
+    spec = metrics.speculative_decoding if metrics else None
+    out.update(
+        kv_cache_alloc_new_blocks=np.array([kv.num_new_allocated_blocks if kv else 0], np.int32),
+        kv_cache_reused_blocks=np.array([kv.num_reused_blocks if kv else 0], np.int32),
+        kv_cache_alloc_total_blocks=np.array([kv.num_total_allocated_blocks if kv else 0], np.int32),
+        arrival_time_ns=np.array([timing.arrival_time if timing else 0], np.int64),
+        first_scheduled_time_ns=np.array([timing.first_scheduled_time if timing else 0], np.int64),
+        first_token_time_ns=np.array([timing.first_token_time if timing else 0], np.int64),
+        last_token_time_ns=np.array([timing.last_token_time if timing else 0], np.int64),
+        acceptance_rate=np.array([spec.acceptance_rate if spec else 0.0], np.float32),
+        total_accepted_draft_tokens=np.array(
+            [spec.total_accepted_draft_tokens if spec else 0], np.int32
+        ),
+        total_draft_tokens=np.array([spec.total_draft_tokens if spec else 0], np.int32),
+        num_input_tokens=np.array(
+            [options.num_input_tokens if options.return_num_input_tokens else 0], np.int32
+        ),
+        num_output_tokens=np.array(
+            [num_output_tokens if options.return_num_output_tokens else 0], np.int32
+        ),
+    )
     return out
 
 

@@ -82,8 +82,20 @@ def run_draft_target(bls, inputs: dict, llm_inputs: dict, num_draft: int, stop_w
         if tail:
             yield bls._response(tail, {})
         return
-    exclude = bool(np.asarray(inputs.get("exclude_input_in_output", [[False]])).reshape(-1)[0])
+    if "exclude_input_in_output" in inputs:
+        exclude = bool(np.asarray(inputs["exclude_input_in_output"]).reshape(-1)[0])
+    else:  # the tensorrt_llm model's own default decides, as for a plain request
+        exclude = _model_excludes_input(bls, base, prompt)
     tokens = generated if exclude else prompt + generated
     out = {"output_ids": np.array([[tokens]], np.int32),
            "sequence_length": np.array([[len(tokens)]], np.int32)}
     yield bls._final_response_from(out, llm_inputs, stop_words, inputs)
+
+
+def _model_excludes_input(bls, base: dict, prompt: list[int]) -> bool:
+    """Ask the target model for one token without exclude_input_in_output: does its
+    default leave the prompt out of the output?"""
+    probe = {**base, "input_ids": np.array([prompt], np.int32),
+             "input_lengths": np.array([[len(prompt)]], np.int32),
+             "request_output_len": np.array([[1]], np.int32)}
+    return len(_tokens(_generate(bls, bls.llm_name, probe, ["output_ids", "sequence_length"]))) <= 1

@@ -36,6 +36,23 @@ class PrefillSeq:
 
 
 @dataclass(slots=True)
+class DecodeGroup:
+    """Single-token chunks of similar context length, attended as one padded batch."""
+
+    offset: int  # first row in the step's token stream
+    count: int  # sequences (= rows) in the group
+    max_blocks: int  # blocks of the longest context; shorter ones are padded to it
+    blocks: torch.Tensor  # [count * max_blocks] flattened, padded block tables
+    masks: dict[int | None, torch.Tensor | None]  # window -> [count, 1, 1, keys] or None
+
+
+# Decode sequences are grouped so that no sequence is padded to more than twice its
+# blocks (gather and attention cost follow the padded length); a few groups at most,
+# since each costs a gather and an attention call per layer.
+MAX_DECODE_GROUPS = 4
+
+
+@dataclass(slots=True)
 class StepMetadata:
     """Everything the layers need for one forward, built once per step. Decode chunks
     (one token) come first in the token stream, batched; multi-token chunks follow."""
@@ -44,9 +61,7 @@ class StepMetadata:
     positions: torch.Tensor  # [T]
     slot_mapping: torch.Tensor  # [T] cache slot of each new token
     num_decode: int
-    decode_blocks: torch.Tensor | None  # [num_decode * max_blocks] flattened block table
-    decode_max_blocks: int
-    decode_masks: dict[int | None, torch.Tensor]  # window -> [B, 1, 1, max_blocks * bs]
+    decode_groups: list[DecodeGroup]
     prefills: list[PrefillSeq]
     logit_rows: torch.Tensor | None  # rows of the stream needing logits, in chunk order
     num_logit_rows: int
@@ -60,6 +75,46 @@ def _window_ok(keys: torch.Tensor, query_pos: torch.Tensor, window: int | None) 
     return allowed
 
 
+def _decode_groups(
+    chunks: list[SeqChunk],
+    decode: list[int],
+    block_size: int,
+    windows: set[int | None],
+    device: torch.device,
+) -> list[DecodeGroup]:
+    """Splits the decode chunks (sorted longest first) into padded batches."""
+    used = [(chunks[i].start_pos + block_size) // block_size for i in decode]
+    spans: list[list[int]] = []  # [first, end) into `decode`
+    for j, blocks in enumerate(used):
+        if spans and (2 * blocks >= used[spans[-1][0]] or len(spans) == MAX_DECODE_GROUPS):
+            spans[-1][1] = j + 1
+        else:
+            spans.append([j, j + 1])
+    groups = []
+    for first, end in spans:
+        max_blocks = used[first]
+        flat: list[int] = []
+        for j in range(first, end):
+            own = chunks[decode[j]].block_table[: used[j]]
+            flat.extend(own)
+            # Padding (masked out below) repeats the sequence's own last block, so a
+            # non-finite value elsewhere in the cache can never leak in as 0 * NaN.
+            flat.extend([own[-1]] * (max_blocks - used[j]))
+        contexts = [chunks[decode[j]].start_pos + 1 for j in range(first, end)]
+        keys = torch.arange(max_blocks * block_size)[None, :]
+        query_pos = torch.tensor(contexts, dtype=torch.long)[:, None] - 1
+        masks: dict[int | None, torch.Tensor | None] = {}
+        for window in windows:
+            if window is None and min(contexts) == max_blocks * block_size:
+                masks[window] = None  # every key of every sequence is attended
+            else:
+                mask = _window_ok(keys, query_pos, window)[:, None, None, :]
+                masks[window] = mask.to(device, non_blocking=True)
+        blocks = torch.tensor(flat, dtype=torch.long).to(device, non_blocking=True)
+        groups.append(DecodeGroup(first, end - first, max_blocks, blocks, masks))
+    return groups
+
+
 def build_step(
     chunks: list[SeqChunk],
     block_size: int,
@@ -68,6 +123,7 @@ def build_step(
 ) -> StepMetadata:
     """Orders the chunks' tokens (decodes first), computes slots, block tables and masks."""
     decode = [i for i, c in enumerate(chunks) if len(c.token_ids) == 1]
+    decode.sort(key=lambda i: chunks[i].start_pos, reverse=True)  # longest first
     multi = [i for i, c in enumerate(chunks) if len(c.token_ids) != 1]
     order = decode + multi
     ids: list[int] = []
@@ -85,25 +141,7 @@ def build_step(
             table[p // block_size] * block_size + p % block_size for p in range(start, end)
         )
 
-    num_decode = len(decode)
-    decode_blocks = None
-    decode_masks: dict[int | None, torch.Tensor] = {}
-    max_blocks = 0
-    if num_decode:
-        contexts = [chunks[i].start_pos + 1 for i in decode]
-        max_blocks = (max(contexts) + block_size - 1) // block_size
-        flat: list[int] = []
-        for i, ctx in zip(decode, contexts, strict=True):
-            used = (ctx + block_size - 1) // block_size
-            flat.extend(chunks[i].block_table[:used])
-            flat.extend([0] * (max_blocks - used))  # padding, masked out below
-        decode_blocks = torch.tensor(flat, dtype=torch.long).to(device, non_blocking=True)
-        keys = torch.arange(max_blocks * block_size)[None, :]
-        query_pos = torch.tensor(contexts, dtype=torch.long)[:, None] - 1
-        for window in windows:
-            mask = _window_ok(keys, query_pos, window)
-            decode_masks[window] = mask[:, None, None, :].to(device, non_blocking=True)
-
+    groups = _decode_groups(chunks, decode, block_size, windows, device)
     prefills: list[PrefillSeq] = []
     for i in multi:
         chunk = chunks[i]
@@ -135,10 +173,8 @@ def build_step(
         input_ids=torch.tensor(ids, dtype=torch.long).to(device, non_blocking=True),
         positions=torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True),
         slot_mapping=torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True),
-        num_decode=num_decode,
-        decode_blocks=decode_blocks,
-        decode_max_blocks=max_blocks,
-        decode_masks=decode_masks,
+        num_decode=len(decode),
+        decode_groups=groups,
         prefills=prefills,
         logit_rows=None if in_order else torch.tensor(rows, dtype=torch.long).to(device),
         num_logit_rows=len(rows),
@@ -164,13 +200,12 @@ def paged_attention(
     num_tokens, num_heads, head_dim = q.shape
     num_kv = k.shape[1]
     group = num_heads // num_kv
-    if meta.num_decode == num_tokens and not meta.prefills:
-        return _decode(layer, q, cache, meta, scale, window, group)
+    if len(meta.decode_groups) == 1 and meta.num_decode == num_tokens:
+        return _decode(layer, q, cache, meta.decode_groups[0], scale, window, group)
     out = torch.empty_like(q)
-    if meta.num_decode:
-        out[: meta.num_decode] = _decode(
-            layer, q[: meta.num_decode], cache, meta, scale, window, group
-        )
+    for dg in meta.decode_groups:
+        rows = slice(dg.offset, dg.offset + dg.count)
+        out[rows] = _decode(layer, q[rows], cache, dg, scale, window, group)
     for seq in meta.prefills:
         rows = slice(seq.offset, seq.offset + seq.length)
         qs = q[rows].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, D]
@@ -200,27 +235,20 @@ def _decode(
     layer: int,
     q: torch.Tensor,
     cache: KVCache,
-    meta: StepMetadata,
+    dg: DecodeGroup,
     scale: float,
     window: int | None,
     group: int,
 ) -> torch.Tensor:
     """One query token per sequence, batched: each sequence's blocks are gathered and
-    padded to the longest context; the query heads sharing a KV head are folded into
-    the query-length axis so GQA needs no K/V repetition."""
+    padded to the group's longest context; the query heads sharing a KV head are folded
+    into the query-length axis so GQA needs no K/V repetition."""
     batch, num_heads, head_dim = q.shape
     num_kv = num_heads // group
-    assert meta.decode_blocks is not None
-    length = meta.decode_max_blocks * cache.block_size
-    ks, vs = cache.gather_blocks(layer, meta.decode_blocks)
-    ks = ks.view(batch, length, num_kv, head_dim)
-    vs = vs.view(batch, length, num_kv, head_dim)
+    length = dg.max_blocks * cache.block_size
+    ks, vs = cache.gather_blocks(layer, dg.blocks)
+    ks = ks.view(batch, length, num_kv, head_dim).transpose(1, 2)
+    vs = vs.view(batch, length, num_kv, head_dim).transpose(1, 2)
     qs = q.view(batch, num_kv, group, head_dim)
-    attn = F.scaled_dot_product_attention(
-        qs,
-        ks.transpose(1, 2),
-        vs.transpose(1, 2),
-        attn_mask=meta.decode_masks[window],
-        scale=scale,
-    )
+    attn = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=dg.masks[window], scale=scale)
     return attn.reshape(batch, num_heads, head_dim)

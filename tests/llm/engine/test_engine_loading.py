@@ -82,6 +82,16 @@ def test_tied_embeddings_share_the_embedding_matrix(tmp_path):
 def test_arch_config_fields_and_tokens(tmp_path):
     path = make_tiny_checkpoint(tmp_path, "llama", num_kv_heads=2, with_tokenizer=True)
     assert (path / "tokenizer.json").is_file()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (BOS_ID, EOS_ID, PAD_ID)
+    ids = tok("Hello world, the fox!").input_ids
+    assert max(ids) < 320 and tok.decode(ids) == "Hello world, the fox!"
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert chat == "<s><|user|>\nhi</s>\n<|assistant|>\n"
     arch = ModelRunner(path).arch
     assert (arch.num_layers, arch.num_heads, arch.num_kv_heads, arch.head_dim) == (2, 4, 2, 16)
     assert (arch.hidden_size, arch.vocab_size) == (64, 320)

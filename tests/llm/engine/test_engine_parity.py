@@ -35,6 +35,7 @@ VARIANTS = {
         rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
     ),
     "mistral_window": dict(family="mistral", sliding_window=6),
+    "mistral_head_dim": dict(family="mistral", head_dim=32),
 }
 
 

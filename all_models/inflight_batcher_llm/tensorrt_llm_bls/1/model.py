@@ -110,6 +110,7 @@ class TritonPythonModel:
         self.llm_name = _param(config, "tensorrt_llm_model_name") or "tensorrt_llm"
         self.draft_name = _param(config, "tensorrt_llm_draft_model_name")
         self.outputs = [o["name"] for o in config.get("output", [])]
+        self.llm_outputs = [name for name in self.outputs if name != "text_output"]
 
     def execute(self, requests):
         if not self.decoupled:
@@ -151,7 +152,7 @@ class TritonPythonModel:
             yield from self._speculate(inputs, llm_inputs, num_draft, stop_words)
             return
         request_id = f"bls-{uuid.uuid4().hex}"
-        llm_request = self._bls_request(self.llm_name, llm_inputs, ["output_ids", "sequence_length"] + self.outputs, request_id)
+        llm_request = self._bls_request(self.llm_name, llm_inputs, ["output_ids", "sequence_length"] + self.llm_outputs, request_id)
         responses = llm_request.exec(decoupled=True) if self.decoupled else [llm_request.exec()]
         if not streaming:
             for response in responses:

@@ -1,0 +1,169 @@
+"""The Python backend through InferenceServer: default/decoupled/async modes, errors,
+BLS, auto-complete, cancellation, rescheduling, module isolation, custom metrics."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from prometheus_client import generate_latest
+from pyb_helpers import collect, make_request
+
+from llmserve.core.errors import ErrorCode
+
+
+def test_add_sub(backend_server):
+    a = np.array([[1, 2, 3, 4]], np.float32)
+    b = np.array([[4, 3, 2, 1]], np.float32)
+    [resp] = backend_server.run(collect(backend_server, make_request("add_sub", {"INPUT0": a, "INPUT1": b})))
+    assert resp.final and resp.error is None
+    np.testing.assert_array_equal(resp.output("OUTPUT0").data, a + b)
+    np.testing.assert_array_equal(resp.output("OUTPUT1").data, a - b)
+    assert resp.model_version == 1
+
+
+def test_requested_outputs_filter(backend_server):
+    from llmserve.core.types import RequestedOutput
+
+    a = np.ones((2, 4), np.float32)
+    req = make_request("add_sub", {"INPUT0": a, "INPUT1": a}, requested_outputs=[RequestedOutput("OUTPUT1")])
+    [resp] = backend_server.run(collect(backend_server, req))
+    assert [t.name for t in resp.outputs] == ["OUTPUT1"]
+    assert resp.output("OUTPUT1").data.shape == (2, 4)
+
+
+def test_decoupled_repeat_streams_then_final(backend_server):
+    resps = backend_server.run(collect(backend_server, make_request("repeat", {"IN": np.array([7, 8, 9], np.int32)})))
+    assert [int(r.output("OUT").data[0]) for r in resps[:-1]] == [7, 8, 9]
+    assert all(not r.final for r in resps[:-1])
+    assert resps[-1].final and not resps[-1].outputs
+
+
+def test_decoupled_zero_responses(backend_server):
+    resps = backend_server.run(collect(backend_server, make_request("repeat", {"IN": np.array([], np.int32)})))
+    assert len(resps) == 1 and resps[0].final and not resps[0].outputs and resps[0].error is None
+
+
+def test_bls_sync_async_and_decoupled(backend_server):
+    x = np.array([1, 2, 3, 4], np.float32)
+    for mode in ("sync", "async"):
+        [resp] = backend_server.run(collect(backend_server, make_request("bls", {"MODE": np.array([mode]), "X": x})))
+        assert resp.error is None, resp.error
+        np.testing.assert_array_equal(resp.output("Y").data, x * 2)
+    [resp] = backend_server.run(collect(backend_server, make_request("bls", {"MODE": np.array(["decoupled"]), "X": x})))
+    np.testing.assert_array_equal(resp.output("Y").data, x)
+    [resp] = backend_server.run(collect(backend_server, make_request("bls_sync", {"X": np.array([5, 6], np.int32)})))
+    np.testing.assert_array_equal(resp.output("Y").data, [5, 6])
+
+
+def test_bls_error_surfaces_as_response_error(backend_server):
+    x = np.ones(4, np.float32)
+    [resp] = backend_server.run(collect(backend_server, make_request("bls", {"MODE": np.array(["missing"]), "X": x})))
+    assert resp.error is not None and "no_such_model" in resp.error.message
+
+
+def test_auto_complete_config(backend_server):
+    config = backend_server.model_config("auto")
+    assert config.max_batch_size == 4
+    assert [i.name for i in config.input] == ["A"]
+    [resp] = backend_server.run(collect(backend_server, make_request("auto", {"A": np.array([[1, 2]], np.int64)})))
+    np.testing.assert_array_equal(resp.output("B").data, [[10, 20]])
+
+
+def test_initialize_error_makes_model_unavailable(backend_server):
+    rows = [r for r in backend_server.repository_index() if r["name"] == "init_error"]
+    assert rows and rows[0]["state"] == "UNAVAILABLE"
+    assert rows[0]["reason"] == "RuntimeError: cannot open weights file"
+    assert not backend_server.model_ready("init_error")
+    with pytest.raises(Exception) as info:
+        backend_server.run(collect(backend_server, make_request("init_error", {"MODE": np.array(["ok"])})))
+    assert "init_error" in str(info.value)
+
+
+def _errors(server, mode):
+    return server.run(collect(server, make_request("errors", {"MODE": np.array([mode])})))
+
+
+def test_execute_raise_fails_request_only(backend_server):
+    [resp] = _errors(backend_server, "raise")
+    assert resp.error is not None
+    assert "Failed to process the request(s) for model" in resp.error.message
+    assert "ValueError: model blew up" in resp.error.message
+    [ok] = _errors(backend_server, "ok")
+    assert ok.error is None and ok.output("OUT").data[0] == b"ok"
+
+
+@pytest.mark.parametrize("mode", ["short_list", "none", "none_item"])
+def test_response_list_rule(backend_server, mode):
+    [resp] = _errors(backend_server, mode)
+    assert resp.error is not None and resp.final
+
+
+def test_triton_error_codes_map(backend_server):
+    [resp] = _errors(backend_server, "not_found")
+    assert resp.error.code == ErrorCode.NOT_FOUND and resp.error.message == "file not found"
+    [resp] = _errors(backend_server, "code:3")
+    assert resp.error.code == ErrorCode.INVALID_ARG
+    [resp] = _errors(backend_server, "code:4")
+    assert resp.error.code == ErrorCode.UNAVAILABLE
+
+
+def test_cancellation_reaches_model(backend_server):
+    async def run():
+        req = make_request("wait_cancel", {"X": np.array([1], np.int32)})
+        gen = backend_server.infer(req)
+        first = await gen.__anext__()
+        assert first.output("Y") is not None
+        await gen.aclose()  # the consumer goes away -> request.cancel
+        assert req.cancel.is_cancelled()
+        for _ in range(200):
+            text = generate_latest(backend_server.metrics_registry).decode()
+            if 'test_cancelled_total{model="wait_cancel"} 1.0' in text:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the model never saw is_cancelled()")
+
+    backend_server.run(run())
+
+
+def test_async_execute_runs_requests_concurrently(backend_server):
+    async def run():
+        reqs = [make_request("async_sleep", {"X": np.array([i], np.int32)}) for i in range(4)]
+        start = asyncio.get_running_loop().time()
+        results = await asyncio.gather(*(collect(backend_server, r) for r in reqs))
+        elapsed = asyncio.get_running_loop().time() - start
+        assert [int(r[0].output("Y").data[0]) for r in results] == [1, 2, 3, 4]
+        assert elapsed < 1.0, elapsed  # 4 x 0.3 s would take 1.2 s on one instance
+
+    backend_server.run(run())
+
+
+def test_rescheduling_decoupled(backend_server):
+    resps = backend_server.run(collect(backend_server, make_request("resched", {"IN": np.array([3], np.int32)}, id="r1")))
+    assert [int(r.output("OUT").data[0]) for r in resps] == [2, 1, 0]
+    assert resps[-1].final and all(not r.final for r in resps[:-1])
+
+
+def test_rescheduling_default_mode(backend_server):
+    [resp] = backend_server.run(collect(backend_server, make_request("resched_default", {"IN": np.array([3], np.int32)}, id="q")))
+    assert int(resp.output("RUNS").data[0]) == 3
+
+
+def test_model_modules_are_isolated(backend_server):
+    [a] = backend_server.run(collect(backend_server, make_request("helper_a", {"X": np.array([1], np.int32)})))
+    [b] = backend_server.run(collect(backend_server, make_request("helper_b", {"X": np.array([1], np.int32)})))
+    assert a.output("Y").data[0] == b"HELPER_A|helper_a_0|CPU"
+    assert b.output("Y").data[0] == b"HELPER_B|helper_b_0|CPU"
+
+
+def test_bad_inputs_raise_before_first_response(backend_server):
+    from llmserve.core.errors import InvalidArgument
+
+    a = np.ones((1, 4), np.float32)
+    with pytest.raises(InvalidArgument, match="INPUT1"):
+        backend_server.run(collect(backend_server, make_request("add_sub", {"INPUT0": a})))
+    with pytest.raises(InvalidArgument, match="unexpected shape"):
+        backend_server.run(collect(backend_server, make_request("add_sub", {"INPUT0": np.ones((1, 3), np.float32), "INPUT1": np.ones((1, 3), np.float32)})))
+    with pytest.raises(InvalidArgument, match="data-type"):
+        backend_server.run(collect(backend_server, make_request("add_sub", {"INPUT0": a.astype(np.float64), "INPUT1": a})))
+    with pytest.raises(InvalidArgument, match="unknown model"):
+        backend_server.run(collect(backend_server, make_request("nope", {"INPUT0": a})))

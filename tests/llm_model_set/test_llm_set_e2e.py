@@ -1,0 +1,104 @@
+"""End to end through InferenceServer.infer on a tiny checkpoint: ensemble, BLS and
+tensorrt_llm give transformers' greedy output; streaming, stop words, concurrency,
+cancellation and speculative decoding through the BLS."""
+
+import asyncio
+
+import numpy as np
+import pytest
+from llm_set_server import ServedModelSet, text_of, text_request
+
+PROMPT = "The quick brown fox"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    s = ServedModelSet(tmp_path_factory.mktemp("llmset"))
+    yield s
+    s.close()
+
+
+def expected_text(served, prompt, n):
+    return served.tokenizer.decode(served.greedy(prompt, n), skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+def test_greedy_equals_transformers(served, model):
+    responses = served.infer(model, text_request(PROMPT, 12))
+    assert text_of(responses) == expected_text(served, PROMPT, 12)
+
+
+@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+def test_streaming_concatenates_to_full_text(served, model):
+    responses = served.infer(model, text_request(PROMPT, 12, stream=[[True]]))
+    assert len([r for r in responses if r.output("text_output") is not None]) > 1
+    assert text_of(responses) == expected_text(served, PROMPT, 12)
+
+
+def test_tensorrt_llm_token_ids(served):
+    ids = served.tokenizer.encode(PROMPT)
+    gen = served.greedy(PROMPT, 8)
+    base = {"input_ids": np.array([ids], np.int32), "input_lengths": np.array([[len(ids)]], np.int32),
+            "request_output_len": np.array([[8]], np.int32), "end_id": np.array([[2]], np.int32)}
+    (resp,) = [r for r in served.infer("tensorrt_llm", base) if r.output("output_ids") is not None]
+    assert resp.output("output_ids").data.tolist() == [[gen]]  # exclude_input_in_output=true
+    with_input = dict(base, exclude_input_in_output=np.array([[False]]))
+    (resp,) = [r for r in served.infer("tensorrt_llm", with_input) if r.output("output_ids") is not None]
+    assert resp.output("output_ids").data.tolist() == [[ids + gen]]
+    assert resp.output("sequence_length").data.tolist() == [[len(ids) + len(gen)]]
+
+
+def test_stop_words(served):
+    gen = served.greedy(PROMPT, 16)
+    full = served.tokenizer.decode(gen, skip_special_tokens=True)
+    # a stop word: the text of a generated token that is plain ASCII and new in the text
+    stop = next(w for i, t in enumerate(gen[1:], 1)
+                if (w := served.tokenizer.decode([t])).strip() and w.isascii() and w.isprintable()
+                and w not in served.tokenizer.decode(gen[:i]))
+    want = full[: full.index(stop) + len(stop)]
+    assert want != full
+    for model in ("ensemble", "tensorrt_llm_bls"):
+        for stream in (False, True):
+            request = text_request(PROMPT, 16, stop_words=np.array([[stop.encode()]], dtype=object),
+                                   stream=[[stream]])
+            assert text_of(served.infer(model, request)) == want, (model, stream)
+
+
+def test_concurrent_requests_equal_solo(served):
+    prompts = [f"{PROMPT} {i}" for i in range(16)]
+    solo = [expected_text(served, p, 6) for p in prompts]
+
+    async def all_at_once():
+        return await asyncio.gather(*(served.ainfer("ensemble", text_request(p, 6)) for p in prompts))
+
+    results = served.run(all_at_once())
+    assert [text_of(r) for r in results] == solo
+
+
+def test_bls_speculative_with_draft_model(served):
+    responses = served.infer("tensorrt_llm_bls", text_request(PROMPT, 10, num_draft_tokens=np.array([[3]], np.int32)))
+    assert text_of(responses) == expected_text(served, PROMPT, 10)
+
+
+def test_dropped_stream_cancels_and_frees_kv_blocks(served):
+    import time
+
+    executor = served.server.models.resolve("tensorrt_llm")._backend_model.model.executor
+    total = executor.get_kv_cache_stats().free_num_blocks
+    labels = {"model": "tensorrt_llm", "version": "1"}
+
+    def generated():
+        return served.server.metrics_registry.get_sample_value("nv_llm_generated_tokens_total", labels) or 0
+
+    before = generated()
+    # end_id -1: no eos, the request would run all 200 tokens unless cancelled
+    request = text_request(PROMPT, 200, stream=[[True]], end_id=np.array([[-1]], np.int32))
+    responses = served.run(served.ainfer("ensemble", request, stop_after=2))
+    assert len(responses) == 2
+    deadline = time.monotonic() + 10
+    while executor.get_kv_cache_stats().used_num_blocks and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stats = executor.get_kv_cache_stats()
+    assert stats.used_num_blocks == 0 and stats.free_num_blocks == total
+    time.sleep(0.2)
+    assert 0 < generated() - before < 200
