@@ -103,3 +103,32 @@ def test_parse_version():
     for bad in ("x", "-1", "1.5"):
         with pytest.raises(InvalidArgument):
             parse_version(bad)
+
+
+def test_grpc_typed_contents():
+    from tritonclient.grpc import service_pb2 as pb
+
+    from llmserve.frontends.grpc_wire import decode_request, encode_response
+
+    req = pb.ModelInferRequest(model_name="m", model_version="2", id="q")
+    t = req.inputs.add(name="F", datatype="FP32", shape=[2])
+    t.contents.fp32_contents.extend([1.5, -2.0])
+    t = req.inputs.add(name="B", datatype="BOOL", shape=[1, 2])
+    t.contents.bool_contents.extend([True, False])
+    t = req.inputs.add(name="U", datatype="UINT8", shape=[1])
+    t.contents.uint_contents.extend([300])
+    req.parameters["sequence_id"].string_param = "seq"
+    req.parameters["triton_enable_empty_final_response"].bool_param = True
+    with pytest.raises(InvalidArgument, match="out of range"):
+        decode_request(req)
+    del req.inputs[2]
+    ireq = decode_request(req)
+    assert ireq.inputs["F"].data.dtype == np.float32 and ireq.inputs["F"].data.tolist() == [1.5, -2]
+    assert ireq.inputs["B"].data.tolist() == [[True, False]]
+    assert ireq.model_version == 2 and ireq.correlation_id == "seq" and ireq.parameters == {}
+    resp = InferenceResponse("m", 2, "q", [Tensor("F", "FP32", ireq.inputs["F"].data)],
+                             parameters={"big": 2**64 - 1, "s": "x"}, final=False)
+    msg = encode_response(resp, final=False)
+    assert msg.parameters["big"].uint64_param == 2**64 - 1
+    assert msg.parameters["triton_final_response"].bool_param is False
+    assert msg.raw_output_contents[0] == np.array([1.5, -2], "<f4").tobytes()
