@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test install lint clean
+.PHONY: serve serve-python-examples test install lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,15 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-serve: $(STAMP)
+DEMO_REPO := build/demo_repository
+
+$(DEMO_REPO):
+	$(BIN)/python scripts/fill_demo_repository.py $(DEMO_REPO)
+
+serve: $(STAMP) $(DEMO_REPO)
+	$(BIN)/llmserve serve --model-repository $(DEMO_REPO)
+
+serve-python-examples: $(STAMP)
 	$(BIN)/llmserve serve --model-repository examples/python_models
 
 test: $(STAMP)

@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+from llmserve.backends.hf_imports import prewarm_transformers
+
 _lock = threading.Lock()
 _counter = itertools.count()
 
@@ -27,6 +29,7 @@ def import_model_module(model_file: Path, model_name: str, version: int) -> Modu
     folder = str(model_file.parent)
     safe = re.sub(r"\W", "_", model_name)
     module_name = f"_llmserve_model_{safe}_v{version}_{next(_counter)}"
+    prewarm_transformers()
     with _lock:
         before = set(sys.modules)
         sys.path.insert(0, folder)

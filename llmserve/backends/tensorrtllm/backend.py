@@ -97,7 +97,10 @@ class TensorRTLLMModel:
 
     # ------------------------------------------------------------------ lifecycle
     def load(self) -> None:
+        from llmserve.backends.hf_imports import prewarm_transformers
         from llmserve.llm import Executor, ModelType
+
+        prewarm_transformers()
 
         s = self.settings
         self.executor = Executor(s.engine_dir, ModelType.DECODER_ONLY, s.executor_config)
