@@ -24,6 +24,7 @@ from llmserve.frontends.errors import (
 from llmserve.frontends.http_common import BodyLimitMiddleware
 from llmserve.frontends.http_generate import generate_router
 from llmserve.frontends.http_kserve import kserve_router
+from llmserve.frontends.openai import openai_router
 from llmserve.options import ServerOptions
 
 
@@ -33,6 +34,7 @@ def build_http_app(
     app = FastAPI(title="llmserve", docs_url=None, redoc_url=None)
     app.include_router(kserve_router(server, options))
     app.include_router(generate_router(server, options))
+    app.include_router(openai_router(server, options))
     for router in routers:
         app.include_router(router)
 

@@ -52,12 +52,16 @@ class KvCacheConfig:
 
 @dataclass(slots=True)
 class PeftCacheConfig:
-    """LoRA cache sizing (the executor does not apply adapters yet)."""
+    """LoRA cache sizing (llmserve/llm/lora_cache.py): page size from the adapter sizes,
+    device level = device_cache_percent of the memory free after the KV cache (CUDA),
+    host level = host_cache_size bytes (None: 1 GiB); adapters of lora_prefetch_dir
+    (<dir>/<task_id>/model.lora_weights.npy + model.lora_config.npy) load at start-up."""
 
     optimal_adapter_size: int = 8
     max_adapter_size: int = 64
     device_cache_percent: float | None = 0.05
     host_cache_size: int | None = None
+    lora_prefetch_dir: str | None = None
 
 
 @dataclass(slots=True)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from llmserve.core.errors import InvalidArgument, Unavailable, Unsupported
+from llmserve.core.errors import InvalidArgument, ServerError, Unavailable, Unsupported
+from llmserve.llm.beam_search import BeamSearch
 from llmserve.llm.block_manager import BlockManager
 from llmserve.llm.config import (
     DEFAULT_MAX_BATCH_SIZE,
@@ -26,6 +27,7 @@ from llmserve.llm.config import (
     ExecutorConfig,
     ModelType,
 )
+from llmserve.llm.lora_cache import LoraCache, lora_cache_for
 from llmserve.llm.outputs import error_response
 from llmserve.llm.request import Request, Response
 from llmserve.llm.responses import ResponseRouter
@@ -74,6 +76,8 @@ class Executor:
         self.tokens_per_block = config.tokens_per_block
         num_blocks = self._kv_cache_blocks(str(arch.device))
         runner.allocate_kv_cache(num_blocks, self.tokens_per_block)
+        # after the KV cache: the device level takes a fraction of what is left
+        self.lora_cache: LoraCache = lora_cache_for(runner, config.lora_config)
         self.block_manager = BlockManager(num_blocks, self.tokens_per_block,
                                           config.kv_cache_config.enable_block_reuse)
         self.scheduler = Scheduler(self.block_manager, config.effective_policy,
@@ -130,14 +134,10 @@ class Executor:
     def _warn_ineffective(self, config: ExecutorConfig) -> None:
         kv = config.kv_cache_config
         ignored = {
-            "max_beam_width > 1 (beam search is not built yet; beam requests fail)":
-                config.max_beam_width > 1,
             "kv_cache_config.host_cache_size (no host offload)": kv.host_cache_size,
             "kv_cache_config.max_attention_window (the checkpoint's windows apply)":
                 kv.max_attention_window is not None,
             "kv_cache_config.sink_token_length": kv.sink_token_length is not None,
-            "lora_config (LoRA adapters are not applied yet; LoRA requests fail)":
-                config.lora_config is not None,
             "speculative_decoding_config (external draft tokens work without it)":
                 config.speculative_decoding_config is not None,
             "normalize_log_probs=False (log probs are always normalised)":
@@ -171,6 +171,14 @@ class Executor:
         # the router is never called with self._cond held: a response callback may call
         # back into the executor (cancel_request) while the loop thread delivers
         state = RequestState(request_id, request, params, stop, num_seqs)
+        if request.sampling_config.beam_width > 1:
+            state.beam = BeamSearch.for_request(state)
+        if failure is None and request.lora_config is not None:
+            try:  # pinned until the request's final response (see _flush)
+                self.lora_cache.acquire(request_id, request.lora_config)
+            except ServerError:
+                self._dequeued(1)
+                raise
         self._router.register(request_id)
         if failure is not None:
             self._router.deliver(error_response(state, failure))
@@ -223,8 +231,14 @@ class Executor:
                 f"({self.max_num_tokens}); enable chunked context to serve it"
             )
         num_seqs = sc.num_return_sequences or 1
+        if sc.beam_width > 1:
+            if num_seqs > sc.beam_width:
+                raise InvalidArgument(f"num_return_sequences ({num_seqs}) exceeds beam_width "
+                                      f"({sc.beam_width})")
+            num_seqs = sc.beam_width  # one Sequence per running beam
         if num_seqs > self.max_batch_size:
-            raise InvalidArgument(f"num_return_sequences ({num_seqs}) exceeds max_batch_size "
+            what = "beam_width" if sc.beam_width > 1 else "num_return_sequences"
+            raise InvalidArgument(f"{what} ({num_seqs}) exceeds max_batch_size "
                                   f"({self.max_batch_size})")
         draft = req.external_draft_tokens_config
         num_draft = len(draft.tokens) if draft is not None and num_seqs == 1 else 0
@@ -252,17 +266,17 @@ class Executor:
             return_log_probs=req.output_config.return_log_probs)
         stop = StopCriteria.build(max_tokens, end_id, req.stop_words)
         self._warn_request_fields(req)
-        failure = None
-        if sc.beam_width > 1:
-            failure = "beam search (beam_width > 1) is not supported yet"
-        elif req.lora_config is not None:
-            failure = "LoRA adapters (lora_config) are not supported yet"
-        return params, stop, num_seqs, failure
+        return params, stop, num_seqs, None
 
     def _warn_request_fields(self, req: Request) -> None:
         draft = req.external_draft_tokens_config
         notes = {
             "priority (requests are served first come, first served)": req.priority != 0.5,
+            "external draft tokens with beam_width > 1 (beam search runs without drafts)":
+                draft is not None and bool(draft.tokens) and req.sampling_config.beam_width > 1,
+            "sampling (top_k / top_p) with beam_width > 1 (beam search is deterministic)":
+                req.sampling_config.beam_width > 1 and bool(
+                    (req.sampling_config.top_k or 0) > 1 or req.sampling_config.top_p),
             "external draft logits / acceptance_threshold (drafts are accepted by token "
             "match)": draft is not None and (draft.logits is not None
                                               or draft.acceptance_threshold is not None),
@@ -411,4 +425,6 @@ class Executor:
 
     def _flush(self) -> None:
         for response in self._stepper.take_outbox():
+            if response.is_final:
+                self.lora_cache.release(response.request_id)
             self._router.deliver(response)

@@ -70,6 +70,9 @@ class SamplingConfig:
             )
         if self.min_tokens is not None and self.min_tokens < 0:
             raise InvalidArgument(f"min_tokens must be >= 0, got {self.min_tokens}")
+        rate = self.beam_search_diversity_rate
+        if rate is not None and rate < 0.0:
+            raise InvalidArgument(f"beam_search_diversity_rate must be >= 0, got {rate}")
         n = self.num_return_sequences
         if n is not None and n < 1:
             raise InvalidArgument(f"num_return_sequences must be >= 1, got {n}")

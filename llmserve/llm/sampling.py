@@ -114,8 +114,7 @@ def sample(logits: torch.Tensor, rows: Seq[SampleRow],
     batch, vocab = logits.shape
     device = logits.device
     assert len(rows) == batch == len(params)
-    _apply_bias_and_penalties(logits, rows, params)
-    _apply_bans(logits, rows, params)
+    apply_logits_processors(logits, rows, params)
 
     tokens = logits.argmax(dim=-1)
     sample_idx = [i for i, p in enumerate(params) if not p.greedy]
@@ -141,6 +140,13 @@ def sample(logits: torch.Tensor, rows: Seq[SampleRow],
         lp = torch.log_softmax(scaled, dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
         log_probs = lp.tolist()
     return SampleOutput(tokens.tolist(), log_probs)
+
+
+def apply_logits_processors(logits: torch.Tensor, rows: Seq[SampleRow],
+                            params: Seq[SamplingParams]) -> None:
+    """Embedding bias, penalties and bans (everything before temperature), in place."""
+    _apply_bias_and_penalties(logits, rows, params)
+    _apply_bans(logits, rows, params)
 
 
 def _apply_bias_and_penalties(logits: torch.Tensor, rows: Seq[SampleRow],

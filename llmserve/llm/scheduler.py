@@ -100,6 +100,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if not seq.num_pending:
+                i += 1  # a beam holding its logits until its sibling beams have theirs
+                continue
             num = min(seq.num_pending, budget)
             num_draft = 0
             drafts = len(seq.draft_tokens)
@@ -197,9 +200,20 @@ class Scheduler:
 
     def _reserved(self) -> int:
         total = 0
+        beam_states: set[RequestState] = set()
         for seq in self.running:
+            if seq.state.beam is not None:
+                beam_states.add(seq.state)
+                continue
             worst = self._worst_case(seq)
             total += max(0, worst - len(seq.block_table))
             if seq.index == 0:
                 total += seq.state.unforked_extra() * worst
+        for state in beam_states:
+            # beams share blocks: reserve each beam's worst case less the distinct
+            # blocks the request already holds
+            held = {b for beam in state.seqs for b in beam.block_table}
+            seq0 = state.seqs[0]
+            worst = self.bm.blocks_for(seq0.prompt_len + state.stop.max_tokens)
+            total += max(0, worst * state.num_sequences - len(held))
         return total

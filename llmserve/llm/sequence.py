@@ -1,7 +1,8 @@
 """Internal per-request state: a RequestState groups the Sequences of one request.
 
 A Sequence is the scheduling unit (tokens, KV block table, explicit lifecycle state);
-num_return_sequences > 1 forks extra Sequences that share the prompt's KV blocks.
+num_return_sequences > 1 forks extra Sequences that share the prompt's KV blocks, and
+beam search keeps one Sequence per running beam (llmserve/llm/beam_search.py).
 """
 
 from __future__ import annotations
@@ -9,12 +10,16 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from llmserve.llm.request import FinishReason, Request
 from llmserve.llm.sampling import SamplingParams
 from llmserve.llm.stop import StopCriteria
+
+if TYPE_CHECKING:
+    from llmserve.llm.beam_search import BeamSearch
 
 
 class SequenceStatus(enum.Enum):
@@ -49,6 +54,10 @@ class Sequence:
     num_draft_tokens: int = 0
     num_accepted_draft_tokens: int = 0
     decoding_iter: int = 0  # steps that produced tokens for this sequence
+    # beam search: the running score (sum of log probs, minus diversity penalties) and
+    # the logits row of the newest token, held until every beam of the request has one
+    beam_score: float = 0.0
+    beam_logits: torch.Tensor | None = None
 
     @property
     def request_id(self) -> int:
@@ -96,6 +105,7 @@ class RequestState:
         self.context_logits: list[torch.Tensor] = []
         self.context_logits_sent = False
         self.error: str | None = None  # set when the request fails before it runs
+        self.beam: BeamSearch | None = None  # beam_width > 1: the search's own state
         prompt = [int(t) for t in request.input_token_ids]  # numpy / torch ints too
         self.seqs: list[Sequence] = [Sequence(self, 0, prompt, len(prompt))]
         self.seqs[0].cur_top_p = params.top_p

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import torch
 
+from llmserve.llm.beam_search import beam_response, mark_first_tokens, wants_beam_now
 from llmserve.llm.block_manager import BlockManager
 from llmserve.llm.engine import SeqChunk
 from llmserve.llm.outputs import build_response, error_response
@@ -71,6 +72,9 @@ class Stepper:
             self.on_dequeued(1)
         live = [s for s in state.seqs if not s.is_finished]
         self.scheduler.abort(state)
+        if state.beam is not None:  # one response carries every beam
+            self.outbox.append(beam_response(state, is_final=True, reason=reason))
+            return
         for seq in live:
             seq.finish_reason = reason
         for i, seq in enumerate(live):
@@ -133,13 +137,16 @@ class Stepper:
             mode = "all"
         else:
             mode = "last" if completes else "none"
-        return SeqChunk(tokens, start, list(seq.block_table), mode)
+        lora = seq.state.request.lora_config
+        return SeqChunk(tokens, start, list(seq.block_table), mode,
+                        lora_task_id=None if lora is None else int(lora.task_id))
 
     def _process(self, out: SchedulerOutput, chunks: list[SeqChunk],
                  logits: torch.Tensor) -> None:
         row = 0
         to_sample: list[tuple[Sequence, torch.Tensor]] = []
         to_verify: list[tuple[ScheduledSeq, torch.Tensor]] = []
+        beam_states: dict[RequestState, None] = {}
         for ss, chunk in zip(out.scheduled, chunks, strict=True):
             seq, state = ss.seq, ss.seq.state
             n_rows = {"all": len(chunk.token_ids), "last": 1, "none": 0}[chunk.logits]
@@ -158,6 +165,10 @@ class Stepper:
             if seq.num_computed < len(seq.token_ids):
                 continue  # more prefill chunks to come
             last = rows[num_real - 1] if chunk.logits == "all" else rows[0]
+            if state.beam is not None:  # beams advance together once all have logits
+                seq.beam_logits = last
+                beam_states[state] = None
+                continue
             if ss.num_draft:
                 to_verify.append((ss, rows[num_real - 1 :]))
                 continue
@@ -169,6 +180,22 @@ class Stepper:
             self._sample_batch(to_sample)
         for ss, rows in to_verify:
             self._verify(ss, rows)
+        for state in beam_states:
+            self._beam_step(state)
+
+    def _beam_step(self, state: RequestState) -> None:
+        bs = state.beam
+        if bs is None or not wants_beam_now(state):
+            return
+        mark_first_tokens(state, self.iteration)
+        done = bs.advance(state, self.scheduler)
+        if done:
+            bs.finish(state, self.scheduler)
+        if done or state.request.streaming:
+            self.outbox.append(beam_response(state, is_final=done))
+        if done:
+            self.states.pop(state.request_id, None)
+            self._completed += 1
 
     def _fork(self, parent: Sequence) -> list[Sequence]:
         state = parent.state

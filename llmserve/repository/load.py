@@ -12,6 +12,11 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from llmserve.config import devices
 from llmserve.config import platforms as pf
+from llmserve.config.autocomplete_onnx import (
+    default_max_batch_size,
+    needs_auto_complete,
+    run_onnx_auto_complete,
+)
 from llmserve.config.autocomplete_python import run_python_auto_complete
 from llmserve.config.complete import (
     drop_duplicate_outputs,
@@ -90,6 +95,12 @@ def _complete(config: mc.ModelConfig, model_dir: Path, options: ServerOptions,
                 drop_duplicate_outputs(config, str(model_file))
         if generated:
             enable_default_dynamic_batching(config)
+    elif backend == pf.ONNXRUNTIME:
+        versions = apply_version_policy([int(v) for v in version_names], config)
+        if versions and needs_auto_complete(config):
+            model_file = model_file_path(model_dir, versions[-1], config)
+            run_onnx_auto_complete(config, model_file, default_max_batch_size(options))
+        enable_default_dynamic_batching(config)
     elif backend in _DYNAMIC_BATCHING_BACKENDS:
         if generated or (len(config.input) == 0 and len(config.output) == 0):
             log.warning("model '%s': llmserve cannot read inputs, outputs or batching from a "

@@ -37,7 +37,6 @@ INEFFECTIVE_PARAMETERS: dict[str, str] = {
     "cross_kv_cache_fraction": "encoder-decoder models are not supported",
     "kv_cache_onboard_blocks": "no host KV offload tier to onboard blocks from",
     "gpu_weights_percent": "weights are never streamed from host memory",
-    "lora_prefetch_dir": "LoRA adapters are not prefetched from disk",
     "lookahead_window_size": "lookahead decoding is not implemented",
     "lookahead_ngram_size": "lookahead decoding is not implemented",
     "lookahead_verification_set_size": "lookahead decoding is not implemented",
@@ -69,6 +68,7 @@ _LORA_KEYS = (
     "lora_cache_max_adapter_size",
     "lora_cache_gpu_memory_fraction",
     "lora_cache_host_memory_bytes",
+    "lora_prefetch_dir",
 )
 _DECODING_MODES = {"top_k", "top_p", "top_k_top_p", "beam_search", "auto"}
 _UNSUPPORTED_DECODING_MODES = {"medusa", "redrafter", "lookahead", "eagle", "explicit_draft_tokens"}
@@ -196,6 +196,15 @@ def _attention_window(p: _Params) -> list[int] | int | None:
     return values[0] if len(values) == 1 else values
 
 
+def _prefetch_dir(value: str | None, model_dir: Path | None) -> str | None:
+    if value is None:
+        return None
+    path = _resolve_path(value, model_dir)
+    if not path.is_dir():
+        raise InvalidArgument(f"parameter 'lora_prefetch_dir': '{path}' is not a folder")
+    return str(path)
+
+
 def _warn_ineffective(p: _Params) -> list[str]:
     warnings = []
     for name, why in INEFFECTIVE_PARAMETERS.items():
@@ -242,6 +251,7 @@ def read_settings(
             max_adapter_size=p.as_int("lora_cache_max_adapter_size", 64),
             device_cache_percent=p.as_float("lora_cache_gpu_memory_fraction", 0.05),
             host_cache_size=p.as_int("lora_cache_host_memory_bytes", None),
+            lora_prefetch_dir=_prefetch_dir(p.get("lora_prefetch_dir"), model_dir),
         )
     config = ExecutorConfig(
         max_beam_width=p.as_int("max_beam_width", 1),

@@ -154,9 +154,13 @@ def _draft(item: dict[str, np.ndarray], fast_logits: bool) -> ExternalDraftToken
 
 def _lora(item: dict[str, np.ndarray]) -> LoraConfig | None:
     task = _scalar(item, "lora_task_id")
+    # empty tensors (a BLS or client filling every input) count as absent
+    weights, config = (t if t is not None and np.asarray(t).size else None
+                       for t in (item.get("lora_weights"), item.get("lora_config")))
     if task is None:
+        if weights is not None or config is not None:
+            raise InvalidArgument("lora_weights and lora_config need a lora_task_id")
         return None
-    weights, config = item.get("lora_weights"), item.get("lora_config")
     return LoraConfig(
         task_id=int(task),
         weights=None if weights is None else torch.from_numpy(np.array(weights, np.float32)),

@@ -20,6 +20,7 @@ class SeqChunk:
     start_pos: int  # tokens of this sequence already in the KV cache
     block_table: list[int]  # physical blocks covering [0, start_pos + len(token_ids))
     logits: str = "last"  # "last" | "all" | "none": which rows need logits
+    lora_task_id: int | None = None  # LoRA adapter applied to this chunk's tokens
 
 
 @dataclass(slots=True)

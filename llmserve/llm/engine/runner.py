@@ -13,6 +13,7 @@ from llmserve.core.errors import InvalidArgument, NotFound, Unavailable
 from .attention import SeqChunk, build_step
 from .config import ArchConfig, load_arch_config, resolve_dtype
 from .kv_cache import KVCache, kv_cache_bytes_per_block
+from .lora import LoraSource, build_lora_batch
 from .models.llama import LlamaModel
 from .rope import RopeTable
 from .weights import load_state_dict, stored_dtype
@@ -57,6 +58,7 @@ class ModelRunner:
             del state
             self.rope = RopeTable(arch, arch.dtype, self.device)
         self.kv_cache: KVCache | None = None
+        self.lora_source: LoraSource | None = None  # resolves SeqChunk.lora_task_id
         for window in set(arch.layer_windows) - {None}:
             logger.info("sliding-window attention of %d tokens on some layers", window)
         logger.info(
@@ -105,6 +107,10 @@ class ModelRunner:
             free, _total = torch.cuda.mem_get_info(self.device)
             return int(free)
         return _meminfo_available()
+
+    def set_lora_source(self, source: LoraSource | None) -> None:
+        """The adapter provider (the executor's LoRA cache) for chunks with a task id."""
+        self.lora_source = source
 
     def copy_blocks(self, pairs: list[tuple[int, int]]) -> None:
         with torch.inference_mode():
@@ -156,7 +162,8 @@ class ModelRunner:
             cos = self.rope.cos.index_select(0, meta.positions)
             sin = self.rope.sin.index_select(0, meta.positions)
             self._dynamic_rope(chunks, meta.chunk_rows, cos, sin)
-            hidden = self.model.forward(meta, cache, cos, sin)
+            lora = build_lora_batch(chunks, meta.chunk_rows, self.lora_source, self.device)
+            hidden = self.model.forward(meta, cache, cos, sin, lora)
             if meta.num_logit_rows == 0:
                 return torch.empty(0, self.arch.vocab_size, dtype=torch.float32, device=self.device)
             return self.model.logits(hidden)

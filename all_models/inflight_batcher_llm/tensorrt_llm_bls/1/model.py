@@ -170,7 +170,9 @@ class TritonPythonModel:
             index = int(out.get("sequence_index", np.zeros(1)).reshape(-1)[0])
             seq = sequences.setdefault(index, _Sequence(self._decode_many, stop_words))
             length = int(out["sequence_length"].reshape(-1)[0])
-            delta = seq.push(out["output_ids"].reshape(-1, out["output_ids"].shape[-1])[0][:length].tolist(), False)
+            ids = out["output_ids"]  # a final after `stop` may carry no tokens: [1, 1, 0]
+            first = ids.reshape(-1, ids.shape[-1])[0] if ids.size else ids.reshape(-1)
+            delta = seq.push(first[:length].tolist(), False)
             if seq.stopped and not stopped:
                 stopped = True
                 self._send_stop(request_id)

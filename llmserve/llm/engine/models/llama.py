@@ -15,6 +15,7 @@ from llmserve.core.errors import InvalidArgument
 from ..attention import StepMetadata, paged_attention
 from ..config import ArchConfig
 from ..kv_cache import KVCache
+from ..lora import LINEAR_DOWN, LINEAR_GATE_UP, LINEAR_O, LINEAR_QKV, LoraBatch
 from ..rope import apply_rope
 
 logger = logging.getLogger(__name__)
@@ -155,9 +156,11 @@ class LlamaModel:
         cache: KVCache,
         cos: torch.Tensor,
         sin: torch.Tensor,
+        lora: LoraBatch | None = None,
     ) -> torch.Tensor:
         """Runs every layer over the step's tokens; returns the final hidden states of
-        the rows that need logits [num_logit_rows, hidden] (after the final norm)."""
+        the rows that need logits [num_logit_rows, hidden] (after the final norm).
+        lora adds the per-token adapter deltas to the q/k/v, o, gate/up and down outputs."""
         arch = self.arch
         num_tokens = meta.input_ids.shape[0]
         q_size, kv_size, head_dim = arch.q_size, arch.kv_size, arch.head_dim
@@ -166,6 +169,8 @@ class LlamaModel:
         for i, layer in enumerate(self.layers):
             h = self.rms_norm(x, layer.input_norm)
             qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+            if lora is not None:
+                lora.apply(i, LINEAR_QKV, h, qkv)
             # q and k share the per-token rotation: rotate them in one op.
             qk = qkv[:, : q_size + kv_size].view(num_tokens, num_qk_heads, head_dim)
             qk = apply_rope(qk, cos, sin)
@@ -173,10 +178,21 @@ class LlamaModel:
             k = qk[:, arch.num_heads :]
             v = qkv[:, q_size + kv_size :].view(num_tokens, arch.num_kv_heads, head_dim)
             o = paged_attention(i, q, k, v, cache, meta, self.scale, self.windows[i])
-            x = x + F.linear(o.reshape(num_tokens, q_size), layer.o_proj, layer.o_bias)
+            o = o.reshape(num_tokens, q_size)
+            attn_out = F.linear(o, layer.o_proj, layer.o_bias)
+            if lora is not None:
+                lora.apply(i, LINEAR_O, o, attn_out)
+            x = x + attn_out
             h = self.rms_norm(x, layer.post_norm)
-            gate, up = F.linear(h, layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
-            x = x + F.linear(self.act(gate) * up, layer.down, layer.down_bias)
+            gate_up = F.linear(h, layer.gate_up, layer.gate_up_bias)
+            if lora is not None:
+                lora.apply(i, LINEAR_GATE_UP, h, gate_up)
+            gate, up = gate_up.chunk(2, dim=-1)
+            act = self.act(gate) * up
+            mlp_out = F.linear(act, layer.down, layer.down_bias)
+            if lora is not None:
+                lora.apply(i, LINEAR_DOWN, act, mlp_out)
+            x = x + mlp_out
         if meta.logit_rows is not None:
             x = x.index_select(0, meta.logit_rows)
         return self.rms_norm(x, self.norm)

@@ -1,0 +1,240 @@
+"""The pytorch backend (platform pytorch_libtorch): a TorchScript model.pt per instance on
+the instance's device, Triton's PyTorch parameters, batched forward() under
+torch.inference_mode with inputs/outputs mapped by io_mapping.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tritonclient.grpc import model_config_pb2 as mc
+
+from llmserve.backends.base import BackendInstance, BackendModel, InstanceSpec, ModelSpec
+from llmserve.backends.pytorch.io_mapping import (
+    CONFIG_TYPE_OF,
+    TORCH_TYPES,
+    IOMapping,
+    Naming,
+    flatten_outputs,
+    map_io,
+)
+from llmserve.core.errors import (
+    Cancelled,
+    InternalError,
+    InvalidArgument,
+    ServerError,
+    Unavailable,
+)
+from llmserve.core.types import Tensor
+from llmserve.repository import model_file_path
+from llmserve.scheduling.batching import concat_inputs, split_outputs
+from llmserve.scheduling.request import SchedRequest
+
+log = logging.getLogger(__name__)
+
+_BOOL_PARAMS = {"INFERENCE_MODE": True, "DISABLE_OPTIMIZED_EXECUTION": False,
+                "ENABLE_WEIGHT_SHARING": False, "ENABLE_CACHE_CLEANING": False,
+                "DISABLE_CUDNN": False, "ENABLE_JIT_EXECUTOR": None,
+                "ENABLE_JIT_PROFILING": None}
+_INT_PARAMS = {"INTRA_OP_THREAD_COUNT", "INTER_OP_THREAD_COUNT"}
+_IGNORED_PARAMS = {"ENABLE_NVFUSER", "ENABLE_TENSOR_FUSER"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def parse_parameters(config: mc.ModelConfig) -> dict[str, Any]:
+    """Triton's PyTorch backend parameters (booleans and thread counts) with defaults."""
+    params: dict[str, Any] = dict(_BOOL_PARAMS)
+    for key, value in sorted(config.parameters.items()):
+        text = value.string_value.strip()
+        if key in _BOOL_PARAMS:
+            if text.lower() not in _TRUE | _FALSE:
+                raise InvalidArgument(f"unable to load model '{config.name}': parameter "
+                                      f"'{key}' expects true or false, got '{text}'")
+            params[key] = text.lower() in _TRUE
+        elif key in _INT_PARAMS:
+            try:
+                params[key] = int(text)
+            except ValueError:
+                raise InvalidArgument(f"unable to load model '{config.name}': parameter "
+                                      f"'{key}' expects an integer, got '{text}'") from None
+        elif key in _IGNORED_PARAMS:
+            log.warning("model '%s': parameter %s is accepted but not applied (fusers are "
+                        "chosen by this PyTorch build)", config.name, key)
+        else:
+            log.warning("model '%s': parameter '%s' is not used by the pytorch backend",
+                        config.name, key)
+    return params
+
+
+def _apply_process_settings(name: str, params: dict[str, Any]) -> None:
+    """Settings that are process-wide in PyTorch (and in Triton's backend too)."""
+    intra = params.get("INTRA_OP_THREAD_COUNT")
+    if intra is not None and intra > 0:
+        log.warning("model '%s': INTRA_OP_THREAD_COUNT=%d sets torch's thread count for the "
+                    "whole server process", name, intra)
+        torch.set_num_threads(intra)
+    inter = params.get("INTER_OP_THREAD_COUNT")
+    if inter is not None and inter > 0:
+        try:
+            torch.set_num_interop_threads(inter)
+        except RuntimeError as e:  # allowed only before the first inter-op parallel work
+            log.warning("model '%s': INTER_OP_THREAD_COUNT not applied: %s", name, e)
+    if params["DISABLE_CUDNN"]:
+        log.warning("model '%s': DISABLE_CUDNN turns cuDNN off for the whole server process",
+                    name)
+        torch.backends.cudnn.enabled = False
+    if params["ENABLE_JIT_EXECUTOR"] is not None:
+        torch._C._jit_set_profiling_executor(params["ENABLE_JIT_EXECUTOR"])
+    if params["ENABLE_JIT_PROFILING"] is not None:
+        torch._C._jit_set_profiling_mode(params["ENABLE_JIT_PROFILING"])
+
+
+def instance_device(name: str, instance: InstanceSpec) -> torch.device:
+    if instance.kind == "KIND_GPU":
+        if not torch.cuda.is_available() or instance.device_id >= torch.cuda.device_count():
+            raise Unavailable(f"unable to load model '{name}': instance {instance.name} asks for "
+                              f"GPU {instance.device_id}, which torch cannot use")
+        return torch.device("cuda", instance.device_id)
+    return torch.device("cpu")
+
+
+class TorchModel(BackendModel):
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.config = spec.config
+        self.path: Path = model_file_path(spec.model_dir, spec.version, spec.config)
+        self.params = parse_parameters(spec.config)
+        _apply_process_settings(spec.name, self.params)
+        self._shared: dict[str, tuple[Any, IOMapping]] = {}
+        self._lock = threading.Lock()
+
+    def load_module(self, device: torch.device) -> tuple[Any, IOMapping]:
+        """The TorchScript module on `device` and its IO mapping; one per device when
+        ENABLE_WEIGHT_SHARING, else a fresh copy per instance (Triton's default)."""
+        share = self.params["ENABLE_WEIGHT_SHARING"]
+        with self._lock:
+            if share and str(device) in self._shared:
+                return self._shared[str(device)]
+            try:
+                module = torch.jit.load(str(self.path), map_location=device)
+            except Exception as e:  # torch raises RuntimeError/ValueError for bad archives
+                raise Unavailable(f"unable to load model '{self.spec.name}': failed to load "
+                                  f"TorchScript model {self.path}: {_first_line(e)}") from None
+            module.eval()
+            if not hasattr(module, "forward"):
+                raise Unavailable(f"unable to load model '{self.spec.name}': {self.path} has no "
+                                  "forward() method")
+            loaded = (module, map_io(self.config, module))
+            if share:
+                self._shared[str(device)] = loaded
+            return loaded
+
+    def create_instance(self, instance: InstanceSpec) -> BackendInstance:
+        return TorchInstance(self, instance)
+
+    def unload(self) -> None:
+        self._shared.clear()
+
+
+def load_model(spec: ModelSpec) -> TorchModel:
+    return TorchModel(spec)
+
+
+class TorchInstance(BackendInstance):
+    def __init__(self, model: TorchModel, instance: InstanceSpec):
+        self.name = model.spec.name
+        self.config = model.config
+        self.instance = instance
+        self.device = instance_device(self.name, instance)
+        self.module, self.io = model.load_module(self.device)
+        params = model.params
+        self.inference_mode = params["INFERENCE_MODE"]
+        self.optimize = not params["DISABLE_OPTIMIZED_EXECUTION"]
+        self.clean_cache = params["ENABLE_CACHE_CLEANING"] and self.device.type == "cuda"
+        self.output_types = {t.name: mc.DataType.Name(t.data_type) for t in self.config.output}
+        self.output_order = [t.name for t in self.config.output]
+        log.info("model '%s': instance %s on %s, inputs by %s, outputs by %s", self.name,
+                 instance.name, self.device, self.io.input_naming.value,
+                 self.io.output_naming.value)
+
+    def execute(self, batch: list[SchedRequest]) -> concurrent.futures.Future | None:
+        live = []
+        for sreq in batch:
+            if sreq.is_cancelled():
+                sreq.fail(Cancelled(f"request for model '{self.name}' was cancelled"))
+            else:
+                live.append(sreq)
+        if not live:
+            return None
+        try:
+            per_request = self._run(live)
+        except ServerError as e:
+            for sreq in live:
+                sreq.fail(e)
+            return None
+        except Exception as e:  # TorchScript raises RuntimeError (torch.jit.Error) from forward
+            log.error("model '%s': forward() failed: %s", self.name, e)
+            for sreq in live:
+                sreq.fail(InternalError(f"PyTorch execute failure: {_first_line(e)}"))
+            return None
+        for sreq, outputs in zip(live, per_request, strict=True):
+            sreq.respond([Tensor(n, TORCH_API_NAMES[self.output_types[n]], outputs[n])
+                          for n in sreq.output_names if n in outputs])
+        return None
+
+    def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
+        if not array.flags.writeable or not array.flags.c_contiguous:
+            array = np.array(array, copy=True, order="C")
+        return torch.from_numpy(array).to(self.device)
+
+    def _forward(self, tensors: dict[str, torch.Tensor]) -> Any:
+        grad = torch.inference_mode() if self.inference_mode else torch.no_grad()
+        with grad, torch.jit.optimized_execution(self.optimize):
+            if self.io.input_naming == Naming.DICT:
+                return self.module(tensors)
+            args: list[torch.Tensor | None] = [None] * self.io.num_inputs
+            for name, tensor in tensors.items():
+                args[self.io.input_index[name]] = tensor
+            return self.module(*args)
+
+    def _run(self, live: list[SchedRequest]) -> list[dict[str, np.ndarray]]:
+        tensors = {n: self._to_tensor(a) for n, a in concat_inputs(self.config, live).items()}
+        outs = flatten_outputs(self._forward(tensors), self.name)
+        wanted = {n for sreq in live for n in sreq.output_names}
+        outputs: dict[str, np.ndarray] = {}
+        for name in (n for n in self.output_order if n in wanted):
+            index = self.io.output_index[name]
+            if index >= len(outs):
+                raise InternalError(f"output '{name}' of model '{self.name}' is output {index} "
+                                    f"of forward(), which returned {len(outs)} tensor(s)")
+            tensor = outs[index]
+            expected = self.output_types[name]
+            if tensor.dtype != TORCH_TYPES[expected]:
+                got = CONFIG_TYPE_OF.get(tensor.dtype, str(tensor.dtype))
+                raise InternalError(f"unexpected datatype {got} for inference output '{name}' "
+                                    f"of model '{self.name}', expecting {expected}")
+            outputs[name] = tensor.detach().cpu().contiguous().numpy()
+        if self.clean_cache:
+            with contextlib.suppress(RuntimeError):
+                torch.cuda.empty_cache()
+        return split_outputs(self.config, live, outputs)
+
+    def finalize(self) -> None:
+        self.module = None
+
+
+TORCH_API_NAMES = {name: name.removeprefix("TYPE_").replace("FP", "FP") for name in TORCH_TYPES}
+TORCH_API_NAMES.update({"TYPE_BOOL": "BOOL"})

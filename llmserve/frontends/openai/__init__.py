@@ -1,0 +1,7 @@
+"""OpenAI-compatible API (SPEC.md section 9) served by the HTTP frontend on the KServe
+port: /v1/models, /v1/completions and /v1/chat/completions over the repository's
+text-generation models."""
+
+from llmserve.frontends.openai.routes import openai_router
+
+__all__ = ["openai_router"]
