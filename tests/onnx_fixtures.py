@@ -46,6 +46,22 @@ def scale_batch_only() -> bytes:
                   [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["n"])], [two])
 
 
+def tiny_classifier(weights) -> bytes:
+    """densenet_onnx's interface in miniature: data_0 [1, 3, 2, 2] -> fc6_1 [1, K, 1, 1]
+    with fc6_1 = flatten(data_0) @ weights (weights: float32 [12, K])."""
+    k = weights.shape[1]
+    w = helper.make_tensor("w", TensorProto.FLOAT, list(weights.shape),
+                           weights.reshape(-1).tolist())
+    flat = helper.make_tensor("flat", TensorProto.INT64, [2], [1, 12])
+    out_shape = helper.make_tensor("out_shape", TensorProto.INT64, [4], [1, k, 1, 1])
+    return _model([helper.make_node("Reshape", ["data_0", "flat"], ["x"]),
+                   helper.make_node("MatMul", ["x", "w"], ["y"]),
+                   helper.make_node("Reshape", ["y", "out_shape"], ["fc6_1"])],
+                  [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [1, 3, 2, 2])],
+                  [helper.make_tensor_value_info("fc6_1", TensorProto.FLOAT, [1, k, 1, 1])],
+                  [w, flat, out_shape])
+
+
 def write_onnx(repo: Path, name: str, model: bytes, config: str | None = None,
                version: int = 1, folder: bool = False) -> Path:
     """repo/name/[config.pbtxt]/<version>/model.onnx (or model.onnx/model.onnx)."""

@@ -3,6 +3,7 @@ models, dynamic batching of concurrent requests, BYTES tensors, reshape, load er
 
 import asyncio
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -83,6 +84,18 @@ def onnx_server(tmp_path_factory):
     loop.close()
 
 
+def _settled_stats(server, model, before, inferences):
+    """Statistics once the worker thread has booked the executions (it does so right after
+    the responses went out)."""
+    deadline = time.monotonic() + 5
+    while True:
+        stats = server.statistics(model)["model_stats"][0]
+        done = int(stats["inference_count"]) - int(before["inference_count"])
+        if done >= inferences or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.01)
+
+
 def _infer(server, model, inputs, **kw):
     [resp] = server.run(collect(server, make_request(model, inputs, **kw)))
     return resp
@@ -127,7 +140,7 @@ def test_concurrent_requests_are_batched(onnx_server):
         assert resp.error is None, resp.error
         np.testing.assert_array_equal(resp.output("OUTPUT0").data, x * 3)
         np.testing.assert_array_equal(resp.output("OUTPUT1").data, -x)
-    after = onnx_server.statistics("batched")["model_stats"][0]
+    after = _settled_stats(onnx_server, "batched", before, sum(x.shape[0] for x in inputs))
     executions = int(after["execution_count"]) - int(before["execution_count"])
     inferences = int(after["inference_count"]) - int(before["inference_count"])
     assert inferences == sum(x.shape[0] for x in inputs)

@@ -159,9 +159,13 @@ def test_request_errors(make_executor):
         ex.enqueue_request(Request([5, 100000], 4))
     with pytest.raises(InvalidArgument, match="max_beam_width"):
         ex.enqueue_request(Request(P, 4, sampling_config=SamplingConfig(beam_width=3)))
+    with pytest.raises(InvalidArgument, match="num_return_sequences"):
+        ex.enqueue_request(Request(P, 4, sampling_config=SamplingConfig(
+            beam_width=2, num_return_sequences=3)))
     beam = ex.enqueue_request(Request(P, 4, sampling_config=SamplingConfig(beam_width=2)))
-    (resp,) = ex.await_responses(beam, TIMEOUT)
-    assert resp.has_error() and "not supported yet" in resp.error_msg and resp.is_final
+    (resp,) = ex.await_responses(beam, TIMEOUT)  # beam search: one final response
+    assert not resp.has_error() and resp.is_final
+    assert len(resp.result.output_token_ids) == 2
     with pytest.raises(InvalidArgument, match="KV cache blocks"):
         small = make_executor(kv_tokens=16)
         small.enqueue_request(Request(P, 40))

@@ -89,11 +89,13 @@ def hf(oai):
     return AutoTokenizer.from_pretrained(str(oai.ckpt)), load_hf_model(oai.ckpt)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def aclient(oai):
+    """openai.AsyncOpenAI factory: make one inside each event loop (asyncio.run)."""
     import openai
 
-    return openai.AsyncOpenAI(base_url=oai.base_url, api_key="unused", max_retries=0, timeout=60)
+    return lambda: openai.AsyncOpenAI(base_url=oai.base_url, api_key="unused", max_retries=0,
+                                      timeout=60)
 
 
 @pytest.fixture(scope="session")

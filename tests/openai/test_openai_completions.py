@@ -141,13 +141,22 @@ def test_async_client_concurrent_and_streaming(aclient, greedy, prompt_ids):
     text, _ = greedy(prompt_ids, 8)
 
     async def main():
-        many = await asyncio.gather(*(aclient.completions.create(
+        client = aclient()
+        many = await asyncio.gather(*(client.completions.create(
             model="tensorrt_llm_bls", prompt=PROMPT, max_tokens=8, temperature=0)
             for _ in range(4)))
-        stream = await aclient.completions.create(model="ensemble", prompt=PROMPT,
+        stream = await client.completions.create(model="ensemble", prompt=PROMPT,
                                                   max_tokens=8, temperature=0, stream=True)
         parts = [c.choices[0].text async for c in stream]
         return [m.choices[0].text for m in many], "".join(parts)
 
     many, streamed = asyncio.run(main())
     assert many == [text] * 4 and streamed == text
+
+
+def test_logit_bias_forces_a_token(client, hf):
+    tok = hf[0]
+    token = tok.encode(" fox", add_special_tokens=False)[-1]
+    r = client.completions.create(model="ensemble", prompt=PROMPT, max_tokens=4,
+                                  temperature=0, logit_bias={str(token): 100})
+    assert r.choices[0].text == tok.decode([token] * 4)

@@ -43,10 +43,6 @@ class OnnxModel(BackendModel):
         self.spec = spec
         self.config = spec.config
         self.path: Path = model_file_path(spec.model_dir, spec.version, spec.config)
-        for tensor in list(spec.config.input) + list(spec.config.output):
-            if _dtype_name(tensor.data_type) == "TYPE_BF16":
-                raise InvalidArgument(f"unable to load model '{spec.name}': {tensor.name} is "
-                                      "TYPE_BF16, which the onnxruntime backend does not support")
 
     def create_instance(self, instance: InstanceSpec) -> BackendInstance:
         return OnnxInstance(self, instance)

@@ -25,6 +25,7 @@ from llmserve.backends.pytorch.io_mapping import (
     flatten_outputs,
     map_io,
 )
+from llmserve.core import datatypes
 from llmserve.core.errors import (
     Cancelled,
     InternalError,
@@ -191,7 +192,7 @@ class TorchInstance(BackendInstance):
                 sreq.fail(InternalError(f"PyTorch execute failure: {_first_line(e)}"))
             return None
         for sreq, outputs in zip(live, per_request, strict=True):
-            sreq.respond([Tensor(n, TORCH_API_NAMES[self.output_types[n]], outputs[n])
+            sreq.respond([Tensor(n, datatypes.config_to_api(self.output_types[n]), outputs[n])
                           for n in sreq.output_names if n in outputs])
         return None
 
@@ -234,7 +235,3 @@ class TorchInstance(BackendInstance):
 
     def finalize(self) -> None:
         self.module = None
-
-
-TORCH_API_NAMES = {name: name.removeprefix("TYPE_").replace("FP", "FP") for name in TORCH_TYPES}
-TORCH_API_NAMES.update({"TYPE_BOOL": "BOOL"})

@@ -65,9 +65,11 @@ def _naming(names: list[str], forward_args: list[str] | None, kind: str, model: 
         return Naming.FORWARD_ARGUMENT
     if all(_named_index(n) is not None for n in names):
         return Naming.NAMED_INDEX
-    log.warning("model '%s': %s names %s are neither forward() argument names nor of the form "
-                "<name>__<index>; using the order of the model configuration", model, kind,
-                names)
+    # only worth a warning when the order matters
+    level = logging.WARNING if len(names) > 1 else logging.DEBUG
+    log.log(level, "model '%s': %s names %s are neither forward() argument names nor of the "
+            "form <name>__<index>; using the order of the model configuration", model, kind,
+            names)
     return Naming.STRICT_CONFIG_ORDERING
 
 

@@ -302,6 +302,7 @@ class TensorRTLLMModel:
             item.streaming
             and self.tokenizer is not None
             and len(beams) == 1
+            and opts.beam_width == 1
             and not (opts.return_log_probs or opts.return_generation_logits)
         )
         if not use_holdback:
@@ -315,7 +316,9 @@ class TensorRTLLMModel:
         n = max((len(b) for b in result.output_token_ids), default=0)
         if not item.streaming:
             n = n if item.exclude_input else max(n - item.options.num_input_tokens, 0)
-            n -= item.generated.get(seq, 0)
+        if not item.streaming or item.options.beam_width > 1:
+            # whole sequences (beam search streams every beam in full each time)
+            n = max(n - item.generated.get(seq, 0), 0)
         item.generated[seq] = item.generated.get(seq, 0) + n
         if self._metrics is not None and n > 0:
             now = time.monotonic()

@@ -50,6 +50,7 @@ class ItemOptions:
     return_num_input_tokens: bool = False
     return_num_output_tokens: bool = False
     num_input_tokens: int = 0
+    beam_width: int = 1  # > 1: streaming results carry whole beams, not deltas
 
 
 def split_batch(inputs: dict[str, np.ndarray], batched: bool) -> list[dict[str, np.ndarray]]:
@@ -237,4 +238,5 @@ def build_request(
         external_draft_tokens_config=_draft(item, fast_logits),
         lora_config=_lora(item),
     )
+    options.beam_width = request.sampling_config.beam_width
     return request, options

@@ -74,7 +74,7 @@ async def create_chat_completion(server: Any, catalog: ModelCatalog, http: Reque
     rid = new_id("chatcmpl")
     gens = [Generation(server, model, tok, prompt, with_seed(params, i), ids, rid)
             for i in range(req.n)]
-    await start_all(gens)
+    await start_all(http, gens)
     if req.stream:
         return sse_response(_stream(req, rid, gens, len(ids)), lambda: cancel_all(gens))
     results = await collect(http, gens)

@@ -72,7 +72,7 @@ async def create_completion(server: Any, catalog: ModelCatalog, http: Request,
                             prompt_logprobs=req.echo and want_lp)
         gens += [Generation(server, model, tok, text, with_seed(params, i), ids, rid)
                  for i in range(best_of)]
-    await start_all(gens)
+    await start_all(http, gens)
     view = _View(req, prompts, best_of)
     if req.stream:
         return sse_response(_stream(view, rid, gens), lambda: cancel_all(gens))

@@ -44,13 +44,29 @@ async def close_all(gens: list[Generation]) -> None:
                 await gen.close()
 
 
-async def start_all(gens: list[Generation]) -> None:
-    """Submit every generation; the first request error is raised (the rest cancelled)."""
-    results = await asyncio.gather(*(g.start() for g in gens), return_exceptions=True)
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if errors:
+def _token_for(gens: list[Generation]) -> CancellationToken:
+    """One token that cancels every generation (for until_disconnect)."""
+    token = CancellationToken()
+    for gen in gens:
+        token.add_callback(gen.request.cancel.cancel)
+    return token
+
+
+async def start_all(http: Request, gens: list[Generation]) -> None:
+    """Submit every generation and wait for its first response (request errors raise
+    here, before a status is sent); a client that disconnects meanwhile cancels all."""
+
+    async def start() -> None:
+        results = await asyncio.gather(*(g.start() for g in gens), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    try:
+        await until_disconnect(http, start(), _token_for(gens))
+    except BaseException:
         await close_all(gens)
-        raise errors[0]
+        raise
 
 
 async def merge(gens: list[Generation]) -> AsyncIterator[tuple[int, Delta]]:
@@ -99,9 +115,7 @@ class Collected:
 
 async def collect(request: Request, gens: list[Generation]) -> list[Collected]:
     """Run every generation to its end; a client that disconnects cancels them all."""
-    token = CancellationToken()
-    for gen in gens:
-        token.add_callback(gen.request.cancel.cancel)
+    token = _token_for(gens)
     out = [Collected() for _ in gens]
 
     async def work() -> None:
