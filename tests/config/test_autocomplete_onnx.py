@@ -123,3 +123,13 @@ def test_highest_version_is_read(tmp_path):
     model_dir = write_onnx(tmp_path, "m", add_sub(dims=(6,)), version=2)
     config = load_model_config(model_dir, ServerOptions())
     assert list(config.input[0].dims) == [6]
+
+
+def test_without_onnxruntime_the_config_is_left_alone(tmp_path, monkeypatch, caplog):
+    from llmserve.config import autocomplete_onnx
+
+    monkeypatch.setattr(autocomplete_onnx, "onnxruntime_installed", lambda: False)
+    model_dir = write_onnx(tmp_path, "m", add_sub())
+    config = load_model_config(model_dir, ServerOptions())
+    assert config.max_batch_size == 0 and len(config.input) == 0
+    assert "onnxruntime is not installed" in caplog.text

@@ -117,8 +117,8 @@ def test_beams_share_blocks_copy_on_write_and_survive_preemption(make_executor, 
     prompts = [prompt(20, 31), prompt(11, 32)]
     refs = [hf_beams(exec_hf, p, 4, 20, 1.0, True, None, 4)[0] for p in prompts]
     greedy_ref = hf_reference(exec_hf, prompt(10, 33), 20)
-    # 2 x 4 beams of up to 40 tokens + a greedy request: more than 18 blocks of 8
-    ex = make_executor(max_beam_width=4, kv_tokens=144, scheduler_config=SchedulerConfig(
+    # 2 x 4 beams of up to 40 tokens + a greedy request: more than 25 blocks of 8
+    ex = make_executor(max_beam_width=4, kv_tokens=200, scheduler_config=SchedulerConfig(
         CapacitySchedulerPolicy.MAX_UTILIZATION))
     reqs = [beam_request(p, 20, 4) for p in prompts] + [greedy_request(prompt(10, 33), 20)]
     outs = run(ex, reqs)
@@ -183,7 +183,7 @@ def reference_diverse_beams(model, tokens, width, new, rate):
     """Straightforward diverse beam search (no end id, early stopping, no length
     penalty): each beam's top 2W tokens, penalised by rate * rank in that beam."""
     beams = [(0.0, [])]
-    for step in range(new):
+    for _ in range(new):
         cands = []
         for score, gen in beams:
             lp = torch.log_softmax(hf_logits(model, tokens + gen)[-1], -1)

@@ -61,9 +61,18 @@ class OpenAIServer:
         try:
             self.call(self.server.stop())
             self.call(self.frontends.stop())
+            self.call(cancel_leftover_tasks())
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=10)
+
+
+async def cancel_leftover_tasks() -> None:
+    """Cancel tasks still parked on the loop (sse-starlette's shutdown watcher)."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import cancel_leftover_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "models" / "demo-llm"
@@ -48,6 +49,7 @@ def demo(tmp_path_factory):
     finally:
         call(server.stop())
         call(frontends.stop())
+        call(cancel_leftover_tasks())
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
 
