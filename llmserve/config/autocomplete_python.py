@@ -29,7 +29,10 @@ def defines_auto_complete(model_file: Path) -> bool:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{model_file}: cannot read the Python model: {e}") from None
     try:
-        tree = ast.parse(source, filename=str(model_file))
+        # CPython 3.11 can fail ("AST constructor recursion depth mismatch") when two
+        # threads build AST objects at once; model loads run in parallel threads.
+        with _lock:
+            tree = ast.parse(source, filename=str(model_file))
     except SyntaxError as e:
         raise ConfigError(f"{model_file}:{e.lineno}: syntax error: {e.msg}") from None
     for node in tree.body:

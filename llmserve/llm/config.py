@@ -64,9 +64,43 @@ class PeftCacheConfig:
     lora_prefetch_dir: str | None = None
 
 
+class SpeculativeDecodingMode(enum.Enum):
+    # draft tokens come with each request (ExternalDraftTokensConfig); always available
+    EXTERNAL_DRAFT_TOKENS = "external_draft_tokens"
+    # n-gram prompt lookup: drafts copied from earlier in the request's own tokens
+    PROMPT_LOOKUP = "prompt_lookup"
+
+
+@dataclass(slots=True)
+class PromptLookupConfig:
+    """n-gram prompt lookup (llmserve/llm/ngram.py): the last n tokens (n from
+    max_matching_ngram_size down to min_matching_ngram_size) are searched earlier in
+    prompt + output and the max_draft_tokens tokens after the match become drafts."""
+
+    max_draft_tokens: int = 4
+    max_matching_ngram_size: int = 3
+    min_matching_ngram_size: int = 1
+
+
 @dataclass(slots=True)
 class SpeculativeDecodingConfig:
+    """fast_logits: TensorRT-LLM's direct draft-to-target logits transfer (no effect here:
+    draft logits always travel with the request). mode PROMPT_LOOKUP turns on n-gram
+    drafts for every running non-beam request, sized by prompt_lookup."""
+
     fast_logits: bool = False
+    mode: SpeculativeDecodingMode = SpeculativeDecodingMode.EXTERNAL_DRAFT_TOKENS
+    prompt_lookup: PromptLookupConfig = field(default_factory=PromptLookupConfig)
+
+    def validate(self) -> None:
+        pl = self.prompt_lookup
+        if pl.max_draft_tokens < 1:
+            raise InvalidArgument(
+                f"prompt lookup max_draft_tokens must be >= 1, got {pl.max_draft_tokens}")
+        if not 1 <= pl.min_matching_ngram_size <= pl.max_matching_ngram_size:
+            raise InvalidArgument(
+                "prompt lookup n-gram sizes must satisfy 1 <= min <= max, got min "
+                f"{pl.min_matching_ngram_size}, max {pl.max_matching_ngram_size}")
 
 
 @dataclass(slots=True)
@@ -109,6 +143,8 @@ class ExecutorConfig:
             raise InvalidArgument(
                 f"kv_cache_config.free_gpu_memory_fraction must be in (0, 1], got {fraction}"
             )
+        if self.speculative_decoding_config is not None:
+            self.speculative_decoding_config.validate()
 
     @property
     def effective_policy(self) -> CapacitySchedulerPolicy:

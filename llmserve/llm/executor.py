@@ -26,6 +26,7 @@ from llmserve.llm.config import (
     DEFAULT_MAX_NUM_TOKENS,
     ExecutorConfig,
     ModelType,
+    SpeculativeDecodingMode,
 )
 from llmserve.llm.lora_cache import LoraCache, lora_cache_for
 from llmserve.llm.outputs import error_response
@@ -34,6 +35,7 @@ from llmserve.llm.responses import ResponseRouter
 from llmserve.llm.sampling import SamplingParams, make_generator
 from llmserve.llm.scheduler import Scheduler
 from llmserve.llm.sequence import RequestState
+from llmserve.llm.speculative import PromptLookupProposer, check_draft_logits
 from llmserve.llm.stats import IterationStats, KvCacheStats, RequestStatsPerIteration
 from llmserve.llm.stepper import Stepper
 from llmserve.llm.stop import StopCriteria
@@ -101,7 +103,11 @@ class Executor:
             maxlen=max(1, config.iter_stats_max_iterations))
         self._req_stats: deque[RequestStatsPerIteration] = deque(
             maxlen=max(1, config.request_stats_max_iterations))
-        self._stepper = Stepper(runner, self.scheduler, self._dequeued)
+        spec = config.speculative_decoding_config
+        proposer = None
+        if spec is not None and spec.mode is SpeculativeDecodingMode.PROMPT_LOOKUP:
+            proposer = PromptLookupProposer(spec.prompt_lookup)
+        self._stepper = Stepper(runner, self.scheduler, self._dequeued, proposer)
         self._thread = threading.Thread(target=self._loop, name="llmserve-executor",
                                         daemon=True)
         self._thread.start()
@@ -138,8 +144,9 @@ class Executor:
             "kv_cache_config.max_attention_window (the checkpoint's windows apply)":
                 kv.max_attention_window is not None,
             "kv_cache_config.sink_token_length": kv.sink_token_length is not None,
-            "speculative_decoding_config (external draft tokens work without it)":
-                config.speculative_decoding_config is not None,
+            "speculative_decoding_config.fast_logits (draft logits travel with the request)":
+                config.speculative_decoding_config is not None
+                and config.speculative_decoding_config.fast_logits,
             "normalize_log_probs=False (log probs are always normalised)":
                 not config.normalize_log_probs,
         }
@@ -188,6 +195,8 @@ class Executor:
         draft = request.external_draft_tokens_config
         if draft is not None and draft.tokens and num_seqs == 1:
             seq0.draft_tokens = [int(t) for t in draft.tokens]
+            seq0.draft_logits = check_draft_logits(draft.logits, len(draft.tokens),
+                                                   self.vocab_size)
         with self._cond:
             if not self._accepting:
                 self._num_queued -= 1
@@ -242,8 +251,13 @@ class Executor:
                                   f"({self.max_batch_size})")
         draft = req.external_draft_tokens_config
         num_draft = len(draft.tokens) if draft is not None and num_seqs == 1 else 0
+        if num_draft:
+            self._check_draft(draft)
         bm = self.block_manager
-        need = (bm.blocks_for(total + num_draft) + (1 if num_seqs > 1 else 0)) * num_seqs
+        # sampled siblings may each copy the shared partial block; beams at most hold
+        # one full table each (a copy replaces a shared block)
+        extra = 1 if num_seqs > 1 and sc.beam_width == 1 else 0
+        need = (bm.blocks_for(total + num_draft) + extra) * num_seqs
         if need > bm.num_blocks:
             raise InvalidArgument(
                 f"request needs up to {need} KV cache blocks but the cache has only "
@@ -268,6 +282,17 @@ class Executor:
         self._warn_request_fields(req)
         return params, stop, num_seqs, None
 
+    def _check_draft(self, draft) -> None:
+        if any(not 0 <= int(t) < self.vocab_size for t in draft.tokens):
+            raise InvalidArgument(f"draft token ids must be in [0, {self.vocab_size})")
+        try:
+            check_draft_logits(draft.logits, len(draft.tokens), self.vocab_size)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        t = draft.acceptance_threshold
+        if t is not None and not 0.0 < t <= 1.0:
+            raise InvalidArgument(f"draft_acceptance_threshold must be in (0, 1], got {t}")
+
     def _warn_request_fields(self, req: Request) -> None:
         draft = req.external_draft_tokens_config
         notes = {
@@ -277,9 +302,9 @@ class Executor:
             "sampling (top_k / top_p) with beam_width > 1 (beam search is deterministic)":
                 req.sampling_config.beam_width > 1 and bool(
                     (req.sampling_config.top_k or 0) > 1 or req.sampling_config.top_p),
-            "external draft logits / acceptance_threshold (drafts are accepted by token "
-            "match)": draft is not None and (draft.logits is not None
-                                              or draft.acceptance_threshold is not None),
+            "draft_acceptance_threshold without draft logits (drafts are accepted by "
+            "token match)": draft is not None and draft.logits is None
+                and draft.acceptance_threshold is not None,
         }
         for note, present in notes.items():
             if present and note not in self._warned:

@@ -113,13 +113,21 @@ class Scheduler:
                 num_draft = 0  # drafts are an optimisation: drop them before preempting
                 copies = self.bm.allocate_slots(seq, num)
             while copies is None:
-                victim = self.running[-1]
+                victim = self._victim()
+                if victim is None:
+                    break
+                at = self.running.index(victim)
                 self._preempt(victim, out)
+                if at < i:  # it already got tokens this step: take them back
+                    budget += self._unschedule(victim, out)
+                    i -= 1
                 if victim is seq:
                     break
                 copies = self.bm.allocate_slots(seq, num)
             if copies is None:
-                break  # seq itself was preempted (it was the newest)
+                if seq.status is not SequenceStatus.PREEMPTED:
+                    i += 1  # a beam waits: beams are never evicted (see _victim)
+                continue
             out.copies.extend(copies)
             out.scheduled.append(ScheduledSeq(seq, num + num_draft, num_draft))
             budget -= num + num_draft
@@ -154,6 +162,9 @@ class Scheduler:
             worst = self._worst_case(seq) * need_slots
             if self._reserving() and self.bm.num_free_blocks - reserved < worst:
                 break
+            if (not self._reserving() and seq.state.beam is not None
+                    and self._beam_worst_total() + worst > self.bm.num_blocks):
+                break  # beams are never evicted: all of them must always fit together
             copies = self.bm.allocate_slots(seq, num, computed)
             if copies is None:
                 break
@@ -175,6 +186,33 @@ class Scheduler:
             if self._reserving():
                 reserved += max(0, worst - len(seq.block_table))
 
+    def _victim(self) -> Sequence | None:
+        """The newest running sequence that is not a beam. Beams of one request advance
+        together, so they are never preempted; instead beam requests are admitted only
+        while all beam requests' worst cases fit in the cache (under every policy)."""
+        for seq in reversed(self.running):
+            if seq.state.beam is None:
+                return seq
+        logger.warning("KV cache exhausted with only beam search requests running")
+        return None
+
+    @staticmethod
+    def _unschedule(seq: Sequence, out: SchedulerOutput) -> int:
+        for k, ss in enumerate(out.scheduled):
+            if ss.seq is seq:
+                del out.scheduled[k]
+                return ss.num_tokens
+        return 0
+
+    def _beam_worst_total(self) -> int:
+        states = {s.state for s in self.running if s.state.beam is not None}
+        return sum(self._beam_worst(state) for state in states)
+
+    def _beam_worst(self, state: RequestState) -> int:
+        """Blocks a beam request can hold at most: a full table per beam."""
+        seq0 = state.seqs[0]
+        return self.bm.blocks_for(seq0.prompt_len + state.stop.max_tokens) * state.num_sequences
+
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         if self.policy is not CapacitySchedulerPolicy.MAX_UTILIZATION:
             logger.warning("KV cache exhausted under %s: preempting request %d",
@@ -195,8 +233,9 @@ class Scheduler:
         state = seq.state
         blocks = self.bm.blocks_for(seq.prompt_len + state.stop.max_tokens
                                     + len(seq.draft_tokens))
-        # siblings share the prompt's partial block until one copies it on write
-        return blocks + (1 if state.num_sequences > 1 else 0)
+        # siblings share the prompt's partial block until one copies it on write (a
+        # beam's copy replaces a shared block: a full table per beam is its worst case)
+        return blocks + (1 if state.num_sequences > 1 and state.beam is None else 0)
 
     def _reserved(self) -> int:
         total = 0
@@ -213,7 +252,5 @@ class Scheduler:
             # beams share blocks: reserve each beam's worst case less the distinct
             # blocks the request already holds
             held = {b for beam in state.seqs for b in beam.block_table}
-            seq0 = state.seqs[0]
-            worst = self.bm.blocks_for(seq0.prompt_len + state.stop.max_tokens)
-            total += max(0, worst * state.num_sequences - len(held))
+            total += max(0, self._beam_worst(state) - len(held))
         return total

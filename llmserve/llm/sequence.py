@@ -51,6 +51,7 @@ class Sequence:
     num_sent: int = 0  # generated tokens already delivered (streaming)
     num_preemptions: int = 0
     draft_tokens: list[int] = field(default_factory=list)  # proposed, awaiting verification
+    draft_logits: torch.Tensor | None = None  # [len(draft_tokens), vocab] external drafts
     num_draft_tokens: int = 0
     num_accepted_draft_tokens: int = 0
     decoding_iter: int = 0  # steps that produced tokens for this sequence

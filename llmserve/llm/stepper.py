@@ -22,6 +22,7 @@ from llmserve.llm.request import FinishReason, Response
 from llmserve.llm.sampling import make_generator, next_top_p, sample
 from llmserve.llm.scheduler import ScheduledSeq, Scheduler, SchedulerOutput, extra_keys
 from llmserve.llm.sequence import RequestState, Sequence, SequenceStatus
+from llmserve.llm.speculative import PromptLookupProposer, verify_drafts
 from llmserve.llm.stats import (
     InflightBatchingStats,
     IterationStats,
@@ -36,8 +37,10 @@ logger = logging.getLogger(__name__)
 
 class Stepper:
     def __init__(self, runner, scheduler: Scheduler,
-                 on_dequeued: Callable[[int], None]) -> None:
+                 on_dequeued: Callable[[int], None],
+                 proposer: PromptLookupProposer | None = None) -> None:
         self.runner = runner
+        self.proposer = proposer  # n-gram drafts for running sequences, before each step
         self.scheduler = scheduler
         self.bm: BlockManager = scheduler.bm
         # responses wait here until the caller has recorded the step's statistics
@@ -102,6 +105,8 @@ class Stepper:
         """Run one iteration; None when nothing could be scheduled."""
         start = time.perf_counter()
         new0, reused0 = self.bm.total_new, self.bm.total_reused
+        if self.proposer is not None:
+            self.proposer.propose(self.scheduler.running)
         out = self.scheduler.schedule()
         admitted = 0
         for seq in out.newly_admitted:
@@ -172,6 +177,7 @@ class Stepper:
             if ss.num_draft:
                 to_verify.append((ss, rows[num_real - 1 :]))
                 continue
+            seq.draft_tokens, seq.draft_logits = [], None  # not scheduled: now stale
             to_sample.append((seq, last))
             if seq.index == 0 and state.unforked_extra():
                 for child in self._fork(seq):
@@ -224,24 +230,26 @@ class Stepper:
             self._append(seq, res.tokens[i], lp, raw[i] if raw is not None else None)
 
     def _verify(self, ss: ScheduledSeq, rows: torch.Tensor) -> None:
-        """Accept draft tokens while the sampled token equals the draft (one forward)."""
+        """Accept draft tokens against the target's rows of this one forward
+        (llmserve/llm/speculative.py: token match, or rejection sampling with logits)."""
         seq = ss.seq
         drafts = seq.draft_tokens[: ss.num_draft]
-        seq.draft_tokens = []
+        draft_logits = seq.draft_logits
+        seq.draft_tokens, seq.draft_logits = [], None
         seq.num_draft_tokens += len(drafts)
         seq.decoding_iter += 1
-        keep_raw = seq.state.request.output_config.return_generation_logits
-        for j in range(len(drafts) + 1):
-            batch = rows[j : j + 1].float().clone()
-            raw = batch[0].clone() if keep_raw else None
-            res = sample(batch, [seq], [seq.state.params])
-            token = res.tokens[0]
-            lp = res.log_probs[0] if res.log_probs is not None else None
-            if self._append(seq, token, lp, raw) or j == len(drafts) or token != drafts[j]:
-                break
-            seq.num_computed += 1  # the draft's K/V written this step is the right one
-            seq.num_accepted_draft_tokens += 1
+        state = seq.state
+        ext = state.request.external_draft_tokens_config
+        accepted = verify_drafts(
+            seq, state.params, rows, drafts,
+            lambda token, lp, raw: self._append(seq, token, lp, raw),
+            draft_logits=draft_logits,
+            threshold=ext.acceptance_threshold if ext is not None and draft_logits is not None
+            else None,
+            keep_raw=state.request.output_config.return_generation_logits)
+        seq.num_accepted_draft_tokens += accepted
         if not seq.is_finished:
+            seq.num_computed += accepted  # the accepted drafts' K/V written this step
             self.bm.cache_full_blocks(seq, extra_keys(seq))
 
     def _append(self, seq: Sequence, token: int, log_prob: float | None,

@@ -108,25 +108,31 @@ def test_beam_next_to_greedy_and_sampled_requests(make_executor, exec_hf):
     assert ex.get_kv_cache_stats().free_num_blocks == ex.block_manager.num_blocks
 
 
-def test_beams_share_blocks_copy_on_write_and_survive_preemption(make_executor, exec_hf,
-                                                                 exec_runner, monkeypatch):
+@pytest.mark.parametrize("policy", [CapacitySchedulerPolicy.MAX_UTILIZATION,
+                                    CapacitySchedulerPolicy.GUARANTEED_NO_EVICT])
+def test_beams_copy_on_write_in_a_small_cache(make_executor, exec_hf, exec_runner,
+                                             monkeypatch, policy):
     copies: list[tuple[int, int]] = []
     real_copy = exec_runner.copy_blocks
     monkeypatch.setattr(exec_runner, "copy_blocks",
                         lambda pairs: (copies.extend(pairs), real_copy(pairs)))
-    prompts = [prompt(20, 31), prompt(11, 32)]
-    refs = [hf_beams(exec_hf, p, 4, 20, 1.0, True, None, 4)[0] for p in prompts]
-    greedy_ref = hf_reference(exec_hf, prompt(10, 33), 20)
-    # 2 x 4 beams of up to 40 tokens + a greedy request: more than 25 blocks of 8
-    ex = make_executor(max_beam_width=4, kv_tokens=200, scheduler_config=SchedulerConfig(
-        CapacitySchedulerPolicy.MAX_UTILIZATION))
-    reqs = [beam_request(p, 20, 4) for p in prompts] + [greedy_request(prompt(10, 33), 20)]
+    p_beam = prompt(11, 31)
+    greedy = [prompt(10, 32 + i) for i in range(3)]
+    reqs = [beam_request(p_beam, 20, 4)] + [greedy_request(g, 30) for g in greedy]
+    roomy = make_executor(max_beam_width=4)
+    ref = [o[-1].result.output_token_ids for o in run(roomy, reqs)]
+    assert ref[1:] == [[hf_reference(exec_hf, g, 30)] for g in greedy]
+    # the beams' worst case is 16 blocks of 8, the greedy requests need 15 more: under
+    # MAX_UTILIZATION the beams evict greedy sequences (never the other way round)
+    ex = make_executor(max_beam_width=4, kv_tokens=160,
+                       scheduler_config=SchedulerConfig(policy))
+    copies.clear()
     outs = run(ex, reqs)
-    assert [o[-1].result.output_token_ids for o in outs[:2]] == refs
-    assert outs[2][-1].result.output_token_ids == [greedy_ref]
+    assert [o[-1].result.output_token_ids for o in outs] == ref
     assert copies  # shared partial blocks were copied before a beam wrote to them
     stats = ex.get_latest_iteration_stats()
-    assert sum(s.num_preempted_requests for s in stats) > 0
+    preempted = sum(s.num_preempted_requests for s in stats)
+    assert preempted > 0 if policy is CapacitySchedulerPolicy.MAX_UTILIZATION else not preempted
     wait_idle(ex)
     assert ex.get_kv_cache_stats().free_num_blocks == ex.block_manager.num_blocks
 

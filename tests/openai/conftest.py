@@ -45,7 +45,8 @@ class OpenAIServer:
         self.thread.start()
         options = ServerOptions(model_repositories=[repo], http_address="127.0.0.1",
                                 http_port=0, allow_grpc=False, allow_metrics=False,
-                                exit_timeout_secs=5.0)
+                                exit_timeout_secs=5.0,
+                                model_load_thread_count=1)
         self.server = InferenceServer(options)
         self.call(self.server.start(), timeout=180)
         self.frontends = self.call(start_frontends(self.server, options))

@@ -10,13 +10,19 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import cancel_leftover_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "models" / "demo-llm"
 
 pytestmark = pytest.mark.skipif(not (DEMO / "model.safetensors").is_file(),
                                 reason="models/demo-llm is not built")
+
+
+async def _cancel_leftover_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +44,8 @@ def demo(tmp_path_factory):
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
     options = ServerOptions(model_repositories=[repo], http_address="127.0.0.1", http_port=0,
-                            allow_grpc=False, allow_metrics=False, exit_timeout_secs=5.0)
+                            allow_grpc=False, allow_metrics=False, exit_timeout_secs=5.0,
+                            model_load_thread_count=1)
     server = InferenceServer(options)
     call(server.start())
     frontends = call(start_frontends(server, options))
@@ -49,7 +56,7 @@ def demo(tmp_path_factory):
     finally:
         call(server.stop())
         call(frontends.stop())
-        call(cancel_leftover_tasks())
+        call(_cancel_leftover_tasks())
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
 
