@@ -62,7 +62,7 @@ def model_values(
         "enable_kv_cache_reuse": "true",
         "enable_chunked_context": "true",
         "exclude_input_in_output": "true",
-        "max_beam_width": "1",
+        "max_beam_width": "4",
     }
     bls = {
         **common,

@@ -1,27 +1,6 @@
 """Beam search for the executor: candidate selection, finished hypotheses and stopping
 (transformers' rules), beams as Sequences on shared KV blocks, and beam responses.
-
-Semantics, per request of beam width W (matching transformers' `_beam_search`):
-- Every step all W running beams run one token together (the first step has only the
-  prompt). Logits get the request's bias / penalties / bans, then temperature, then
-  log_softmax. Each beam keeps its top 2W tokens; candidate score = beam score + token
-  log prob - beam_search_diversity_rate * rank of the token within its beam (0-based;
-  TensorRT-LLM's diverse beam search, 0 = off). The best 2W candidates overall are kept.
-- A candidate "hits stop" on the end id, a stop word, or reaching max_tokens. Among the
-  best W candidates, those that hit stop become finished hypotheses with score
-  beam_score / (generated_length ** length_penalty), generated_length counting the end
-  token; the best W hypotheses are kept. The best W candidates that do not hit stop
-  become the next running beams.
-- The request ends when no candidate continues; when early_stopping is True and W
-  hypotheses exist; or when W hypotheses exist and the best running beam can no longer
-  beat the worst of them: best_running_score / (L ** length_penalty) <= worst, with L the
-  generated length now (early_stopping False) or max_tokens (early_stopping "never" with
-  length_penalty > 0). TensorRT-LLM's int early_stopping maps: None or 1 -> True,
-  0 -> False, anything else -> "never". length_penalty None means 0 (TensorRT-LLM).
-- Output: the best num_return_sequences (default W) hypotheses by score. The end id is
-  not part of output_token_ids (as everywhere in the executor) but its log prob is in
-  cum_log_probs; with a diversity rate the ranking scores include the penalties while
-  cum_log_probs and log_probs are the true log probabilities.
+The exact semantics are in BeamSearch's docstring.
 """
 
 from __future__ import annotations
@@ -119,7 +98,33 @@ def select_candidates(log_probs: torch.Tensor, beam_scores: torch.Tensor, k: int
 
 
 class BeamSearch:
-    """The beam search state of one request; its running beams are state.seqs."""
+    """The beam search state of one request; its running beams are state.seqs.
+
+    Semantics, per request of beam width W (matching transformers' `_beam_search`):
+    - Every step all W running beams run one token together (the first step has only the
+      prompt). Logits get the request's bias / penalties / bans, then temperature, then
+      log_softmax. Each beam keeps its top 2W tokens; candidate score = beam score + token
+      log prob - beam_search_diversity_rate * rank of the token within its beam (0-based;
+      TensorRT-LLM's diverse beam search, 0 = off). The best 2W candidates overall are kept.
+    - A candidate "hits stop" on the end id, a stop word, or reaching max_tokens. Among the
+      best W candidates, those that hit stop become finished hypotheses with score
+      beam_score / (generated_length ** length_penalty), generated_length counting the end
+      token; the best W hypotheses are kept. The best W candidates that do not hit stop
+      become the next running beams.
+    - The request ends when no candidate continues; when early_stopping is True and W
+      hypotheses exist; or when W hypotheses exist and the best running beam can no longer
+      beat the worst of them: best_running_score / (L ** length_penalty) <= worst, with L the
+      generated length now (early_stopping False) or max_tokens (early_stopping "never" with
+      length_penalty > 0). TensorRT-LLM's int early_stopping maps: None or 1 -> True,
+      0 -> False, anything else -> "never". length_penalty None means 0 (TensorRT-LLM).
+    - Output: the best num_return_sequences (default W) hypotheses by score. The end id is
+      not part of output_token_ids (as everywhere in the executor) but its log prob is in
+      cum_log_probs; with a diversity rate the ranking scores include the penalties while
+      cum_log_probs and log_probs are the true log probabilities.
+    - top_k / top_p / seed do not apply (beam search is deterministic; a warning says
+      so). Beams are never preempted: the scheduler admits a beam request only while every
+      beam request's worst case (a full block table per beam) fits in the KV cache.
+    """
 
     def __init__(self, params: BeamParams, sampling: SamplingParams, stop: StopCriteria,
                  prompt: list[int]) -> None:
@@ -285,8 +290,7 @@ class BeamSearch:
         n = self.params.num_return
         hyps = list(self.finished)
         if len(hyps) < n:
-            running = [b for b in beams if b.num_generated > 0]
-            hyps += self._running_hypotheses(running, reason)
+            hyps += self._running_hypotheses(beams, reason)
             hyps.sort(key=lambda h: h.score, reverse=True)
         return hyps[:n]
 

@@ -120,12 +120,15 @@ def verify_drafts(row: SampleRow, params: SamplingParams, rows: torch.Tensor,
 
 def check_draft_logits(logits: torch.Tensor | None, num_tokens: int,
                        vocab_size: int) -> torch.Tensor | None:
-    """Draft logits as float32 [num_tokens, vocab] (extra rows dropped); None passes.
-    Raises ValueError naming the problem for a wrong shape."""
+    """Draft logits as float32 [num_tokens, vocab] (extra rows dropped; leading unit dims
+    or a flat vector of whole rows, as JSON generate requests send, are reshaped); None
+    passes. Raises ValueError naming the problem for a wrong shape."""
     if logits is None:
         return None
     t = torch.as_tensor(logits, dtype=torch.float32)
-    if t.dim() == 3 and t.shape[0] == 1:
+    if t.shape[-1:] != (vocab_size,) and t.numel() % vocab_size == 0 and t.numel():
+        t = t.reshape(-1, vocab_size)
+    while t.dim() > 2 and t.shape[0] == 1:
         t = t[0]
     if t.dim() != 2 or t.shape[1] != vocab_size or t.shape[0] < num_tokens:
         raise ValueError(

@@ -2,7 +2,8 @@
 
 Runs on the executor's loop thread only. It owns the live RequestStates, turns the
 scheduler's decisions into SeqChunks for the ModelRunner, verifies draft tokens,
-forks num_return_sequences siblings after the prompt, and emits Responses.
+forks num_return_sequences siblings after the prompt, advances beam searches
+(llmserve/llm/beam_search.py) and emits Responses.
 """
 
 from __future__ import annotations

@@ -27,8 +27,19 @@ TIMEOUT = datetime.timedelta(seconds=30)
 OC = OutputConfig(exclude_input_from_output=True, return_log_probs=True)
 ES_INT = {True: 1, False: 0, "never": -1}  # TensorRT-LLM's int early_stopping
 # (length_penalty, early_stopping, beam width, num_return_sequences)
-CONFIGS = [(1.0, False, 4, 4), (0.0, True, 3, 2), (2.0, "never", 2, 1), (-0.5, False, 4, 3)]
+CONFIGS = [(1.0, False, 4, 4), (0.0, True, 3, 2), (2.0, "never", 2, 1), (-0.5, False, 4, 3),
+           (1.0, True, 4, 4), (0.5, "never", 3, None)]
 NEW = 10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models: one intra-op thread avoids spin-waiting on a shared 2-core box
+    (transformers' generate got ~100x slower with 2 threads under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def hf_beams(model, tokens, width, new, lp, es, eos, nret):
@@ -36,7 +47,7 @@ def hf_beams(model, tokens, width, new, lp, es, eos, nret):
     with torch.inference_mode():
         out = model.generate(
             torch.tensor([tokens]), attention_mask=torch.ones(1, len(tokens), dtype=torch.long),
-            num_beams=width, do_sample=False, max_new_tokens=new, num_return_sequences=nret,
+            num_beams=width, do_sample=False, max_new_tokens=new, num_return_sequences=nret or width,
             eos_token_id=eos, pad_token_id=PAD_ID, length_penalty=lp, early_stopping=es,
             return_dict_in_generate=True, output_scores=True)
     beams = []
@@ -60,17 +71,18 @@ def scores_of(result, lp):
 
 
 def test_beams_equal_transformers_in_one_mixed_batch(make_executor, exec_hf):
-    prompts = [prompt(6, 11), prompt(13, 12)]
-    cases = []
-    for p in prompts:
-        base, _ = hf_beams(exec_hf, p, 4, NEW, 1.0, False, None, 4)
-        # an end id the beams actually meet: a token early in a lower-ranked beam
-        eos = next(b[i] for i in (1, 2, 3) for b in base[1:] if b[i] != base[0][0])
-        for eos_id in (None, eos):
-            for lp, es, width, nret in CONFIGS:
-                ref = hf_beams(exec_hf, p, width, NEW, lp, es, eos_id, nret)
-                cases.append((beam_request(p, NEW, width, lp, es, eos_id, nret), lp, ref))
     ex = make_executor(max_beam_width=4, kv_tokens=4096)
+    p_plain, eos_prompts = prompt(13, 12), [prompt(6, 11), prompt(9, 13)]
+    runs = [(p_plain, None)]
+    for p in eos_prompts:
+        # an end id the beams actually meet: a token early in a lower-ranked beam
+        base = run(ex, [beam_request(p, NEW, 4, 1.0, False)])[0][-1].result.output_token_ids
+        runs.append((p, next(b[i] for i in (1, 2, 3) for b in base[1:] if b[i] != base[0][0])))
+    cases = []
+    for p, eos_id in runs:
+        for lp, es, width, nret in CONFIGS:
+            ref = hf_beams(exec_hf, p, width, NEW, lp, es, eos_id, nret)
+            cases.append((beam_request(p, NEW, width, lp, es, eos_id, nret), lp, ref))
     outs = run(ex, [c[0] for c in cases])  # every width (and end id) in the same steps
     ended = 0
     for (req, lp, (beams, scores)), responses in zip(cases, outs, strict=True):
@@ -80,9 +92,9 @@ def test_beams_equal_transformers_in_one_mixed_batch(make_executor, exec_hf):
         assert scores_of(res, lp) == pytest.approx(scores, abs=1e-3)
         assert [len(lps) for lps in res.log_probs] == [len(b) for b in beams]
         ended += sum(f is FinishReason.END_ID for f in res.finish_reasons)
-    assert ended >= 4  # the end id finished hypotheses of different lengths
+    assert ended >= 6  # the end id finished hypotheses of different lengths
     stats = ex.get_latest_iteration_stats()
-    assert max(s.inflight_batching_stats.num_scheduled_requests for s in stats) >= 20
+    assert max(s.inflight_batching_stats.num_scheduled_requests for s in stats) >= 40
     wait_idle(ex)
     assert ex.get_kv_cache_stats().free_num_blocks == ex.block_manager.num_blocks
 
@@ -122,9 +134,9 @@ def test_beams_copy_on_write_in_a_small_cache(make_executor, exec_hf, exec_runne
     roomy = make_executor(max_beam_width=4)
     ref = [o[-1].result.output_token_ids for o in run(roomy, reqs)]
     assert ref[1:] == [[hf_reference(exec_hf, g, 30)] for g in greedy]
-    # the beams' worst case is 16 blocks of 8, the greedy requests need 15 more: under
+    # 16 blocks: the beams' worst case; the greedy requests need 15 more. Under
     # MAX_UTILIZATION the beams evict greedy sequences (never the other way round)
-    ex = make_executor(max_beam_width=4, kv_tokens=160,
+    ex = make_executor(max_beam_width=4, kv_tokens=128,
                        scheduler_config=SchedulerConfig(policy))
     copies.clear()
     outs = run(ex, reqs)
@@ -151,10 +163,10 @@ def test_streaming_carries_whole_beams_and_cancel_frees_blocks(make_executor, ex
     assert last.is_final and last.output_token_ids == final.output_token_ids
     assert last.cum_log_probs == pytest.approx(final.cum_log_probs)
     # 4 beams of >= 21 tokens would need >= 12 blocks of 8 apart; they share the two
-    # full prompt blocks and copy only the partial third
-    stats = ex.get_latest_iteration_stats()
-    assert any(s.inflight_batching_stats.num_gen_requests == 4
-               and s.kv_cache_stats.used_num_blocks == 6 for s in stats)
+    # full prompt blocks (and every block of a common history)
+    gen = [s for s in ex.get_latest_iteration_stats()  # both runs: 7 decode steps each
+           if s.inflight_batching_stats.num_gen_requests == 4]
+    assert len(gen) == 14 and max(s.kv_cache_stats.used_num_blocks for s in gen) < 12
 
     rid = ex.enqueue_request(beam_request(p, 200, 4, streaming=True))
     got = []
@@ -210,7 +222,6 @@ def test_diversity_rate_matches_reference(make_executor, exec_hf):
     diverse = run(ex, [req])[0][-1].result.output_token_ids
     assert diverse == reference_diverse_beams(exec_hf, p, 3, 6, 1.5)
     assert diverse != plain
-    assert len({b[0] for b in diverse}) > len({b[0] for b in plain})
 
 
 def test_select_candidates_ranks_with_diversity():

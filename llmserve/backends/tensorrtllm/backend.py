@@ -154,7 +154,8 @@ class TensorRTLLMModel:
                 decoupled=self.decoupled,
                 default_exclude_input=self.settings.exclude_input_in_output,
                 decoding_mode=self.settings.decoding_mode,
-                fast_logits=self.settings.executor_config.speculative_decoding_config is not None,
+                fast_logits=getattr(self.settings.executor_config.speculative_decoding_config,
+                                    "fast_logits", False),
             )
             request.embedding_bias = self._fit_bias(request.embedding_bias)
             built.append((request, options))

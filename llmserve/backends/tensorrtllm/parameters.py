@@ -3,6 +3,14 @@
 A parameter that is missing, empty or still its literal `${...}` placeholder is unset and
 takes its default. INEFFECTIVE_PARAMETERS lists, in one place, every parameter that has
 no effect on llmserve's engine; setting one logs a warning at load (README lists them).
+
+Speculative decoding (llmserve's additions, vLLM-style prompt lookup):
+  speculative_decoding_mode: "prompt_lookup" turns on n-gram drafts taken from each
+      request's own prompt + output; "draft_tokens_external" (or unset) leaves only the
+      drafts requests bring (draft_input_ids / draft_logits, always accepted).
+  prompt_lookup_num_tokens: draft tokens proposed per step (default 4).
+  prompt_lookup_max_matching_ngram_size / prompt_lookup_min_matching_ngram_size: the
+      n-gram sizes searched, longest first (defaults 3 and 1).
 """
 
 from __future__ import annotations
@@ -19,8 +27,10 @@ from llmserve.llm.config import (
     ExecutorConfig,
     KvCacheConfig,
     PeftCacheConfig,
+    PromptLookupConfig,
     SchedulerConfig,
     SpeculativeDecodingConfig,
+    SpeculativeDecodingMode,
 )
 
 logger = logging.getLogger(__name__)
@@ -205,6 +215,28 @@ def _prefetch_dir(value: str | None, model_dir: Path | None) -> str | None:
     return str(path)
 
 
+def _speculative(p: _Params) -> SpeculativeDecodingConfig | None:
+    fast_logits = p.as_bool("speculative_decoding_fast_logits", False)
+    mode = (p.get("speculative_decoding_mode") or "draft_tokens_external").lower()
+    modes = {"draft_tokens_external": SpeculativeDecodingMode.EXTERNAL_DRAFT_TOKENS,
+             "prompt_lookup": SpeculativeDecodingMode.PROMPT_LOOKUP}
+    if mode not in modes:
+        raise InvalidArgument(
+            f"parameter 'speculative_decoding_mode': expected prompt_lookup or "
+            f"draft_tokens_external, got '{mode}'")
+    if modes[mode] is SpeculativeDecodingMode.EXTERNAL_DRAFT_TOKENS and not fast_logits:
+        return None
+    return SpeculativeDecodingConfig(
+        fast_logits=fast_logits,
+        mode=modes[mode],
+        prompt_lookup=PromptLookupConfig(
+            max_draft_tokens=p.as_int("prompt_lookup_num_tokens", 4),
+            max_matching_ngram_size=p.as_int("prompt_lookup_max_matching_ngram_size", 3),
+            min_matching_ngram_size=p.as_int("prompt_lookup_min_matching_ngram_size", 1),
+        ),
+    )
+
+
 def _warn_ineffective(p: _Params) -> list[str]:
     warnings = []
     for name, why in INEFFECTIVE_PARAMETERS.items():
@@ -243,7 +275,6 @@ def read_settings(
         if decoding_mode == "auto":
             decoding_mode = None
 
-    fast_logits = p.as_bool("speculative_decoding_fast_logits", False)
     lora = None
     if any(p.get(k) is not None for k in _LORA_KEYS):
         lora = PeftCacheConfig(
@@ -272,9 +303,7 @@ def read_settings(
         max_queue_size=max_queue_size if max_queue_size > 0 else None,
         batching_type=_batching(p.get("gpt_model_type")),
         lora_config=lora,
-        speculative_decoding_config=(
-            SpeculativeDecodingConfig(fast_logits=True) if fast_logits else None
-        ),
+        speculative_decoding_config=_speculative(p),
         iter_stats_max_iterations=p.as_int("iter_stats_max_iterations", 1000),
         request_stats_max_iterations=p.as_int("request_stats_max_iterations", 0),
         normalize_log_probs=p.as_bool("normalize_log_probs", True),

@@ -31,41 +31,75 @@ def _tokens(out: dict) -> list[int]:
     return ids[: int(out["sequence_length"].reshape(-1)[0])].tolist()
 
 
+_SEEDS = ("seed", "random_seed")
+_METRICS = ("acceptance_rate", "total_accepted_draft_tokens", "total_draft_tokens")
+
+
+def _round_seeds(base: dict, round_index: int) -> dict:
+    """A seeded request restarts its generator with every new target/draft request: move
+    the seed on each round so rounds do not replay the same random numbers (draft and
+    target of one round share it, which only couples their choices)."""
+    out = {}
+    for name in _SEEDS:
+        if name in base and np.asarray(base[name]).size:
+            seed = int(np.asarray(base[name]).reshape(-1)[0])
+            out[name] = np.array([[(seed + round_index) % 2**63]], np.uint64)
+    return out
+
+
+def _flag(inputs: dict, name: str) -> bool:
+    return bool(np.asarray(inputs.get(name, [[False]])).reshape(-1)[0])
+
+
 def run_draft_target(bls, inputs: dict, llm_inputs: dict, num_draft: int, stop_words: list[str]):
-    """Yield the BLS responses (deltas when streaming, one final text otherwise)."""
+    """Yield the BLS responses (deltas when streaming, one final text otherwise). With
+    return_perf_metrics the last response carries acceptance_rate and the draft counts
+    summed over the rounds."""
     from llmserve.backends.tensorrtllm.text import IncrementalDecoder
 
-    streaming = bool(np.asarray(inputs.get("stream", [[False]])).reshape(-1)[0])
-    use_logits = bool(np.asarray(inputs.get("use_draft_logits", [[False]])).reshape(-1)[0])
+    streaming = _flag(inputs, "stream")
+    use_logits = _flag(inputs, "use_draft_logits")
+    want_metrics = _flag(inputs, "return_perf_metrics") or _flag(inputs, "return_kv_cache_reuse_stats")
     prompt_len = int(np.asarray(llm_inputs["input_lengths"]).reshape(-1)[0])
     prompt = np.asarray(llm_inputs["input_ids"]).reshape(-1)[:prompt_len].tolist()
     max_tokens = int(np.asarray(llm_inputs["request_output_len"]).reshape(-1)[0])
     end_id = int(np.asarray(llm_inputs.get("end_id", [[-1]])).reshape(-1)[0])
     base = {k: v for k, v in llm_inputs.items() if k not in ("streaming", "exclude_input_in_output")}
     generated: list[int] = []
+    drafted = accepted = 0
     decoder = IncrementalDecoder(bls._decode_many)
     text = ""
+    round_index = 0
     while len(generated) < max_tokens:
         current = prompt + generated
         step = {**base, "input_ids": np.array([current], np.int32),
                 "input_lengths": np.array([[len(current)]], np.int32),
-                "exclude_input_in_output": np.array([[True]])}
+                "exclude_input_in_output": np.array([[True]]),
+                **_round_seeds(base, round_index)}
+        round_index += 1
         draft_len = min(num_draft, max_tokens - len(generated) - 1)
-        target_inputs = dict(step)
+        target_inputs = {**step, "return_perf_metrics": np.array([[True]])}
         if draft_len > 0:
             draft_req = {**step, "request_output_len": np.array([[draft_len]], np.int32)}
-            if use_logits:
+            if use_logits:  # the draft's raw logits: the target processes them like its own
                 draft_req["return_generation_logits"] = np.array([[True]])
             draft_out = _generate(bls, bls.draft_name, draft_req, ["output_ids", "sequence_length", "generation_logits"])
             draft = _tokens(draft_out)
             if draft:
                 target_inputs["draft_input_ids"] = np.array([draft], np.int32)
-                if use_logits and "generation_logits" in draft_out:
-                    logits = draft_out["generation_logits"].reshape(-1, draft_out["generation_logits"].shape[-1])
-                    target_inputs["draft_logits"] = logits[None, : len(draft)]
-        target_inputs["request_output_len"] = np.array([[max(draft_len, 0) + 1]], np.int32)
-        new = _tokens(_generate(bls, bls.llm_name, target_inputs, ["output_ids", "sequence_length"]))
-        new = new[: max_tokens - len(generated)]
+                if use_logits:
+                    logits = draft_out["generation_logits"]
+                    logits = logits.reshape(-1, logits.shape[-1])[: len(draft)]
+                    if logits.shape[0] != len(draft):
+                        raise RuntimeError(f"draft model '{bls.draft_name}' returned {logits.shape[0]} "
+                                           f"generation logits rows for {len(draft)} tokens")
+                    target_inputs["draft_logits"] = logits[None].astype(np.float32)
+        want = max(draft_len, 0) + 1
+        target_inputs["request_output_len"] = np.array([[want]], np.int32)
+        target_out = _generate(bls, bls.llm_name, target_inputs, ["output_ids", "sequence_length", *_METRICS])
+        drafted += int(np.asarray(target_out.get("total_draft_tokens", 0)).reshape(-1)[0])
+        accepted += int(np.asarray(target_out.get("total_accepted_draft_tokens", 0)).reshape(-1)[0])
+        new = _tokens(target_out)[: max_tokens - len(generated)]
         if end_id in new:
             new = new[: new.index(end_id) + 1]
         generated += new
@@ -74,13 +108,19 @@ def run_draft_target(bls, inputs: dict, llm_inputs: dict, num_draft: int, stop_w
         hit = next((w for w in stop_words if w in text), None)
         if streaming and delta:
             yield bls._response(delta, {})
-        if not new or (new and new[-1] == end_id) or hit:
+        # fewer tokens than asked for: the target stopped (end_id or a stop word)
+        if len(new) < want or new[-1] == end_id or hit:
             break
+    metrics = {}
+    if want_metrics:
+        metrics = {"acceptance_rate": np.array([[accepted / drafted if drafted else 0.0]], np.float32),
+                   "total_accepted_draft_tokens": np.array([[accepted]], np.int32),
+                   "total_draft_tokens": np.array([[drafted]], np.int32)}
     tail = decoder.push([], final=True)
     text += tail
     if streaming:
-        if tail:
-            yield bls._response(tail, {})
+        if tail or metrics:
+            yield bls._response(tail, metrics)
         return
     if "exclude_input_in_output" in inputs:
         exclude = bool(np.asarray(inputs["exclude_input_in_output"]).reshape(-1)[0])
@@ -88,7 +128,7 @@ def run_draft_target(bls, inputs: dict, llm_inputs: dict, num_draft: int, stop_w
         exclude = _model_excludes_input(bls, base, prompt)
     tokens = generated if exclude else prompt + generated
     out = {"output_ids": np.array([[tokens]], np.int32),
-           "sequence_length": np.array([[len(tokens)]], np.int32)}
+           "sequence_length": np.array([[len(tokens)]], np.int32), **metrics}
     yield bls._final_response_from(out, llm_inputs, stop_words, inputs)
 
 
