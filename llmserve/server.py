@@ -109,6 +109,21 @@ class InferenceServer:
     def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
         return self._version(name, version).config
 
+    def output_labels(self, name: str, version: str, output: str) -> list[str] | None:
+        """Lines of the output's label_filename (classification extension), if it has one."""
+        mv = self._version(name, version)
+        cache = mv.__dict__.setdefault("_labels", {})
+        if output not in cache:
+            from llmserve.repository import label_file_path
+
+            labels = None
+            for out in mv.config.output:
+                if out.name == output and out.label_filename:
+                    path = label_file_path(mv.model_dir, out)
+                    labels = path.read_text(encoding="utf-8").splitlines() if path else None
+            cache[output] = labels
+        return cache[output]
+
     def model_metadata(self, name: str, version: str = "") -> dict:
         mv = self._version(name, version)
         entry = self.models.entries[name]

@@ -75,6 +75,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         version = "" if request.model_version < 0 else str(request.model_version)
         return self.server.model_config(request.model_name, version).max_batch_size > 0
 
+    def labels_of(self, response: Any, output: str) -> list[str] | None:
+        labels = getattr(self.server, "output_labels", None)
+        if labels is None:
+            return None
+        return labels(response.model_name, str(response.model_version), output)
+
     def _needs_batched(self, request: InferenceRequest) -> bool:
         if not any(r.classification for r in request.requested_outputs or []):
             return False
@@ -174,7 +180,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await agen.aclose()
         if result is None:
             raise ServerError(f"model '{ireq.model_name}' sent no response")
-        return encode_response(result, ireq.requested_outputs, self._needs_batched(ireq))
+        return encode_response(result, ireq.requested_outputs, self._needs_batched(ireq),
+                               labels_of=self.labels_of)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
@@ -264,7 +271,8 @@ class _Stream:
                 if response.error is not None:
                     self.queue.put_nowait(self._error(response.error, req))
                 elif not _flag_only(response) or empty_final is True:
-                    msg = encode_response(response, ireq.requested_outputs, batched, response.final)
+                    msg = encode_response(response, ireq.requested_outputs, batched,
+                                          response.final, labels_of=self.servicer.labels_of)
                     self.queue.put_nowait(pb.ModelStreamInferResponse(infer_response=msg))
                 if response.final:
                     break

@@ -131,6 +131,7 @@ def encode_response(
     requested: list[RequestedOutput] | None = None,
     batched: bool = False,
     final: bool | None = None,
+    labels_of=None,
 ) -> pb.ModelInferResponse:
     """ModelInferResponse with raw_output_contents; `final` adds triton_final_response."""
     msg = pb.ModelInferResponse(
@@ -145,7 +146,8 @@ def encode_response(
     classes = {r.name: r.classification for r in requested or [] if r.classification > 0}
     for tensor in response.outputs:
         if tensor.name in classes:
-            tensor = classify(tensor, classes[tensor.name], batched)
+            labels = labels_of(response, tensor.name) if labels_of else None
+            tensor = classify(tensor, classes[tensor.name], batched, labels)
         out = msg.outputs.add()
         out.name = tensor.name
         out.datatype = tensor.datatype

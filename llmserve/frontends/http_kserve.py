@@ -117,7 +117,10 @@ def kserve_router(server: Any, options: ServerOptions) -> APIRouter:
         response = await until_disconnect(request, run_single(server, ireq), ireq.cancel)
         if any(r.classification for r in ireq.requested_outputs or []):
             batched = is_batched(server, model, version)
-            apply_classification(response, ireq.requested_outputs, batched)
+            apply_classification(
+                response, ireq.requested_outputs, batched,
+                lambda out: _labels(server, response, out),
+            )
         content, headers = encode_infer_response(response, policy)
         return Response(content, status_code=200, headers=headers)
 
@@ -188,3 +191,10 @@ def _parameters(doc: dict) -> dict:
     if not isinstance(params, dict):
         raise InvalidArgument("'parameters' must be a JSON object")
     return params
+
+
+def _labels(server: Any, response: Any, output: str) -> list[str] | None:
+    labels_of = getattr(server, "output_labels", None)
+    if labels_of is None:
+        return None
+    return labels_of(response.model_name, str(response.model_version), output)

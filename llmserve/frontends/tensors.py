@@ -97,8 +97,9 @@ def tensor_to_raw(tensor: Tensor) -> bytes:
     return np.ascontiguousarray(tensor.data, dtype=dt.numpy.newbyteorder("<")).tobytes()
 
 
-def classify(tensor: Tensor, k: int, batched: bool) -> Tensor:
-    """Classification extension: top-k "value:index" strings per batch entry."""
+def classify(tensor: Tensor, k: int, batched: bool, labels: list[str] | None = None) -> Tensor:
+    """Classification extension: top-k "value:index[:label]" strings per batch entry; the
+    label comes from the output's label_filename, as Triton does."""
     if tensor.datatype in ("BYTES",):
         raise InvalidArgument(f"classification is not supported for BYTES output '{tensor.name}'")
     data = np.asarray(tensor.data)
@@ -110,7 +111,10 @@ def classify(tensor: Tensor, k: int, batched: bool) -> Tensor:
         order = np.argsort(-row.astype(np.float64), kind="stable")[:k]
         for j, idx in enumerate(order):
             value = f"{float(row[idx]):f}" if is_float else str(int(row[idx]))
-            out[r, j] = f"{value}:{int(idx)}".encode()
+            text = f"{value}:{int(idx)}"
+            if labels is not None and int(idx) < len(labels):
+                text += f":{labels[int(idx)]}"
+            out[r, j] = text.encode()
     if not batched:
         out = out.reshape(k)
     return Tensor(tensor.name, "BYTES", out)

@@ -4,6 +4,7 @@ binary tensor extension (Inference-Header-Content-Length, binary_data_size, bina
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,12 +237,17 @@ def _text(value: Any) -> str:
 
 
 def apply_classification(
-    response: InferenceResponse, requested: list[RequestedOutput] | None, batched: bool
+    response: InferenceResponse,
+    requested: list[RequestedOutput] | None,
+    batched: bool,
+    labels_of: Callable[[str], list[str] | None] | None = None,
 ) -> None:
     wanted = {r.name: r.classification for r in requested or [] if r.classification > 0}
     if wanted:
         response.outputs = [
-            classify(t, wanted[t.name], batched) if t.name in wanted else t
+            classify(t, wanted[t.name], batched, labels_of(t.name) if labels_of else None)
+            if t.name in wanted
+            else t
             for t in response.outputs
         ]
 

@@ -10,8 +10,10 @@ from llmserve.llm.config import (
     KvCacheConfig,
     ModelType,
     PeftCacheConfig,
+    PromptLookupConfig,
     SchedulerConfig,
     SpeculativeDecodingConfig,
+    SpeculativeDecodingMode,
 )
 from llmserve.llm.executor import Executor
 from llmserve.llm.request import (
@@ -53,6 +55,7 @@ __all__ = [
     "ModelType",
     "OutputConfig",
     "PeftCacheConfig",
+    "PromptLookupConfig",
     "Request",
     "RequestPerfMetrics",
     "RequestStage",
@@ -63,6 +66,7 @@ __all__ = [
     "SamplingConfig",
     "SchedulerConfig",
     "SpeculativeDecodingConfig",
+    "SpeculativeDecodingMode",
     "SpeculativeDecodingMetrics",
     "TimingMetrics",
 ]

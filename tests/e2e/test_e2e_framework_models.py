@@ -95,12 +95,25 @@ def test_densenet_style_classification_over_http(framework_live):
         out = th.InferRequestedOutput("fc6_1", class_count=2)
         result = client.infer("densenet_onnx", [inp], outputs=[out])
         top = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("fc6_1")]
-        # "score:index[:label]": the frontend's classification does not append labels yet
-        assert [t.split(":")[:2] for t in top] == [["2.000000", "3"], ["1.000000", "1"]]
+        # "score:index:label", the label from the output's label_filename
+        assert top == [f"2.000000:3:{LABELS[3]}", f"1.000000:1:{LABELS[1]}"]
+        grpc = tg.InferenceServerClient(framework_live.grpc_url)
+        try:
+            g_out = tg.InferRequestedOutput("fc6_1", class_count=1)
+            g_top = grpc.infer("densenet_onnx", [_grpc_input(image)], outputs=[g_out])
+            assert [x.decode() for x in g_top.as_numpy("fc6_1")] == [f"2.000000:3:{LABELS[3]}"]
+        finally:
+            grpc.close()
         raw = client.infer("densenet_onnx", [inp]).as_numpy("fc6_1")
         np.testing.assert_allclose(raw, [0, 1, 0, 2, 0])
     finally:
         client.close()
+
+
+def _grpc_input(image: np.ndarray) -> tg.InferInput:
+    inp = tg.InferInput("data_0", list(image.shape), "FP32")
+    inp.set_data_from_numpy(image)
+    return inp
 
 
 def test_auto_completed_onnx_config_and_grpc_infer(framework_live):
