@@ -130,6 +130,7 @@ def shifted_loss(model: LlamaForCausalLM, window: torch.Tensor) -> torch.Tensor:
 def save(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
+    (out / "model.safetensors").chmod(0o644)  # transformers writes it owner-only
     # Older transformers and standalone loaders read these top-level keys.
     cfg_path = out / "config.json"
     cfg = json.loads(cfg_path.read_text())
