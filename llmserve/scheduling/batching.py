@@ -1,5 +1,6 @@
 """Batch dimension handling for backends that run one tensor per batch (TorchScript,
-ONNX, ...): concatenate every request's inputs along dim 0 and split outputs back.
+ONNX, ...): drop cancelled requests, concatenate every request's inputs along dim 0 and
+split outputs back.
 Ragged inputs are flattened and concatenated, as Triton hands them to a backend.
 """
 
@@ -8,8 +9,24 @@ from __future__ import annotations
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
-from llmserve.core.errors import InternalError, InvalidArgument
+from llmserve.core.errors import Cancelled, InternalError, InvalidArgument, ServerError
 from llmserve.scheduling.request import SchedRequest
+
+
+def live_requests(model_name: str, batch: list[SchedRequest]) -> list[SchedRequest]:
+    """Fail the cancelled requests of `batch` (CANCELLED) and return the others."""
+    live = []
+    for sreq in batch:
+        if sreq.is_cancelled():
+            sreq.fail(Cancelled(f"request for model '{model_name}' was cancelled"))
+        else:
+            live.append(sreq)
+    return live
+
+
+def fail_all(batch: list[SchedRequest], error: ServerError) -> None:
+    for sreq in batch:
+        sreq.fail(error)
 
 
 def concat_inputs(config: mc.ModelConfig, batch: list[SchedRequest]) -> dict[str, np.ndarray]:

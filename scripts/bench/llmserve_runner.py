@@ -20,8 +20,7 @@ class LlmserveSettings:
 
 
 def make_executor(model: str, settings: LlmserveSettings):
-    from llmserve.llm import ExecutorConfig, KvCacheConfig, ModelType
-    from llmserve.llm import Executor
+    from llmserve.llm import Executor, ExecutorConfig, KvCacheConfig, ModelType
 
     config = ExecutorConfig(
         max_batch_size=settings.max_batch_size,

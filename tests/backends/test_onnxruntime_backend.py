@@ -3,21 +3,25 @@ models, dynamic batching of concurrent requests, BYTES tensors, reshape, load er
 
 import asyncio
 import logging
-import time
 
 import numpy as np
 import pytest
+from inproc_server import (
+    assert_load_failed,
+    collect,
+    infer_one,
+    make_request,
+    running_server,
+    settled_stats,
+)
 from onnx import TensorProto
 from onnx_fixtures import add_sub, string_identity, write_onnx
-from pyb_helpers import collect, make_request
 from tritonclient.grpc import model_config_pb2 as mc
 
 from llmserve.backends.onnxruntime.session import session_settings
 from llmserve.config.parse import parse_config_text
 from llmserve.core.errors import ErrorCode, ServerError
 from llmserve.core.types import RequestedOutput
-from llmserve.options import ServerOptions
-from llmserve.server import InferenceServer
 
 IO_FP32 = """
 input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] },
@@ -74,31 +78,8 @@ def onnx_server(tmp_path_factory):
     write_onnx(repo, "reshaped", add_sub(batch=1), RESHAPED)
     for name, (model, config, _) in LOAD_ERRORS.items():
         write_onnx(repo, name, model if model is not None else add_sub(), config)
-    loop = asyncio.new_event_loop()
-    server = InferenceServer(ServerOptions(model_repositories=[repo], exit_on_error=False,
-                                           strict_readiness=False, exit_timeout_secs=5))
-    loop.run_until_complete(server.start())
-    server.run = loop.run_until_complete
-    yield server
-    loop.run_until_complete(server.stop())
-    loop.close()
-
-
-def _settled_stats(server, model, before, inferences):
-    """Statistics once the worker thread has booked the executions (it does so right after
-    the responses went out)."""
-    deadline = time.monotonic() + 5
-    while True:
-        stats = server.statistics(model)["model_stats"][0]
-        done = int(stats["inference_count"]) - int(before["inference_count"])
-        if done >= inferences or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.01)
-
-
-def _infer(server, model, inputs, **kw):
-    [resp] = server.run(collect(server, make_request(model, inputs, **kw)))
-    return resp
+    with running_server(repo) as server:
+        yield server
 
 
 def test_auto_completed_model_serves(onnx_server):
@@ -107,7 +88,7 @@ def test_auto_completed_model_serves(onnx_server):
     assert config.instance_group[0].count == 2
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
     b = np.ones((3, 4), np.float32)
-    resp = _infer(onnx_server, "add_sub", {"INPUT0": a, "INPUT1": b})
+    resp = infer_one(onnx_server, "add_sub", {"INPUT0": a, "INPUT1": b})
     assert resp.error is None, resp.error
     np.testing.assert_array_equal(resp.output("OUTPUT0").data, a + b)
     np.testing.assert_array_equal(resp.output("OUTPUT1").data, a - b)
@@ -120,8 +101,8 @@ def test_auto_completed_model_serves(onnx_server):
 def test_int_model_and_requested_output(onnx_server):
     a = np.array([[5, 6, 7, 8]], np.int32)
     b = np.array([[1, 2, 3, 4]], np.int32)
-    resp = _infer(onnx_server, "add_sub_int", {"INPUT0": a, "INPUT1": b},
-                  requested_outputs=[RequestedOutput("OUTPUT1")])
+    resp = infer_one(onnx_server, "add_sub_int", {"INPUT0": a, "INPUT1": b},
+                     requested_outputs=[RequestedOutput("OUTPUT1")])
     assert [t.name for t in resp.outputs] == ["OUTPUT1"]
     assert resp.output("OUTPUT1").data.dtype == np.int32
     np.testing.assert_array_equal(resp.output("OUTPUT1").data, a - b)
@@ -140,7 +121,7 @@ def test_concurrent_requests_are_batched(onnx_server):
         assert resp.error is None, resp.error
         np.testing.assert_array_equal(resp.output("OUTPUT0").data, x * 3)
         np.testing.assert_array_equal(resp.output("OUTPUT1").data, -x)
-    after = _settled_stats(onnx_server, "batched", before, sum(x.shape[0] for x in inputs))
+    after = settled_stats(onnx_server, "batched", before, sum(x.shape[0] for x in inputs))
     executions = int(after["execution_count"]) - int(before["execution_count"])
     inferences = int(after["inference_count"]) - int(before["inference_count"])
     assert inferences == sum(x.shape[0] for x in inputs)
@@ -149,7 +130,7 @@ def test_concurrent_requests_are_batched(onnx_server):
 
 def test_string_tensors_round_trip(onnx_server):
     text = np.array([["héllo".encode()], [b""], [b"world"]], dtype=np.object_)
-    resp = _infer(onnx_server, "strings", {"TEXT": text})
+    resp = infer_one(onnx_server, "strings", {"TEXT": text})
     assert resp.error is None, resp.error
     out = resp.output("ECHO")
     assert out.datatype == "BYTES" and out.data.shape == (3, 1)
@@ -158,14 +139,14 @@ def test_string_tensors_round_trip(onnx_server):
 
 def test_non_utf8_bytes_are_rejected(onnx_server):
     text = np.array([[b"\xff\xfe"]], dtype=np.object_)
-    resp = _infer(onnx_server, "strings", {"TEXT": text})
+    resp = infer_one(onnx_server, "strings", {"TEXT": text})
     assert resp.error is not None and resp.error.code == ErrorCode.INVALID_ARG
     assert "not valid UTF-8" in resp.error.message
 
 
 def test_reshaped_non_batching_model(onnx_server):
     a = np.array([1, 2, 3, 4], np.float32)
-    resp = _infer(onnx_server, "reshaped", {"INPUT0": a, "INPUT1": a})
+    resp = infer_one(onnx_server, "reshaped", {"INPUT0": a, "INPUT1": a})
     assert resp.error is None, resp.error
     assert [t.name for t in resp.outputs] == ["OUTPUT0"]
     np.testing.assert_array_equal(resp.output("OUTPUT0").data, a * 2)  # client dims [4]
@@ -173,17 +154,14 @@ def test_reshaped_non_batching_model(onnx_server):
 
 def test_request_shape_errors_come_from_the_config(onnx_server):
     with pytest.raises(ServerError) as info:
-        _infer(onnx_server, "add_sub", {"INPUT0": np.ones((1, 5), np.float32),
-                                        "INPUT1": np.ones((1, 5), np.float32)})
+        infer_one(onnx_server, "add_sub", {"INPUT0": np.ones((1, 5), np.float32),
+                                           "INPUT1": np.ones((1, 5), np.float32)})
     assert info.value.code == ErrorCode.INVALID_ARG
 
 
 @pytest.mark.parametrize("name", sorted(LOAD_ERRORS))
 def test_load_errors_make_the_model_unavailable(onnx_server, name):
-    rows = [r for r in onnx_server.repository_index() if r["name"] == name]
-    assert rows and rows[0]["state"] == "UNAVAILABLE", rows
-    assert LOAD_ERRORS[name][2] in rows[0]["reason"], rows[0]["reason"]
-    assert not onnx_server.model_ready(name)
+    assert_load_failed(onnx_server, name, LOAD_ERRORS[name][2])
 
 
 def _config(text: str) -> mc.ModelConfig:

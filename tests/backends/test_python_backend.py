@@ -5,8 +5,8 @@ import asyncio
 
 import numpy as np
 import pytest
+from inproc_server import collect, make_request
 from prometheus_client import generate_latest
-from pyb_helpers import collect, make_request
 
 from llmserve.core.errors import ErrorCode
 

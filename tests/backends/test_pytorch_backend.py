@@ -4,13 +4,19 @@ requests, data type checks, load errors, parameters and weight sharing."""
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from pyb_helpers import collect, make_request
+from inproc_server import (
+    assert_load_failed,
+    collect,
+    infer_one,
+    make_request,
+    running_server,
+    settled_stats,
+)
 
 from llmserve.backends.base import ModelSpec
 from llmserve.backends.pytorch.backend import TorchModel, parse_parameters
@@ -18,7 +24,6 @@ from llmserve.core.errors import ErrorCode, ServerError
 from llmserve.core.types import RequestedOutput
 from llmserve.options import ServerOptions
 from llmserve.repository import load_model_config
-from llmserve.server import InferenceServer
 
 
 class AddSub(torch.nn.Module):
@@ -106,37 +111,14 @@ def torch_repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def torch_server(torch_repo):
-    loop = asyncio.new_event_loop()
-    server = InferenceServer(ServerOptions(model_repositories=[torch_repo], exit_on_error=False,
-                                           strict_readiness=False, exit_timeout_secs=5))
-    loop.run_until_complete(server.start())
-    server.run = loop.run_until_complete
-    yield server
-    loop.run_until_complete(server.stop())
-    loop.close()
-
-
-def _settled_stats(server, model, before, inferences):
-    """Statistics once the worker thread has booked the executions (it does so right after
-    the responses went out)."""
-    deadline = time.monotonic() + 5
-    while True:
-        stats = server.statistics(model)["model_stats"][0]
-        done = int(stats["inference_count"]) - int(before["inference_count"])
-        if done >= inferences or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.01)
-
-
-def _infer(server, model, inputs, **kw):
-    [resp] = server.run(collect(server, make_request(model, inputs, **kw)))
-    return resp
+    with running_server(torch_repo) as server:
+        yield server
 
 
 def test_named_index_add_sub(torch_server):
     a = np.arange(8, dtype=np.float32).reshape(2, 4)
     b = np.full((2, 4), 3, np.float32)
-    resp = _infer(torch_server, "simple", {"INPUT__0": a, "INPUT__1": b})
+    resp = infer_one(torch_server, "simple", {"INPUT__0": a, "INPUT__1": b})
     assert resp.error is None, resp.error
     np.testing.assert_array_equal(resp.output("OUTPUT__0").data, a + b)
     np.testing.assert_array_equal(resp.output("OUTPUT__1").data, a - b)
@@ -146,21 +128,21 @@ def test_named_index_add_sub(torch_server):
 def test_forward_argument_names_beat_config_order(torch_server):
     a = np.ones((1, 4), np.float32) * 10
     b = np.ones((1, 4), np.float32)
-    resp = _infer(torch_server, "argnames", {"input0": a, "input1": b})
+    resp = infer_one(torch_server, "argnames", {"input0": a, "input1": b})
     np.testing.assert_array_equal(resp.output("out").data, a - b)  # not b - a
 
 
 def test_strict_config_order(torch_server):
     a = np.ones((1, 4), np.float32) * 10
     b = np.ones((1, 4), np.float32)
-    resp = _infer(torch_server, "strict", {"first": a, "second": b})
+    resp = infer_one(torch_server, "strict", {"first": a, "second": b})
     np.testing.assert_array_equal(resp.output("diff").data, a - b)
 
 
 def test_dict_input(torch_server):
     a = np.array([[1, 2, 3, 4]], np.int64)
     b = np.array([[2, 2, 2, 2]], np.int64)
-    resp = _infer(torch_server, "dict", {"A": a, "B": b})
+    resp = infer_one(torch_server, "dict", {"A": a, "B": b})
     assert resp.error is None, resp.error
     assert resp.output("C").datatype == "INT64"
     np.testing.assert_array_equal(resp.output("C").data, a * b)
@@ -169,17 +151,17 @@ def test_dict_input(torch_server):
 def test_outputs_by_index_and_requested_output(torch_server):
     x = np.array([[1, 2, 3, 4]], np.int32)
     y = np.array([[5, 6, 7, 8]], np.int32)
-    resp = _infer(torch_server, "indexed_out", {"X__0": x, "Y__1": y})
+    resp = infer_one(torch_server, "indexed_out", {"X__0": x, "Y__1": y})
     np.testing.assert_array_equal(resp.output("SUM__0").data, x + y)
     np.testing.assert_array_equal(resp.output("PROD__1").data, x * y)
-    resp = _infer(torch_server, "indexed_out", {"X__0": x, "Y__1": y},
-                  requested_outputs=[RequestedOutput("PROD__1")])
+    resp = infer_one(torch_server, "indexed_out", {"X__0": x, "Y__1": y},
+                     requested_outputs=[RequestedOutput("PROD__1")])
     assert [t.name for t in resp.outputs] == ["PROD__1"]
 
 
 def test_non_batching_model(torch_server):
     a = np.array([[4.0, 3.0], [2.0, 1.0]])
-    resp = _infer(torch_server, "nobatch", {"input0": a, "input1": a / 2})
+    resp = infer_one(torch_server, "nobatch", {"input0": a, "input1": a / 2})
     assert resp.output("OUTPUT__0").data.dtype == np.float64
     np.testing.assert_array_equal(resp.output("OUTPUT__0").data, a / 2)
 
@@ -196,7 +178,7 @@ def test_concurrent_requests_are_batched(torch_server):
         assert resp.error is None, resp.error
         np.testing.assert_array_equal(resp.output("OUTPUT__0").data, x * 2)
         assert resp.output("OUTPUT__1").data.shape == x.shape
-    after = _settled_stats(torch_server, "simple", before, 9)
+    after = settled_stats(torch_server, "simple", before, 9)
     executions = int(after["execution_count"]) - int(before["execution_count"])
     assert int(after["inference_count"]) - int(before["inference_count"]) == 9
     assert 1 <= executions < len(inputs)
@@ -204,34 +186,32 @@ def test_concurrent_requests_are_batched(torch_server):
 
 def test_output_dtype_mismatch_fails_the_request(torch_server):
     a = np.ones((1, 4), np.float32)
-    resp = _infer(torch_server, "wrong_out_type", {"input0": a, "input1": a})
+    resp = infer_one(torch_server, "wrong_out_type", {"input0": a, "input1": a})
     assert resp.error is not None and resp.error.code == ErrorCode.INTERNAL
     assert "unexpected datatype TYPE_FP32 for inference output 'OUTPUT__0'" in resp.error.message
 
 
 def test_forward_error_fails_request_and_model_keeps_serving(torch_server):
-    resp = _infer(torch_server, "ragged_fail", {"input0": np.ones((1, 4), np.float32),
-                                                "input1": np.ones((1, 3), np.float32)})
+    resp = infer_one(torch_server, "ragged_fail", {"input0": np.ones((1, 4), np.float32),
+                                                   "input1": np.ones((1, 3), np.float32)})
     assert resp.error is not None and resp.error.code == ErrorCode.INTERNAL
     assert "PyTorch execute failure" in resp.error.message
-    ok = _infer(torch_server, "ragged_fail", {"input0": np.ones((1, 3), np.float32),
-                                              "input1": np.ones((1, 3), np.float32)})
+    ok = infer_one(torch_server, "ragged_fail", {"input0": np.ones((1, 3), np.float32),
+                                                 "input1": np.ones((1, 3), np.float32)})
     assert ok.error is None
     np.testing.assert_array_equal(ok.output("OUTPUT__0").data, np.zeros((1, 3), np.float32))
 
 
 def test_request_datatype_checked_against_config(torch_server):
     with pytest.raises(ServerError) as info:
-        _infer(torch_server, "dict", {"A": np.ones((1, 4), np.float32),
-                                      "B": np.ones((1, 4), np.float32)})
+        infer_one(torch_server, "dict", {"A": np.ones((1, 4), np.float32),
+                                         "B": np.ones((1, 4), np.float32)})
     assert info.value.code == ErrorCode.INVALID_ARG
 
 
 @pytest.mark.parametrize("name", sorted(LOAD_ERRORS))
 def test_load_errors_make_the_model_unavailable(torch_server, name):
-    rows = [r for r in torch_server.repository_index() if r["name"] == name]
-    assert rows and rows[0]["state"] == "UNAVAILABLE", rows
-    assert LOAD_ERRORS[name][2] in rows[0]["reason"], rows[0]["reason"]
+    assert_load_failed(torch_server, name, LOAD_ERRORS[name][2])
 
 
 def _spec(torch_repo, name, params: str) -> ModelSpec:

@@ -1,5 +1,5 @@
 import pytest
-from config_builder import write_model
+from repo_builder import write_model
 
 from llmserve.config.autocomplete_python import defines_auto_complete, run_python_auto_complete
 from llmserve.config.errors import ConfigError

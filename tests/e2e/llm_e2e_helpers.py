@@ -4,7 +4,6 @@ random checkpoint plus non-decoupled and queue-limited copies, behind the real f
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import torch
+from e2e_live import LiveServer, e2e_options
 from llm_fixtures import EOS_ID, make_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,17 +19,6 @@ TEMPLATES = ROOT / "all_models" / "inflight_batcher_llm"
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import fill_demo_repository as fill  # noqa: E402
-
-
-def _load_e2e_conftest():
-    """E's tests/e2e/conftest.py under its own module name (LiveServer, e2e_options)."""
-    name = "e2e_conftest_for_llm"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
 
 
 def _copy_model(root: Path, template: str, name: str, values: dict[str, str],
@@ -77,8 +66,7 @@ class LlmE2E:
 
         self.ckpt = make_tiny_checkpoint(base / "ckpt", max_position_embeddings=1024)
         roots = build_repositories(base, self.ckpt)
-        conftest = _load_e2e_conftest()
-        self.live = conftest.LiveServer(conftest.e2e_options(model_repositories=roots))
+        self.live = LiveServer(e2e_options(model_repositories=roots))
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.ckpt))
         self.hf = AutoModelForCausalLM.from_pretrained(str(self.ckpt)).eval()
         self.http = httpx.Client(base_url=f"http://{self.live.http_url}", timeout=60)

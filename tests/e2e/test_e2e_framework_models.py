@@ -4,28 +4,13 @@ a TorchScript INPUT__0/OUTPUT__0 model) behind the real frontends, via tritoncli
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as tg
 import tritonclient.http as th
+from e2e_live import LiveServer, e2e_options
 from onnx_fixtures import add_sub, tiny_classifier, write_onnx
-
-
-def _e2e_conftest():
-    """E's tests/e2e/conftest.py under its own module name (LiveServer, e2e_options)."""
-    name = "e2e_conftest_for_framework_models"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
 
 DENSENET_CONFIG = """
 name: "densenet_onnx"
@@ -78,8 +63,7 @@ def framework_live(tmp_path_factory):
     torch_dir.mkdir(parents=True)
     torch.jit.save(torch.jit.script(Scale()), str(torch_dir / "model.pt"))
     (repo / "simple_torch" / "config.pbtxt").write_text(TORCH_CONFIG)
-    e2e = _e2e_conftest()
-    server = e2e.LiveServer(e2e.e2e_options(model_repositories=[repo]))
+    server = LiveServer(e2e_options(model_repositories=[repo]))
     yield server
     server.stop()
 

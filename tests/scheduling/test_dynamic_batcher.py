@@ -5,7 +5,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from sched_helpers import collect, make_request
+from inproc_server import collect, make_request
 
 from llmserve.core.errors import ErrorCode, InvalidArgument, ServerError
 

@@ -1,7 +1,7 @@
 """Ensembles of Python models: chained steps, decoupled steps streaming through, errors."""
 
 import numpy as np
-from sched_helpers import collect, make_request
+from inproc_server import collect, make_request
 
 
 def test_ensemble_chains_steps(sched_server):

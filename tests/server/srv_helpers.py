@@ -1,42 +1,25 @@
-"""Helpers for the server lifecycle tests: copy the test repository, build requests."""
+"""Helpers for the server lifecycle tests: assemble the test repository, query `slow`."""
 
-import shutil
 from pathlib import Path
 
 import numpy as np
+from inproc_server import EXAMPLES, build_repo, collect, make_request
 
-from llmserve.core import datatypes
-from llmserve.core.types import InferenceRequest, Tensor
 from llmserve.options import ServerOptions
 from llmserve.server import InferenceServer
 
 MODELS = Path(__file__).parent / "models"
+SHARED = {"add_sub": EXAMPLES / "add_sub", "repeat": EXAMPLES / "repeat"}
 
 
 def copy_repo(tmp_path: Path, names=None) -> Path:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for d in MODELS.iterdir():
-        if names is None or d.name in names:
-            shutil.copytree(d, repo / d.name, ignore=shutil.ignore_patterns("__pycache__"))
-    return repo
+    """<tmp_path>/repo with this folder's models and the shared ones (only `names`)."""
+    return build_repo(tmp_path / "repo", MODELS, SHARED, names)
 
 
 def server_for(repo: Path, **kw) -> InferenceServer:
     kw.setdefault("exit_timeout_secs", 5)
     return InferenceServer(ServerOptions(model_repositories=[repo], **kw))
-
-
-def make_request(model, inputs, **kw):
-    tensors = {}
-    for name, value in inputs.items():
-        array = np.asarray(value)
-        tensors[name] = Tensor(name, datatypes.api_name_of_numpy(array.dtype), array)
-    return InferenceRequest(model, tensors, **kw)
-
-
-async def collect(server, request):
-    return [r async for r in server.infer(request)]
 
 
 async def slow(server, ms=0, version=""):

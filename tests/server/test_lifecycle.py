@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from srv_helpers import collect, copy_repo, make_request, server_for, slow
+from inproc_server import collect, make_request
+from srv_helpers import copy_repo, server_for, slow
 
 from llmserve.core.errors import ErrorCode, InvalidArgument, NotFound, ServerError, Unavailable
 

@@ -19,16 +19,10 @@ from llmserve.backends.onnxruntime.model_check import check_model_io
 from llmserve.backends.onnxruntime.session import session_settings
 from llmserve.config.autocomplete_onnx import tensor_infos
 from llmserve.core import datatypes
-from llmserve.core.errors import (
-    Cancelled,
-    InternalError,
-    InvalidArgument,
-    ServerError,
-    Unavailable,
-)
+from llmserve.core.errors import InternalError, InvalidArgument, ServerError, Unavailable
 from llmserve.core.types import Tensor
 from llmserve.repository import model_file_path
-from llmserve.scheduling.batching import concat_inputs, split_outputs
+from llmserve.scheduling.batching import concat_inputs, fail_all, live_requests, split_outputs
 from llmserve.scheduling.request import SchedRequest
 
 log = logging.getLogger(__name__)
@@ -78,19 +72,13 @@ class OnnxInstance(BackendInstance):
 
     # -- execute ------------------------------------------------------------------------
     def execute(self, batch: list[SchedRequest]) -> concurrent.futures.Future | None:
-        live = []
-        for sreq in batch:
-            if sreq.is_cancelled():
-                sreq.fail(Cancelled(f"request for model '{self.name}' was cancelled"))
-            else:
-                live.append(sreq)
+        live = live_requests(self.name, batch)
         if not live:
             return None
         try:
             per_request = self._run(live)
         except ServerError as e:
-            for sreq in live:
-                sreq.fail(e)
+            fail_all(live, e)
             return None
         for sreq, outputs in zip(live, per_request, strict=True):
             sreq.respond([Tensor(n, self.output_dtypes[n].api_name, outputs[n])

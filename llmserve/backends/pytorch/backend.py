@@ -26,16 +26,10 @@ from llmserve.backends.pytorch.io_mapping import (
     map_io,
 )
 from llmserve.core import datatypes
-from llmserve.core.errors import (
-    Cancelled,
-    InternalError,
-    InvalidArgument,
-    ServerError,
-    Unavailable,
-)
+from llmserve.core.errors import InternalError, InvalidArgument, ServerError, Unavailable
 from llmserve.core.types import Tensor
 from llmserve.repository import model_file_path
-from llmserve.scheduling.batching import concat_inputs, split_outputs
+from llmserve.scheduling.batching import concat_inputs, fail_all, live_requests, split_outputs
 from llmserve.scheduling.request import SchedRequest
 
 log = logging.getLogger(__name__)
@@ -172,19 +166,13 @@ class TorchInstance(BackendInstance):
                  self.io.output_naming.value)
 
     def execute(self, batch: list[SchedRequest]) -> concurrent.futures.Future | None:
-        live = []
-        for sreq in batch:
-            if sreq.is_cancelled():
-                sreq.fail(Cancelled(f"request for model '{self.name}' was cancelled"))
-            else:
-                live.append(sreq)
+        live = live_requests(self.name, batch)
         if not live:
             return None
         try:
             per_request = self._run(live)
         except ServerError as e:
-            for sreq in live:
-                sreq.fail(e)
+            fail_all(live, e)
             return None
         except Exception as e:  # TorchScript raises RuntimeError (torch.jit.Error) from forward
             log.error("model '%s': forward() failed: %s", self.name, e)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -164,14 +164,24 @@ class CompletionChoice(BaseModel):
     finish_reason: Literal["stop", "length"] | None = None
 
 
-class CompletionResponse(BaseModel):
+ChoiceT = TypeVar("ChoiceT", bound=BaseModel)
+
+
+class _ChoicesResponse(BaseModel, Generic[ChoiceT]):
+    """The envelope shared by completion, chat completion and chat chunk bodies; each
+    subclass sets its `object` default and its choice type."""
+
     id: str
-    object: str = "text_completion"
+    object: str
     created: int = Field(default_factory=now)
     model: str
-    choices: list[CompletionChoice]
+    choices: list[ChoiceT]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+
+
+class CompletionResponse(_ChoicesResponse[CompletionChoice]):
+    object: str = "text_completion"
 
 
 class TopLogprob(BaseModel):
@@ -202,14 +212,8 @@ class ChatChoice(BaseModel):
     finish_reason: Literal["stop", "length"] | None = None
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
+class ChatCompletionResponse(_ChoicesResponse[ChatChoice]):
     object: str = "chat.completion"
-    created: int = Field(default_factory=now)
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
 
 
 class ChatDelta(BaseModel):
@@ -229,14 +233,8 @@ class ChatStreamChoice(BaseModel):
     finish_reason: Literal["stop", "length"] | None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(_ChoicesResponse[ChatStreamChoice]):
     object: str = "chat.completion.chunk"
-    created: int = Field(default_factory=now)
-    model: str
-    choices: list[ChatStreamChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
 
 
 class ModelCard(BaseModel):

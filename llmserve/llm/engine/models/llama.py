@@ -15,6 +15,7 @@ from llmserve.core.errors import InvalidArgument
 from ..attention import StepMetadata, paged_attention
 from ..config import ArchConfig
 from ..kv_cache import KVCache
+from ..linear import Linears
 from ..lora import LINEAR_DOWN, LINEAR_GATE_UP, LINEAR_O, LINEAR_QKV, LoraBatch
 from ..rope import apply_rope
 
@@ -119,6 +120,12 @@ class LlamaModel:
             logger.warning("ignoring %d checkpoint tensors: %s", len(unused), unused[:8])
         self.windows = arch.layer_windows
         self.window_set: set[int | None] = set(self.windows)
+        # GEMM weights in the layout of the device's fastest linear (prepacked on CPU)
+        self.linears = Linears(device, dtype)
+        for layer in self.layers:
+            for name in ("qkv", "o_proj", "gate_up", "down"):
+                setattr(layer, name, self.linears.pack(getattr(layer, name)))
+        self.head = self.linears.pack(self.lm_head)
 
     def _load_layer(self, load: _Loader, i: int) -> LayerWeights:
         p = f"layers.{i}."
@@ -165,10 +172,11 @@ class LlamaModel:
         num_tokens = meta.input_ids.shape[0]
         q_size, kv_size, head_dim = arch.q_size, arch.kv_size, arch.head_dim
         num_qk_heads = arch.num_heads + arch.num_kv_heads
+        linear = self.linears.fn
         x = F.embedding(meta.input_ids, self.embed)
         for i, layer in enumerate(self.layers):
             h = self.rms_norm(x, layer.input_norm)
-            qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+            qkv = linear(h, layer.qkv, layer.qkv_bias)
             if lora is not None:
                 lora.apply(i, LINEAR_QKV, h, qkv)
             # q and k share the per-token rotation: rotate them in one op.
@@ -179,17 +187,17 @@ class LlamaModel:
             v = qkv[:, q_size + kv_size :].view(num_tokens, arch.num_kv_heads, head_dim)
             o = paged_attention(i, q, k, v, cache, meta, self.scale, self.windows[i])
             o = o.reshape(num_tokens, q_size)
-            attn_out = F.linear(o, layer.o_proj, layer.o_bias)
+            attn_out = linear(o, layer.o_proj, layer.o_bias)
             if lora is not None:
                 lora.apply(i, LINEAR_O, o, attn_out)
             x = x + attn_out
             h = self.rms_norm(x, layer.post_norm)
-            gate_up = F.linear(h, layer.gate_up, layer.gate_up_bias)
+            gate_up = linear(h, layer.gate_up, layer.gate_up_bias)
             if lora is not None:
                 lora.apply(i, LINEAR_GATE_UP, h, gate_up)
             gate, up = gate_up.chunk(2, dim=-1)
             act = self.act(gate) * up
-            mlp_out = F.linear(act, layer.down, layer.down_bias)
+            mlp_out = linear(act, layer.down, layer.down_bias)
             if lora is not None:
                 lora.apply(i, LINEAR_DOWN, act, mlp_out)
             x = x + mlp_out
@@ -198,4 +206,4 @@ class LlamaModel:
         return self.rms_norm(x, self.norm)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.lm_head).float()
+        return self.linears.fn(hidden, self.head, None).float()

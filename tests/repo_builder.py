@@ -1,4 +1,4 @@
-"""Builds throwaway Triton model repositories on disk for the repository/config tests."""
+"""Builds throwaway Triton model repositories on disk for the tests (repository, config)."""
 
 from __future__ import annotations
 

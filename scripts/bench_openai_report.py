@@ -1,0 +1,118 @@
+"""Markdown tables from the aiperf results that scripts/bench_openai.sh leaves in OUT.
+
+    python scripts/bench_openai_report.py [OUT]      (default build/bench_openai)
+
+prints, per run (endpoint x concurrency), llmserve and vLLM side by side: TTFT, ITL,
+request latency, output tokens/s, requests/s, errors, and the load average (uptime) taken
+before each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+SYSTEMS = ("llmserve", "vllm")
+LABELS = {"llmserve": "llmserve", "vllm": "vLLM CPU"}
+
+
+def _load(run_dir: Path) -> dict | None:
+    path = run_dir / "profile_export_aiperf.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _stat(data: dict, metric: str, stat: str = "avg") -> float | None:
+    value = data.get(metric)
+    if not isinstance(value, dict):
+        return None
+    return value.get(stat)
+
+
+def _load_avg(run_dir: Path) -> str:
+    path = run_dir / "uptime_before.txt"
+    if not path.is_file():
+        return "-"
+    match = re.search(r"load average:\s*([\d.]+)", path.read_text())
+    return match.group(1) if match else "-"
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+ROWS: list[tuple[str, str, str, int]] = [
+    ("TTFT avg (ms)", "time_to_first_token", "avg", 1),
+    ("TTFT p50 (ms)", "time_to_first_token", "p50", 1),
+    ("TTFT p99 (ms)", "time_to_first_token", "p99", 1),
+    ("ITL avg (ms)", "inter_token_latency", "avg", 2),
+    ("ITL p99 (ms)", "inter_token_latency", "p99", 2),
+    ("request latency avg (ms)", "request_latency", "avg", 1),
+    ("request latency p99 (ms)", "request_latency", "p99", 1),
+    ("output tokens/s per user", "output_token_throughput_per_user", "avg", 1),
+    ("output tokens/s", "output_token_throughput", "avg", 1),
+    ("requests/s", "request_throughput", "avg", 2),
+    ("prompt tokens (server usage)", "usage_prompt_tokens", "avg", 0),
+    ("output tokens (server usage)", "usage_completion_tokens", "avg", 0),
+]
+
+
+def run_names(out: Path) -> list[str]:
+    names: set[str] = set()
+    for system in SYSTEMS:
+        if (out / system).is_dir():
+            names.update(p.name for p in (out / system).iterdir() if _load(p) is not None)
+
+    def key(name: str) -> tuple[int, int, str]:
+        conc = int(name.rsplit("_c", 1)[-1]) if "_c" in name else 0
+        order = 0 if name.startswith("completions") else 1 if "stream" in name else 2
+        return order, conc, name
+
+    return sorted(names, key=key)
+
+
+def table(out: Path, name: str) -> str:
+    runs = {s: _load(out / s / name) for s in SYSTEMS}
+    lines = [f"**{name}**", "", "| metric | " + " | ".join(LABELS[s] for s in SYSTEMS) + " |",
+             "|---|" + "---:|" * len(SYSTEMS)]
+    for label, metric, stat, digits in ROWS:
+        values = [_fmt(_stat(runs[s], metric, stat), digits) if runs[s] else "-" for s in SYSTEMS]
+        if all(v == "-" for v in values):
+            continue
+        lines.append(f"| {label} | " + " | ".join(values) + " |")
+    done = []
+    for s in SYSTEMS:
+        data = runs[s]
+        if not data:
+            done.append("-")
+            continue
+        count = _stat(data, "request_count") or 0
+        errors = int(round(count * (_stat(data, "request_error_rate") or 0.0) / 100))
+        done.append(f"{int(count)} / {errors}")
+    lines.append("| requests / errors | " + " | ".join(done) + " |")
+    lines.append("| load avg before run | "
+                 + " | ".join(_load_avg(out / s / name) for s in SYSTEMS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", type=Path, default=Path("build/bench_openai"))
+    args = parser.parse_args(argv)
+    names = run_names(args.out)
+    if not names:
+        print(f"no aiperf results under {args.out}", file=sys.stderr)
+        return 1
+    env = args.out / "environment.txt"
+    if env.is_file():
+        print("```\n" + env.read_text().strip() + "\n```\n")
+    print("\n\n".join(table(args.out, name) for name in names))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
