@@ -1,10 +1,10 @@
 """Markdown tables from the aiperf results that scripts/bench_openai.sh leaves in OUT.
 
-    python scripts/bench_openai_report.py [OUT]      (default build/bench_openai)
+    python scripts/bench_openai_report.py [OUT] [--summary]   (default build/bench_openai)
 
 prints, per run (endpoint x concurrency), llmserve and vLLM side by side: TTFT, ITL,
 request latency, output tokens/s, requests/s, errors, and the load average (uptime) taken
-before each run.
+before each run; --summary prints one line per run instead.
 """
 
 from __future__ import annotations
@@ -99,9 +99,26 @@ def table(out: Path, name: str) -> str:
     return "\n".join(lines)
 
 
+def summary(out: Path, names: list[str]) -> str:
+    """One row per run: llmserve / vLLM for the headline metrics."""
+    cols = [("TTFT avg ms", "time_to_first_token", 1), ("ITL avg ms", "inter_token_latency", 2),
+            ("output tok/s", "output_token_throughput", 1), ("req/s", "request_throughput", 2)]
+    lines = ["| run | " + " | ".join(f"{c[0]} (llmserve / vLLM)" for c in cols)
+             + " | errors | load avg |", "|---|" + "---:|" * (len(cols) + 2)]
+    for name in names:
+        runs = {s: _load(out / s / name) or {} for s in SYSTEMS}
+        cells = [" / ".join(_fmt(_stat(runs[s], metric), d) for s in SYSTEMS)
+                 for _, metric, d in cols]
+        errors = " / ".join(_fmt(_stat(runs[s], "request_error_rate"), 0) + "%" for s in SYSTEMS)
+        load = " / ".join(_load_avg(out / s / name) for s in SYSTEMS)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {errors} | {load} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", type=Path, default=Path("build/bench_openai"))
+    parser.add_argument("--summary", action="store_true", help="one line per run")
     args = parser.parse_args(argv)
     names = run_names(args.out)
     if not names:
@@ -110,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     env = args.out / "environment.txt"
     if env.is_file():
         print("```\n" + env.read_text().strip() + "\n```\n")
-    print("\n\n".join(table(args.out, name) for name in names))
+    if args.summary:
+        print(summary(args.out, names))
+    else:
+        print("\n\n".join(table(args.out, name) for name in names))
     return 0
 
 
