@@ -20,11 +20,12 @@ import platform
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import hf_runner, llmserve_runner  # noqa: E402
+from bench import llmserve_runner  # noqa: E402
 from bench.workload import (  # noqa: E402
     BenchRequest,
     Timing,
@@ -79,45 +80,42 @@ def _warmup(info: dict) -> list[BenchRequest]:
 
 def _run_system(system: str, info: dict, works: dict[str, tuple[list[BenchRequest], bool]],
                 args) -> dict[str, list[Timing]]:
-    """works: name -> (requests, streaming). Returns name -> per-request timings."""
+    """works: name -> (requests, streaming). Returns name -> per-request timings. Every
+    system runs in a process of its own (see scripts/bench/local_worker.py)."""
     warm = _warmup(info)
-    if system == "llmserve":
-        settings = llmserve_runner.LlmserveSettings(
-            max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
-            enable_chunked_context=True, kv_tokens=args.kv_tokens)
-        return llmserve_runner.run(info["path"], works, warm, settings)
-    if system == "hf":
-        hf_works = {name: (reqs, 1 if name == "c" else args.hf_batch_size)
-                    for name, (reqs, _s) in works.items()}
-        return hf_runner.run(info["path"], hf_works, warm)
-    return _run_vllm(info, works, warm, args)
-
-
-def _run_vllm(info: dict, works: dict[str, tuple[list[BenchRequest], bool]],
-              warm: list[BenchRequest], args) -> dict[str, list[Timing]]:
-    python = Path(args.vllm_venv) / "bin" / "python"
-    per_token = 2 * info["layers"] * info["kv_heads"] * info["head_dim"] * 4
-    kv_gib = max(1, -(-args.kv_tokens * per_token // 2**30))
-    spec = {"model": info["path"], "max_model_len": info["bench_max_len"],
-            "max_num_seqs": args.max_batch_size,
-            "warmup": [r.to_json() for r in warm],
+    spec = {"model": info["path"], "warmup": [r.to_json() for r in warm],
             "workloads": {name: {"requests": [r.to_json() for r in reqs], "streaming": s}
                           for name, (reqs, s) in works.items()}}
+    bench_dir = Path(__file__).resolve().parent / "bench"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE=str(kv_gib),
-               VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if system == "vllm":
+        per_token = 2 * info["layers"] * info["kv_heads"] * info["head_dim"] * 4
+        kv_gib = max(1, -(-args.kv_tokens * per_token // 2**30))
+        spec.update(max_model_len=info["bench_max_len"], max_num_seqs=args.max_batch_size)
+        env.update(VLLM_CPU_KVCACHE_SPACE=str(kv_gib), VLLM_NO_USAGE_STATS="1",
+                   DO_NOT_TRACK="1")
+        command = [str(Path(args.vllm_venv) / "bin" / "python"),
+                   str(bench_dir / "vllm_worker.py")]
+    else:
+        spec["settings"] = asdict(llmserve_runner.LlmserveSettings(
+            max_batch_size=args.max_batch_size, max_num_tokens=args.max_num_tokens,
+            enable_chunked_context=True, kv_tokens=args.kv_tokens))
+        spec["hf_batch_sizes"] = {name: 1 if name == "c" else args.hf_batch_size
+                                  for name in works}
+        command = [sys.executable, str(bench_dir / "local_worker.py"), system]
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps(spec))
-        worker = Path(__file__).resolve().parent / "bench" / "vllm_worker.py"
-        log_path = Path(args.json).with_suffix(".vllm.log")
+        log_path = Path(args.json).with_suffix(f".{system}.log")
         with open(log_path, "a") as logf:
-            proc = subprocess.run([str(python), str(worker), str(spec_path), str(out_path)],
-                                  env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=tmp)
+            proc = subprocess.run([*command, str(spec_path), str(out_path)], env=env,
+                                  stdout=logf, stderr=subprocess.STDOUT, cwd=tmp)
         if proc.returncode != 0:
-            raise RuntimeError(f"vLLM worker failed ({proc.returncode}); see {log_path}")
+            raise RuntimeError(f"{system} worker failed ({proc.returncode}); see {log_path}")
         out = json.loads(out_path.read_text())
-    args.vllm_version = out["version"]
+    if system == "vllm":
+        args.vllm_version = out["version"]
     return {name: [Timing(r["arrival"], r["times"], r["tokens"]) for r in w["requests"]]
             for name, w in out["workloads"].items()}
 

@@ -28,6 +28,7 @@ from llmserve.llm.config import (
     ModelType,
     SpeculativeDecodingMode,
 )
+from llmserve.llm.engine_thread import EngineThread
 from llmserve.llm.lora_cache import LoraCache, lora_cache_for
 from llmserve.llm.outputs import error_response
 from llmserve.llm.request import Request, Response
@@ -64,6 +65,19 @@ class Executor:
             raise Unsupported(f"model type {model_type.name} is not supported; "
                               "only DECODER_ONLY models are")
         self.config = config
+        # all torch work (load, KV cache, steps) happens on this one thread: see
+        # engine_thread.py for why
+        self._engine = EngineThread("llmserve-executor")
+        try:
+            self._engine.call(lambda: self._build(model_path, runner))
+        except BaseException:
+            self._engine.stop()
+            raise
+        self._thread = self._engine.thread
+        self._engine.run_loop(self._loop)
+
+    def _build(self, model_path: str | Path | None, runner) -> None:
+        config = self.config
         if runner is None:
             from llmserve.llm.engine import ModelRunner
 
@@ -108,9 +122,6 @@ class Executor:
         if spec is not None and spec.mode is SpeculativeDecodingMode.PROMPT_LOOKUP:
             proposer = PromptLookupProposer(spec.prompt_lookup)
         self._stepper = Stepper(runner, self.scheduler, self._dequeued, proposer)
-        self._thread = threading.Thread(target=self._loop, name="llmserve-executor",
-                                        daemon=True)
-        self._thread.start()
 
     # -- KV cache sizing ----------------------------------------------------------------
 
