@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .cpu_kernels import paged_decode
 from .kv_cache import KVCache
 
 
@@ -47,6 +48,14 @@ class DecodeGroup:
     masks: dict[int | None, torch.Tensor | None]  # window -> [count, 1, 1, keys] or None
 
 
+@dataclass(slots=True)
+class DecodeTables:
+    """All single-token chunks, for the in-place paged decode kernel (no gather)."""
+
+    block_tables: torch.Tensor  # [count, max_blocks] int64, short tables padded with 0
+    context_lens: torch.Tensor  # [count] keys per sequence, the new token's included
+
+
 # Decode sequences are grouped so that no sequence is padded to more than twice its
 # blocks (gather and attention cost follow the padded length); a few groups at most,
 # since each costs a gather and an attention call per layer.
@@ -62,7 +71,8 @@ class StepMetadata:
     positions: torch.Tensor  # [T]
     slot_mapping: torch.Tensor  # [T] cache slot of each new token
     num_decode: int
-    decode_groups: list[DecodeGroup]
+    decode_groups: list[DecodeGroup]  # empty when decode_tables is set
+    decode_tables: DecodeTables | None
     prefills: list[PrefillSeq]
     logit_rows: torch.Tensor | None  # rows of the stream needing logits, in chunk order
     num_logit_rows: int
@@ -116,13 +126,28 @@ def _decode_groups(
     return groups
 
 
+def _decode_tables(chunks: list[SeqChunk], decode: list[int], block_size: int,
+                   device: torch.device) -> DecodeTables:
+    used = [(chunks[i].start_pos + block_size) // block_size for i in decode]
+    width = max(used)
+    rows = [chunks[i].block_table[:n] + [0] * (width - n) for i, n in zip(decode, used, strict=True)]
+    return DecodeTables(
+        block_tables=torch.tensor(rows, dtype=torch.long).to(device),
+        context_lens=torch.tensor([chunks[i].start_pos + 1 for i in decode],
+                                  dtype=torch.long).to(device),
+    )
+
+
 def build_step(
     chunks: list[SeqChunk],
     block_size: int,
     windows: set[int | None],
     device: torch.device,
+    decode_kernel: bool = False,
 ) -> StepMetadata:
-    """Orders the chunks' tokens (decodes first), computes slots, block tables and masks."""
+    """Orders the chunks' tokens (decodes first), computes slots, block tables and masks.
+    decode_kernel: describe the decodes for the in-place paged kernel (block tables and
+    lengths) instead of padded, masked groups."""
     decode = [i for i, c in enumerate(chunks) if len(c.token_ids) == 1]
     decode.sort(key=lambda i: chunks[i].start_pos, reverse=True)  # longest first
     multi = [i for i, c in enumerate(chunks) if len(c.token_ids) != 1]
@@ -142,7 +167,12 @@ def build_step(
             table[p // block_size] * block_size + p % block_size for p in range(start, end)
         )
 
-    groups = _decode_groups(chunks, decode, block_size, windows, device)
+    tables = None
+    groups: list[DecodeGroup] = []
+    if decode and decode_kernel:
+        tables = _decode_tables(chunks, decode, block_size, device)
+    elif decode:
+        groups = _decode_groups(chunks, decode, block_size, windows, device)
     prefills: list[PrefillSeq] = []
     for i in multi:
         chunk = chunks[i]
@@ -176,6 +206,7 @@ def build_step(
         slot_mapping=torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True),
         num_decode=len(decode),
         decode_groups=groups,
+        decode_tables=tables,
         prefills=prefills,
         logit_rows=None if in_order else torch.tensor(rows, dtype=torch.long).to(device),
         num_logit_rows=len(rows),
@@ -201,9 +232,17 @@ def paged_attention(
     num_tokens, num_heads, head_dim = q.shape
     num_kv = k.shape[1]
     group = num_heads // num_kv
+    tables = meta.decode_tables
+    if tables is not None and meta.num_decode == num_tokens:
+        return paged_decode(q, cache.k[layer], cache.v[layer], tables.block_tables,
+                            tables.context_lens, scale, window)
     if len(meta.decode_groups) == 1 and meta.num_decode == num_tokens:
         return _decode(layer, q, cache, meta.decode_groups[0], scale, window, group)
     out = torch.empty_like(q)
+    if tables is not None:
+        nd = meta.num_decode
+        out[:nd] = paged_decode(q[:nd], cache.k[layer], cache.v[layer], tables.block_tables,
+                                tables.context_lens, scale, window)
     for dg in meta.decode_groups:
         rows = slice(dg.offset, dg.offset + dg.count)
         out[rows] = _decode(layer, q[rows], cache, dg, scale, window, group)

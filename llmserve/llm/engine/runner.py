@@ -12,6 +12,7 @@ from llmserve.core.errors import InvalidArgument, NotFound, Unavailable
 
 from .attention import SeqChunk, build_step
 from .config import ArchConfig, load_arch_config, resolve_dtype
+from .cpu_kernels import kernels
 from .kv_cache import KVCache, kv_cache_bytes_per_block
 from .lora import LoraSource, build_lora_batch
 from .models.llama import LlamaModel
@@ -58,6 +59,9 @@ class ModelRunner:
             del state
             self.rope = RopeTable(arch, arch.dtype, self.device)
         self.kv_cache: KVCache | None = None
+        # CPU float32: decode attention reads the paged cache in place (a C kernel)
+        self._decode_kernel = (self.device.type == "cpu" and arch.dtype == torch.float32
+                               and kernels() is not None)
         self.lora_source: LoraSource | None = None  # resolves SeqChunk.lora_task_id
         for window in set(arch.layer_windows) - {None}:
             logger.info("sliding-window attention of %d tokens on some layers", window)
@@ -157,7 +161,8 @@ class ModelRunner:
             return torch.empty(0, self.arch.vocab_size, dtype=torch.float32, device=self.device)
         max_end = self._check(chunks, cache)
         with torch.inference_mode():
-            meta = build_step(chunks, cache.block_size, self.model.window_set, self.device)
+            meta = build_step(chunks, cache.block_size, self.model.window_set, self.device,
+                              self._decode_kernel)
             self.rope.ensure(max_end)
             cos = self.rope.cos.index_select(0, meta.positions)
             sin = self.rope.sin.index_select(0, meta.positions)

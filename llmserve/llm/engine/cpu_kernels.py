@@ -1,0 +1,139 @@
+"""CPU kernels written in C (kernels/*.c), compiled on first use with the machine's C
+compiler for its own CPU (-O3 -march=native -fopenmp) and called through ctypes.
+
+The shared object links libgomp by soname, so it runs on torch's own OpenMP runtime
+(torch's wheel ships libgomp.so.1 and has it loaded already): its parallel regions use
+the calling thread's torch thread team. Builds are cached under
+$LLMSERVE_KERNEL_CACHE (default ~/.cache/llmserve/kernels), keyed by the source, the
+compiler and the CPU. Without a compiler (or with LLMSERVE_CPU_KERNELS=0) the engine
+keeps its pure-torch paths and says so once in the log.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("kernels") / "paged_attention.c"
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11",
+          "-fno-math-errno", "-ffast-math"]
+_ENV_OFF = "LLMSERVE_CPU_KERNELS"
+_ENV_CACHE = "LLMSERVE_KERNEL_CACHE"
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+_I64 = ctypes.c_int64
+_PTR = ctypes.c_void_p
+
+
+def _cpu_signature() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return os.uname().machine
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC") or "cc"
+    return shutil.which(cc) or shutil.which("gcc")
+
+
+def _build(cc: str) -> Path:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True,
+                             check=False).stdout
+    key = hashlib.sha256("\0".join([_SOURCE.read_text(), " ".join(_FLAGS), version,
+                                    _cpu_signature()]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get(_ENV_CACHE) or Path.home() / ".cache" / "llmserve" / "kernels")
+    target = cache / f"paged_attention-{key}.so"
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        built = Path(tmp) / target.name
+        proc = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", str(built), "-lm"],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
+        os.replace(built, target)  # atomic: concurrent builders end with one file
+    return target
+
+
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get(_ENV_OFF, "1") == "0":
+        logger.info("%s=0: CPU kernels off, attention uses the torch path", _ENV_OFF)
+        return None
+    cc = _compiler()
+    if cc is None:
+        logger.warning("no C compiler found: CPU decode attention uses the slower torch "
+                       "path (install gcc, or set CC)")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(cc)))
+    except (OSError, RuntimeError) as exc:
+        logger.warning("CPU kernels unavailable, using the torch path: %s", exc)
+        return None
+    fn = lib.paged_decode_f32
+    fn.restype = ctypes.c_int
+    fn.argtypes = [_PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64,
+                   _I64, ctypes.c_float, _I64]
+    return lib
+
+
+def kernels() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None when unavailable (built once per process)."""
+    global _lib, _tried
+    if _tried:
+        return _lib
+    with _lock:
+        if not _tried:
+            _lib = _load()
+            _tried = True
+    return _lib
+
+
+def paged_decode_supported(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    return (q.device.type == "cpu" and q.dtype == torch.float32
+            and k_cache.dtype == torch.float32 and kernels() is not None)
+
+
+def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                 block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
+                 window: int | None) -> torch.Tensor:
+    """q: [B, Hq, D] (head and dim strides D, 1); k/v_cache: [blocks, bs, Hkv, D]
+    contiguous; block_tables: [B, max_blocks] int64; context_lens: [B] int64 (keys per
+    sequence, the query's own included). Returns [B, Hq, D]."""
+    lib = kernels()
+    assert lib is not None
+    batch, num_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    if q.stride(2) != 1 or q.stride(1) != head_dim:
+        q = q.contiguous()
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()
+            and block_tables.is_contiguous() and context_lens.is_contiguous()):
+        raise ValueError("paged_decode needs contiguous caches, block tables and lengths")
+    out = torch.empty(batch, num_heads, head_dim, dtype=q.dtype)
+    rc = lib.paged_decode_f32(out.data_ptr(), q.data_ptr(), q.stride(0), k_cache.data_ptr(),
+                              v_cache.data_ptr(), block_tables.data_ptr(),
+                              context_lens.data_ptr(), batch, num_heads, num_kv_heads,
+                              head_dim, block_size, block_tables.shape[1], scale,
+                              window or 0)
+    if rc != 0:
+        raise RuntimeError("paged_decode_f32 failed (out of memory or too many query "
+                           "heads per KV head)")
+    return out
