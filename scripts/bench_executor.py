@@ -165,7 +165,7 @@ def bench_model(name: str, path: Path, systems: list[str], workloads: list[str],
     later: dict[str, tuple[list[BenchRequest], bool]] = {}
     rate = None
     if "b" in workloads:
-        rate = args.rate or _auto_rate(results, len(base))
+        rate = args.rate or _auto_rate(results, len(base), args.rate_basis)
         later["b"] = (with_poisson_arrivals(base, rate, seed=args.seed + 1), True)
     if "c" in workloads:
         later["c"] = ([_decode_request(info, args)], True)
@@ -174,11 +174,15 @@ def bench_model(name: str, path: Path, systems: list[str], workloads: list[str],
     return {"model": info, "rate_req_s": rate, "results": results}
 
 
-def _auto_rate(results: dict, n: int) -> float:
-    """0.85 x the request throughput, in workload (a), of the slower serving system
-    (llmserve or vLLM), so (b) runs near but under capacity for both."""
-    caps = [n / results[s]["a"]["duration_s"] for s in ("llmserve", "vllm")
-            if s in results and "a" in results[s]]
+def _auto_rate(results: dict, n: int, basis: str) -> float:
+    """0.85 x a request throughput measured in workload (a): llmserve's (basis
+    "llmserve": near the capacity of the system under test, so a slower peer runs
+    overloaded) or the slower of llmserve and vLLM's (basis "slower": both keep up, and
+    the comparison is of latency at the same sustainable load)."""
+    serving = [s for s in ("llmserve", "vllm") if s in results and "a" in results[s]]
+    if basis == "llmserve" and "llmserve" in serving:
+        serving = ["llmserve"]
+    caps = [n / results[s]["a"]["duration_s"] for s in serving]
     if not caps:
         caps = [n / r["a"]["duration_s"] for r in results.values() if "a" in r]
     if not caps:
@@ -247,6 +251,9 @@ def main() -> None:
     p.add_argument("--workload", default="a,b,c")
     p.add_argument("--num-requests", type=int, default=0, help="default 64 (8 with --quick)")
     p.add_argument("--rate", type=float, default=0.0, help="(b) req/s; default: auto")
+    p.add_argument("--rate-basis", choices=("llmserve", "slower"), default="llmserve",
+                   help="(b) auto rate: 0.85 x llmserve's (a) capacity, or the slower "
+                        "serving system's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hf-batch-size", type=int, default=16)
     p.add_argument("--max-batch-size", type=int, default=64)

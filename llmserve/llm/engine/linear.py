@@ -1,7 +1,8 @@
 """Dense projections of the engine. On CPU, large fp32/bf16 weights are prepacked once
 for oneDNN, whose GEMM runs 2-3x faster than torch's default (MKL sgemm) on AMD and
 similar CPUs (vLLM's CPU build does the same); small ones stay on F.linear, whose
-per-call cost is lower. Elsewhere plain F.linear is used."""
+per-call cost is lower at one or two rows. Small weights are kept both ways and each
+call picks by its row count. Elsewhere plain F.linear is used."""
 
 from __future__ import annotations
 
@@ -17,15 +18,34 @@ logger = logging.getLogger(__name__)
 # LLMSERVE_CPU_ONEDNN=0 turns the prepacked path off (benchmarks, debugging).
 _ENV = "LLMSERVE_CPU_ONEDNN"
 
-# Weights with fewer elements stay dense: below this oneDNN's per-call overhead
-# outweighs its faster kernel at decode batch sizes (measured on a 2-core Zen 5).
+# Weights with fewer elements are also kept dense: at a few rows (batch-1 decode) their
+# F.linear call costs 4-10 us against oneDNN's 12-15 us; from 16 rows on oneDNN is
+# 2-2.5x faster (measured on a 2-core Zen 5, docs/BENCHMARKS.md).
 MIN_PACKED_ELEMENTS = 2**19
+DENSE_MAX_ROWS = 4
 
-LinearFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+class DualWeight:
+    """A small weight kept dense and prepacked; the linear picks by row count."""
+
+    __slots__ = ("dense", "packed")
+
+    def __init__(self, dense: torch.Tensor, packed: torch.Tensor) -> None:
+        self.dense, self.packed = dense, packed
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.dense.shape
 
 
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor,
+Weight = torch.Tensor | DualWeight
+LinearFn = Callable[[torch.Tensor, Weight, torch.Tensor | None], torch.Tensor]
+
+
+def _onednn_linear(x: torch.Tensor, weight: Weight,
                    bias: torch.Tensor | None) -> torch.Tensor:
+    if type(weight) is DualWeight:
+        weight = weight.dense if x.shape[0] <= DENSE_MAX_ROWS else weight.packed
     if weight.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
@@ -55,14 +75,18 @@ class Linears:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         return False
 
-    def pack(self, weight: torch.Tensor) -> torch.Tensor:
-        """The weight ready for self.fn: a prepacked copy on CPU (the caller drops the
-        dense one to keep memory flat), the weight itself elsewhere."""
-        if not self.packed or weight.numel() < MIN_PACKED_ELEMENTS:
+    def pack(self, weight: torch.Tensor) -> Weight:
+        """The weight ready for self.fn: on CPU a prepacked copy (the caller drops the
+        dense one to keep memory flat), or both forms for a small weight; the weight
+        itself elsewhere."""
+        if not self.packed:
             return weight
         try:
-            return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
         except RuntimeError as exc:  # an unsupported shape: stay dense for this one
             logger.warning("oneDNN could not prepack a %s weight (%s); using F.linear",
                            tuple(weight.shape), exc)
             return weight
+        if weight.numel() < MIN_PACKED_ELEMENTS:
+            return DualWeight(weight, packed)
+        return packed
