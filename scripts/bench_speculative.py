@@ -202,18 +202,24 @@ def main() -> int:
         mode=SpeculativeDecodingMode.PROMPT_LOOKUP,
         prompt_lookup=PromptLookupConfig(max_draft_tokens=k, max_matching_ngram_size=3,
                                          min_matching_ngram_size=1)))
+    inside = make_executor(args.target, args.device, SpeculativeDecodingConfig(
+        mode=SpeculativeDecodingMode.DRAFT_MODEL, draft_model_path=str(args.draft),
+        num_draft_tokens=k))
+    executors = (target, draft, lookup, inside)
     try:
-        for ex in (target, draft, lookup):  # warm-up
+        for ex in executors:  # warm-up
             generate(ex, prompts[0], 8, end_id)
         modes = [
             run_mode("target alone", lambda q: generate(target, q, n, end_id), prompts),
-            run_mode(f"draft model (k={k})",
+            run_mode(f"draft model, two executors as the BLS runs them (k={k})",
                      lambda q: draft_target(target, draft, q, n, k, end_id), prompts),
+            run_mode(f"draft model inside the executor (k={k})",
+                     lambda q: generate(inside, q, n, end_id), prompts),
             run_mode(f"n-gram prompt lookup (k={k})", lambda q: generate(lookup, q, n, end_id),
                      prompts),
         ]
     finally:
-        for ex in (target, draft, lookup):
+        for ex in executors:
             ex.shutdown()
     base = modes[0]
     ok = True

@@ -58,10 +58,16 @@ def write_model_card(args: argparse.Namespace, model: LlamaForCausalLM,
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
     command = "python scripts/train_demo_model.py " + shlex.join(sys.argv[1:])
     kind = "draft model (for speculative decoding)" if args.draft else "demo model"
+    how = "trained from scratch on CPU"
+    if getattr(args, "init_from", None) or getattr(args, "distill_from", None):
+        how = "trained on CPU"
+        if getattr(args, "distill_from", None):
+            how += (f", distilled from `{args.distill_from.name}` (its next-token "
+                    "distributions on the corpus windows are the targets)")
     sample_md = "\n".join(f"- **{p}** ->{_quote(t)}" for p, t in samples.items())
     card = f"""# llmserve {kind}: {out.name}
 
-A tiny LlamaForCausalLM trained from scratch on CPU by `scripts/train_demo_model.py`
+A tiny LlamaForCausalLM {how} by `scripts/train_demo_model.py`
 on Jane Austen's six novels. It writes English in a loose Austen style; it knows no
 facts and follows no instructions beyond continuing text and replying in the chat format.
 

@@ -103,8 +103,10 @@ def fill_repository(
     max_batch_size: int = 8,
     instances: int = 1,
     force: bool = False,
+    extra: dict[str, dict[str, str]] | None = None,
 ) -> Path:
-    """Copy the templates to out and fill them; returns out."""
+    """Copy the templates to out and fill them; returns out. extra: more placeholder
+    values per model folder (e.g. the tensorrt_llm LoRA cache parameters)."""
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"no Hugging Face checkpoint (config.json) in {model_dir}")
     if out.exists():
@@ -127,6 +129,8 @@ def fill_repository(
         draft_config.write_text(text)
         draft_values = model_values(draft_dir, decoupled=decoupled, max_batch_size=max_batch_size)
         fill_file(draft_config, draft_values["tensorrt_llm"])
+    for name, more in (extra or {}).items():
+        values[name] = {**values[name], **more}
     for name, model_vals in values.items():
         fill_file(out / name / "config.pbtxt", model_vals)
     return out

@@ -5,6 +5,13 @@ byte-level BPE tokenizer and chat template; stops on a wall-clock budget (--minu
 
     python scripts/train_demo_model.py --minutes 35
     python scripts/train_demo_model.py --draft --minutes 10
+    python scripts/train_demo_model.py --draft --minutes 12 \
+        --init-from models/demo-draft --distill-from models/demo-llm
+
+--distill-from trains on the teacher's next-token distributions (KL divergence, the
+teacher run without gradients on the same windows) instead of the corpus's next
+tokens: a draft that predicts what the target model will say, not what Austen wrote,
+gets more of its speculative drafts accepted. --init-from starts from a checkpoint.
 """
 
 from __future__ import annotations
@@ -74,6 +81,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--save-every-minutes", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--distill-from", type=Path,
+                   help="teacher checkpoint: train on its next-token distributions")
+    p.add_argument("--init-from", type=Path, help="start from this checkpoint's weights")
     p.add_argument("--seed", type=int, default=1234)
     args = p.parse_args()
     args.out = args.out or ROOT / "models" / ("demo-draft" if args.draft else "demo-llm")
@@ -120,11 +130,18 @@ def evaluate(model: LlamaForCausalLM, streams: Streams, seq_len: int, batches: i
     return sum(losses) / len(losses)
 
 
-def shifted_loss(model: LlamaForCausalLM, window: torch.Tensor) -> torch.Tensor:
+def shifted_loss(model: LlamaForCausalLM, window: torch.Tensor,
+                 teacher: LlamaForCausalLM | None = None) -> torch.Tensor:
+    """Next-token cross entropy; with a teacher, against the teacher's distributions
+    (equal to KL(teacher || model) up to the teacher's entropy)."""
     logits = model(input_ids=window[:, :-1]).logits
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), window[:, 1:].reshape(-1)
-    )
+    logits = logits.reshape(-1, logits.size(-1))
+    if teacher is None:
+        return torch.nn.functional.cross_entropy(logits, window[:, 1:].reshape(-1))
+    with torch.no_grad():
+        target = teacher(input_ids=window[:, :-1]).logits
+        target = torch.softmax(target.reshape(-1, target.size(-1)), dim=-1)
+    return torch.nn.functional.cross_entropy(logits, target)
 
 
 def save(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, out: Path) -> None:
@@ -171,7 +188,16 @@ def train(args: argparse.Namespace) -> None:
     else:
         tok = train_tokenizer((p for b in books for p in paragraphs(b)), args.vocab_size)
     streams = build_streams(books, tok, seed=args.seed, val_fraction=0.02)
-    model = build_model(DRAFT_SHAPE if args.draft else MAIN_SHAPE, tok, 512)
+    if args.init_from:
+        model = LlamaForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
+    else:
+        model = build_model(DRAFT_SHAPE if args.draft else MAIN_SHAPE, tok, 512)
+    teacher = None
+    if args.distill_from:
+        teacher = LlamaForCausalLM.from_pretrained(args.distill_from, dtype=torch.float32)
+        teacher.eval()
+        if teacher.config.vocab_size != model.config.vocab_size:
+            raise SystemExit("--distill-from: the teacher's vocabulary differs")
     stats = RunStats(train_tokens=streams.train.numel(), val_tokens=streams.val.numel(),
                      text_docs=streams.text_docs, chat_docs=streams.chat_docs,
                      params=sum(p.numel() for p in model.parameters()), history=[])
@@ -193,7 +219,7 @@ def train(args: argparse.Namespace) -> None:
             group["lr"] = lr_at(stats.steps, elapsed / budget, args)
         for _ in range(args.grad_accum):
             window = sample_windows(streams.train, args.batch_size, args.seq_len, gen)
-            loss = shifted_loss(model, window)
+            loss = shifted_loss(model, window, teacher)
             (loss / args.grad_accum).backward()
             stats.tokens_seen += window[:, 1:].numel()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -69,6 +69,8 @@ class SpeculativeDecodingMode(enum.Enum):
     EXTERNAL_DRAFT_TOKENS = "external_draft_tokens"
     # n-gram prompt lookup: drafts copied from earlier in the request's own tokens
     PROMPT_LOOKUP = "prompt_lookup"
+    # a small draft model run by the executor itself proposes greedy drafts
+    DRAFT_MODEL = "draft_model"
 
 
 @dataclass(slots=True)
@@ -86,13 +88,23 @@ class PromptLookupConfig:
 class SpeculativeDecodingConfig:
     """fast_logits: TensorRT-LLM's direct draft-to-target logits transfer (no effect here:
     draft logits always travel with the request). mode PROMPT_LOOKUP turns on n-gram
-    drafts for every running non-beam request, sized by prompt_lookup."""
+    drafts for every running non-beam request, sized by prompt_lookup. mode DRAFT_MODEL
+    runs the checkpoint at draft_model_path (same vocabulary) inside the executor to
+    propose num_draft_tokens greedy drafts per step (llmserve/llm/draft_model.py)."""
 
     fast_logits: bool = False
     mode: SpeculativeDecodingMode = SpeculativeDecodingMode.EXTERNAL_DRAFT_TOKENS
     prompt_lookup: PromptLookupConfig = field(default_factory=PromptLookupConfig)
+    draft_model_path: str | None = None
+    num_draft_tokens: int = 4
 
     def validate(self) -> None:
+        if self.mode is SpeculativeDecodingMode.DRAFT_MODEL:
+            if not self.draft_model_path:
+                raise InvalidArgument("speculative mode draft_model needs draft_model_path")
+            if self.num_draft_tokens < 1:
+                raise InvalidArgument(
+                    f"num_draft_tokens must be >= 1, got {self.num_draft_tokens}")
         pl = self.prompt_lookup
         if pl.max_draft_tokens < 1:
             raise InvalidArgument(

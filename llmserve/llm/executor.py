@@ -28,6 +28,7 @@ from llmserve.llm.config import (
     ModelType,
     SpeculativeDecodingMode,
 )
+from llmserve.llm.draft_model import draft_model_proposer
 from llmserve.llm.engine_thread import EngineThread
 from llmserve.llm.lora_cache import LoraCache, lora_cache_for
 from llmserve.llm.outputs import error_response
@@ -121,6 +122,11 @@ class Executor:
         proposer = None
         if spec is not None and spec.mode is SpeculativeDecodingMode.PROMPT_LOOKUP:
             proposer = PromptLookupProposer(spec.prompt_lookup)
+        elif spec is not None and spec.mode is SpeculativeDecodingMode.DRAFT_MODEL:
+            proposer = draft_model_proposer(
+                spec.draft_model_path, spec.num_draft_tokens, self.vocab_size,
+                self.max_batch_size, num_blocks * self.tokens_per_block,
+                str(arch.device), config.dtype)
         self._stepper = Stepper(runner, self.scheduler, self._dequeued, proposer)
 
     # -- KV cache sizing ----------------------------------------------------------------

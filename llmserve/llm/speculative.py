@@ -144,6 +144,9 @@ class PromptLookupProposer:
     def __init__(self, config: PromptLookupConfig) -> None:
         self.config = config
 
+    def forget_finished(self, running: Sequence[Seq]) -> None:
+        """Nothing to free: lookups keep no per-sequence state."""
+
     def propose(self, running: Sequence[Seq]) -> None:
         cfg = self.config
         for seq in running:

@@ -17,6 +17,7 @@ import torch
 
 from llmserve.llm.beam_search import beam_response, mark_first_tokens, wants_beam_now
 from llmserve.llm.block_manager import BlockManager
+from llmserve.llm.draft_model import DraftModelProposer
 from llmserve.llm.engine import SeqChunk
 from llmserve.llm.outputs import build_response, error_response
 from llmserve.llm.request import FinishReason, Response
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 class Stepper:
     def __init__(self, runner, scheduler: Scheduler,
                  on_dequeued: Callable[[int], None],
-                 proposer: PromptLookupProposer | None = None) -> None:
+                 proposer: PromptLookupProposer | DraftModelProposer | None = None) -> None:
         self.runner = runner
         self.proposer = proposer  # n-gram drafts for running sequences, before each step
         self.scheduler = scheduler
@@ -76,6 +77,7 @@ class Stepper:
             self.on_dequeued(1)
         live = [s for s in state.seqs if not s.is_finished]
         self.scheduler.abort(state)
+        self._sync_proposer()
         if state.beam is not None:  # one response carries every beam
             self.outbox.append(beam_response(state, is_final=True, reason=reason))
             return
@@ -96,6 +98,12 @@ class Stepper:
                 self.on_dequeued(1)
             self.scheduler.abort(state)
             self.outbox.append(error_response(state, message))
+        self._sync_proposer()
+
+    def _sync_proposer(self) -> None:
+        """Lets a draft-model proposer free the draft cache of sequences that left."""
+        if self.proposer is not None:
+            self.proposer.forget_finished(self.scheduler.running)
 
     def running_states(self) -> list[RequestState]:
         return list({s.state: None for s in self.scheduler.running})
@@ -128,6 +136,7 @@ class Stepper:
         self._completed = 0
         self._process(out, chunks, logits)
         self._respond()
+        self._sync_proposer()
         stats = self._iteration_stats(out, start, self.bm.total_new - new0,
                                       self.bm.total_reused - reused0)
         return stats

@@ -5,14 +5,18 @@ random checkpoint plus non-decoupled and queue-limited copies, behind the real f
 from __future__ import annotations
 
 import json
+import queue
 import shutil
 import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import torch
+import tritonclient.grpc as tg
 from e2e_live import LiveServer, e2e_options
 from llm_fixtures import EOS_ID, make_tiny_checkpoint
+from tritonclient.utils import np_to_triton_dtype
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "all_models" / "inflight_batcher_llm"
@@ -150,3 +154,46 @@ def shared_llm_e2e(config, tmp_path_factory) -> LlmE2E:
 
         config.add_cleanup(stop)
     return _SHARED["server"]
+
+
+# -- gRPC streaming -------------------------------------------------------------------------
+def grpc_text_inputs(prompt: str, max_tokens: int, **extra) -> list:
+    values = {"text_input": np.array([[prompt.encode()]], dtype=object),
+              "max_tokens": np.array([[max_tokens]], np.int32),
+              "stream": np.array([[True]])}
+    values.update(extra)
+    inputs = []
+    for name, value in values.items():
+        value = np.asarray(value)
+        tensor = tg.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    return inputs
+
+
+def grpc_stream(llm, model: str, requests: dict[str, list],
+                timeout: float = 30) -> dict[str, str]:
+    """Send every request (id -> inputs) on one stream; the streamed text per request id."""
+    q: queue.Queue = queue.Queue()
+    client = tg.InferenceServerClient(llm.live.grpc_url)
+    client.start_stream(callback=lambda result, error: q.put((result, error)))
+    texts = {rid: "" for rid in requests}
+    pending = set(requests)
+    try:
+        for rid, inputs in requests.items():
+            client.async_stream_infer(model, inputs, request_id=rid,
+                                      enable_empty_final_response=True)
+        while pending:
+            result, error = q.get(timeout=timeout)
+            assert error is None, error
+            response = result.get_response()
+            out = result.as_numpy("text_output")
+            if out is not None:
+                texts[response.id] += "".join(x.decode("utf-8", "replace")
+                                              for x in out.reshape(-1))
+            if response.parameters["triton_final_response"].bool_param:
+                pending.discard(response.id)
+    finally:
+        client.stop_stream()
+        client.close()
+    return texts

@@ -6,13 +6,11 @@ stop and bad words, seeded sampling, log probs and exclude_input_in_output."""
 from __future__ import annotations
 
 import concurrent.futures
-import queue
 
 import numpy as np
 import pytest
-import tritonclient.grpc as tg
 import tritonclient.http as th
-from llm_e2e_helpers import shared_llm_e2e
+from llm_e2e_helpers import grpc_stream, grpc_text_inputs, shared_llm_e2e
 
 PROMPT = "The quick brown fox"
 TEXT_MODELS = ["ensemble", "tensorrt_llm_bls"]
@@ -26,47 +24,6 @@ def llm(request, tmp_path_factory):
 def stream_text(events: list[dict]) -> str:
     assert all("error" not in e for e in events), events
     return "".join(e["text_output"] for e in events if "text_output" in e)
-
-
-# -- gRPC streaming -------------------------------------------------------------------------
-def grpc_text_inputs(prompt: str, max_tokens: int, **extra) -> list:
-    values = {"text_input": np.array([[prompt.encode()]], dtype=object),
-              "max_tokens": np.array([[max_tokens]], np.int32),
-              "stream": np.array([[True]])}
-    values.update(extra)
-    inputs = []
-    for name, value in values.items():
-        value = np.asarray(value)
-        dtype = {"O": "BYTES", "b": "BOOL", "i": "INT32", "f": "FP32", "u": "UINT64"}[value.dtype.kind]
-        tensor = tg.InferInput(name, list(value.shape), dtype)
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
-    return inputs
-
-
-def grpc_stream(llm, model: str, requests: dict[str, list], timeout: float = 30) -> dict[str, str]:
-    """Send every request (id -> inputs) on one stream; the streamed text per request id."""
-    q: queue.Queue = queue.Queue()
-    client = tg.InferenceServerClient(llm.live.grpc_url)
-    client.start_stream(callback=lambda result, error: q.put((result, error)))
-    texts = {rid: "" for rid in requests}
-    pending = set(requests)
-    try:
-        for rid, inputs in requests.items():
-            client.async_stream_infer(model, inputs, request_id=rid, enable_empty_final_response=True)
-        while pending:
-            result, error = q.get(timeout=timeout)
-            assert error is None, error
-            response = result.get_response()
-            out = result.as_numpy("text_output")
-            if out is not None:
-                texts[response.id] += "".join(x.decode("utf-8", "replace") for x in out.reshape(-1))
-            if response.parameters["triton_final_response"].bool_param:
-                pending.discard(response.id)
-    finally:
-        client.stop_stream()
-        client.close()
-    return texts
 
 
 # -- greedy equals transformers -------------------------------------------------------------

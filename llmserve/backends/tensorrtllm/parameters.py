@@ -11,6 +11,9 @@ Speculative decoding (llmserve's additions, vLLM-style prompt lookup):
   prompt_lookup_num_tokens: draft tokens proposed per step (default 4).
   prompt_lookup_max_matching_ngram_size / prompt_lookup_min_matching_ngram_size: the
       n-gram sizes searched, longest first (defaults 3 and 1).
+  speculative_decoding_mode: "draft_model" runs the checkpoint at draft_model_dir (same
+      tokenizer; relative to the model folder or absolute) inside the executor, proposing
+      draft_model_num_tokens (default 4) greedy drafts per step for every request.
 """
 
 from __future__ import annotations
@@ -215,15 +218,26 @@ def _prefetch_dir(value: str | None, model_dir: Path | None) -> str | None:
     return str(path)
 
 
-def _speculative(p: _Params) -> SpeculativeDecodingConfig | None:
+def _speculative(p: _Params, model_dir: Path | None) -> SpeculativeDecodingConfig | None:
     fast_logits = p.as_bool("speculative_decoding_fast_logits", False)
     mode = (p.get("speculative_decoding_mode") or "draft_tokens_external").lower()
     modes = {"draft_tokens_external": SpeculativeDecodingMode.EXTERNAL_DRAFT_TOKENS,
-             "prompt_lookup": SpeculativeDecodingMode.PROMPT_LOOKUP}
+             "prompt_lookup": SpeculativeDecodingMode.PROMPT_LOOKUP,
+             "draft_model": SpeculativeDecodingMode.DRAFT_MODEL}
     if mode not in modes:
         raise InvalidArgument(
-            f"parameter 'speculative_decoding_mode': expected prompt_lookup or "
-            f"draft_tokens_external, got '{mode}'")
+            f"parameter 'speculative_decoding_mode': expected prompt_lookup, draft_model "
+            f"or draft_tokens_external, got '{mode}'")
+    draft_dir = None
+    if modes[mode] is SpeculativeDecodingMode.DRAFT_MODEL:
+        value = p.get("draft_model_dir")
+        if value is None:
+            raise InvalidArgument("speculative_decoding_mode draft_model needs parameter "
+                                  "'draft_model_dir'")
+        path = _resolve_path(value, model_dir)
+        if not (path / "config.json").is_file():
+            raise InvalidArgument(f"parameter 'draft_model_dir': no checkpoint in '{path}'")
+        draft_dir = str(path)
     if modes[mode] is SpeculativeDecodingMode.EXTERNAL_DRAFT_TOKENS and not fast_logits:
         return None
     return SpeculativeDecodingConfig(
@@ -234,6 +248,8 @@ def _speculative(p: _Params) -> SpeculativeDecodingConfig | None:
             max_matching_ngram_size=p.as_int("prompt_lookup_max_matching_ngram_size", 3),
             min_matching_ngram_size=p.as_int("prompt_lookup_min_matching_ngram_size", 1),
         ),
+        draft_model_path=draft_dir,
+        num_draft_tokens=p.as_int("draft_model_num_tokens", 4),
     )
 
 
@@ -303,7 +319,7 @@ def read_settings(
         max_queue_size=max_queue_size if max_queue_size > 0 else None,
         batching_type=_batching(p.get("gpt_model_type")),
         lora_config=lora,
-        speculative_decoding_config=_speculative(p),
+        speculative_decoding_config=_speculative(p, model_dir),
         iter_stats_max_iterations=p.as_int("iter_stats_max_iterations", 1000),
         request_stats_max_iterations=p.as_int("request_stats_max_iterations", 0),
         normalize_log_probs=p.as_bool("normalize_log_probs", True),

@@ -1,6 +1,6 @@
 """LoRA in the engine: TensorRT-LLM's LoRA module ids and where each lands in our fused
-linears, an adapter's per-layer low-rank weights, and the per-step LoraBatch that adds
-each token's adapter delta (tokens grouped by adapter) to the shared base outputs."""
+linears, an adapter's per-layer low-rank weights, and the per-step LoraBatch that adds each
+token's adapter delta to the shared base outputs (all adapters of a step fused)."""
 
 from __future__ import annotations
 
@@ -119,46 +119,118 @@ class LoraSource(Protocol):
     def adapters(self, task_ids: list[int]) -> dict[int, LoraAdapter]: ...
 
 
-class LoraBatch:
-    """The adapters of one forward and the token rows of each (None: every row)."""
+@dataclass(slots=True)
+class _FusedLinear:
+    """Every module of every adapter of a step on one fused linear of one layer."""
 
-    def __init__(self, groups: list[tuple[LoraAdapter, torch.Tensor | None]]):
-        self.groups = groups
+    a: torch.Tensor  # [R, in]: the modules' "in" weights stacked (R = their total rank)
+    b: torch.Tensor  # [width, R]: "out" weights at their output slices, zeros elsewhere
+    owner: torch.Tensor  # [R] which adapter of the step each rank column belongs to
+
+
+class FusedAdapters:
+    """The adapters of a step fused per layer and linear, so that a step applies LoRA
+    with two GEMMs per linear whatever the number of adapters (vLLM's punica idea in
+    plain torch): shrink every token by every adapter, zero the columns of adapters
+    that are not the token's, expand."""
+
+    def __init__(self, adapters: list[LoraAdapter]):
+        self.adapters = adapters  # held: the key of the builder's cache uses their ids
+        num_layers = len(adapters[0].layers)
+        owners: dict[tuple[int, ...], torch.Tensor] = {}
+        self.layers: list[dict[str, _FusedLinear]] = []
+        for layer in range(num_layers):
+            by_linear: dict[str, list[tuple[int, LoraWeight]]] = {}
+            for index, adapter in enumerate(adapters):
+                for linear, weights in adapter.layers[layer].items():
+                    by_linear.setdefault(linear, []).extend((index, w) for w in weights)
+            fused = {}
+            for linear, items in by_linear.items():
+                a = torch.cat([w.a for _, w in items])
+                width = max(w.target.out_offset + w.target.out_dim for _, w in items)
+                b = a.new_zeros(width, a.shape[0])
+                col, owner = 0, []
+                for index, w in items:
+                    rank, t = w.a.shape[0], w.target
+                    b[t.out_offset : t.out_offset + t.out_dim, col : col + rank] = w.b
+                    owner.extend([index] * rank)
+                    col += rank
+                key = tuple(owner)
+                if key not in owners:  # shared by layers with the same modules
+                    owners[key] = torch.tensor(owner, device=a.device)
+                fused[linear] = _FusedLinear(a, b, owners[key])
+            self.layers.append(fused)
+
+
+class LoraBatch:
+    """One step's LoRA: the fused adapters and which adapter each token row uses."""
+
+    def __init__(self, fused: FusedAdapters, token_adapter: torch.Tensor | None):
+        self.fused = fused
+        self.token_adapter = token_adapter  # [T], -1 = no adapter; None: all rows adapter 0
+        self._masks: dict[int, torch.Tensor] = {}
+
+    def _mask(self, owner: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        mask = self._masks.get(id(owner))
+        if mask is None:
+            assert self.token_adapter is not None
+            mask = (self.token_adapter[:, None] == owner[None, :]).to(dtype)
+            self._masks[id(owner)] = mask
+        return mask
 
     def apply(self, layer: int, linear: str, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Adds every group's low-rank delta of `linear` (input x, base output y) into y,
-        in place, on that group's rows only."""
-        for adapter, rows in self.groups:
-            weights = adapter.layers[layer].get(linear)
-            if not weights:
-                continue
-            xs = x if rows is None else x.index_select(0, rows)
-            for w in weights:
-                delta = F.linear(F.linear(xs, w.a), w.b)
-                out = y[:, w.target.out_offset : w.target.out_offset + w.target.out_dim]
-                if rows is None:
-                    out += delta
-                else:
-                    out.index_add_(0, rows, delta)
+        """Adds each row's adapter delta of `linear` (input x, base output y) into y."""
+        f = self.fused.layers[layer].get(linear)
+        if f is None:
+            return
+        shrunk = F.linear(x, f.a)
+        if self.token_adapter is not None:
+            shrunk.mul_(self._mask(f.owner, shrunk.dtype))
+        out = y[:, : f.b.shape[0]]
+        out += F.linear(shrunk, f.b)
 
 
-def build_lora_batch(chunks: list[SeqChunk], chunk_rows: list[int],
-                     source: LoraSource | None, device: torch.device) -> LoraBatch | None:
-    """Groups the step's token rows (stream order, chunk_rows[i] = first row of chunk i)
-    by lora_task_id; None when no chunk has an adapter."""
-    by_task: dict[int, list[int]] = {}
-    for chunk, first in zip(chunks, chunk_rows, strict=True):
-        task = getattr(chunk, "lora_task_id", None)
-        if task is not None:
-            by_task.setdefault(int(task), []).extend(range(first, first + len(chunk.token_ids)))
-    if not by_task:
-        return None
-    if source is None:
-        raise Unsupported("a step has LoRA task ids but no LoRA cache is attached to the engine")
-    adapters = source.adapters(list(by_task))
-    total = sum(len(c.token_ids) for c in chunks)
-    groups = []
-    for task, rows in by_task.items():
-        index = None if len(rows) == total else torch.tensor(rows, device=device)
-        groups.append((adapters[task], index))
-    return LoraBatch(groups)
+class LoraBatchBuilder:
+    """Builds each step's LoraBatch, keeping the fused weights of the last few adapter
+    sets: consecutive steps nearly always use the same adapters."""
+
+    def __init__(self, capacity: int = 4):
+        self.capacity = capacity
+        self._cache: dict[tuple, FusedAdapters] = {}
+
+    def _fused(self, adapters: list[LoraAdapter]) -> FusedAdapters:
+        key = tuple((a.task_id, id(a)) for a in adapters)
+        fused = self._cache.pop(key, None)
+        if fused is None:
+            fused = FusedAdapters(adapters)
+        self._cache[key] = fused  # most recent last
+        while len(self._cache) > self.capacity:
+            del self._cache[next(iter(self._cache))]
+        return fused
+
+    def build(self, chunks: list[SeqChunk], chunk_rows: list[int],
+              source: LoraSource | None, device: torch.device) -> LoraBatch | None:
+        """Groups the step's token rows (stream order, chunk_rows[i] = first row of
+        chunk i) by lora_task_id; None when no chunk has an adapter."""
+        by_task: dict[int, list[int]] = {}
+        for chunk, first in zip(chunks, chunk_rows, strict=True):
+            task = chunk.lora_task_id
+            if task is not None:
+                by_task.setdefault(int(task), []).extend(
+                    range(first, first + len(chunk.token_ids)))
+        if not by_task:
+            return None
+        if source is None:
+            raise Unsupported("a step has LoRA task ids but no LoRA cache is attached to "
+                              "the engine")
+        tasks = sorted(by_task)
+        found = source.adapters(tasks)
+        fused = self._fused([found[t] for t in tasks])
+        total = sum(len(c.token_ids) for c in chunks)
+        if len(tasks) == 1 and len(by_task[tasks[0]]) == total:
+            return LoraBatch(fused, None)
+        token_adapter = [-1] * total
+        for index, task in enumerate(tasks):
+            for row in by_task[task]:
+                token_adapter[row] = index
+        return LoraBatch(fused, torch.tensor(token_adapter, device=device))

@@ -14,7 +14,7 @@ from .attention import SeqChunk, build_step
 from .config import ArchConfig, load_arch_config, resolve_dtype
 from .cpu_kernels import kernels
 from .kv_cache import KVCache, kv_cache_bytes_per_block
-from .lora import LoraSource, build_lora_batch
+from .lora import LoraBatchBuilder, LoraSource
 from .models.llama import LlamaModel
 from .rope import RopeTable
 from .weights import load_state_dict, stored_dtype
@@ -63,6 +63,7 @@ class ModelRunner:
         self._decode_kernel = (self.device.type == "cpu" and arch.dtype == torch.float32
                                and kernels() is not None)
         self.lora_source: LoraSource | None = None  # resolves SeqChunk.lora_task_id
+        self._lora = LoraBatchBuilder()
         for window in set(arch.layer_windows) - {None}:
             logger.info("sliding-window attention of %d tokens on some layers", window)
         logger.info(
@@ -167,7 +168,7 @@ class ModelRunner:
             cos = self.rope.cos.index_select(0, meta.positions)
             sin = self.rope.sin.index_select(0, meta.positions)
             self._dynamic_rope(chunks, meta.chunk_rows, cos, sin)
-            lora = build_lora_batch(chunks, meta.chunk_rows, self.lora_source, self.device)
+            lora = self._lora.build(chunks, meta.chunk_rows, self.lora_source, self.device)
             hidden = self.model.forward(meta, cache, cos, sin, lora)
             if meta.num_logit_rows == 0:
                 return torch.empty(0, self.arch.vocab_size, dtype=torch.float32, device=self.device)
