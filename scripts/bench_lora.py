@@ -57,7 +57,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    # This thread builds the checkpoint and adapters with one torch thread, so that the
+    # executor's engine thread owns the process's only OpenMP pool (see
+    # llmserve/llm/engine_thread.py); the engine gets --threads.
+    torch.set_num_threads(1)
+    os.environ["LLMSERVE_ENGINE_THREADS"] = str(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from llm_fixtures import make_tiny_checkpoint

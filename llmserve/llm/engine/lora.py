@@ -186,8 +186,7 @@ class LoraBatch:
         shrunk = F.linear(x, f.a)
         if self.token_adapter is not None:
             shrunk.mul_(self._mask(f.owner, shrunk.dtype))
-        out = y[:, : f.b.shape[0]]
-        out += F.linear(shrunk, f.b)
+        y[:, : f.b.shape[0]].addmm_(shrunk, f.b.t())
 
 
 class LoraBatchBuilder:
