@@ -1,30 +1,32 @@
-"""The thread that owns an executor's torch work: it loads the model, allocates the KV
-cache, then runs the executor loop, all under one OpenMP thread team.
+"""The thread that owns the process's LLM torch work: it loads the models, allocates
+the KV caches and steps every executor, all under one OpenMP thread team.
 
 Why one thread does all of it: torch's CPU ops use libgomp, which keeps one thread
 pool per calling thread. As soon as the pools of a process hold more threads than
 there are CPUs, libgomp cuts the time its idle workers spin before sleeping from
 ~300,000 to 100 iterations, so every parallel region then pays a futex wake-up. On a
 2-core machine, one pool made by loading weights on the caller's thread plus one made
-by the loop thread is enough to slow elementwise ops 6x and a whole decode step 1.3-1.7x
-(measured in docs/BENCHMARKS.md). Loading on the loop thread leaves a single pool.
+by a loop thread is enough to slow elementwise ops 6x and a whole decode step 1.3-1.7x
+(measured in docs/BENCHMARKS.md); so is one loop thread per executor. One engine thread
+for everything leaves a single pool.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 
 T = TypeVar("T")
 
-# LLMSERVE_ENGINE_THREADS overrides the intra-op thread count of engine threads.
+# LLMSERVE_ENGINE_THREADS overrides the intra-op thread count of the engine thread.
 _ENV = "LLMSERVE_ENGINE_THREADS"
+IDLE_POLL_S = 0.005  # when work exists but nothing fits this step
 
 
 def engine_num_threads() -> int:
@@ -43,15 +45,39 @@ def engine_num_threads() -> int:
     return torch.get_num_threads()
 
 
-class EngineThread:
-    """A thread that runs submitted calls one at a time (call), until it is handed the
-    long-running loop (run_loop); after that it accepts no more calls."""
+class EngineClient(Protocol):
+    """What the worker steps: an executor."""
 
-    def __init__(self, name: str, num_threads: int | None = None) -> None:
+    def _wants_tick(self) -> bool: ...  # called with the worker's cond held
+
+    def _tick(self) -> bool: ...  # one round of work; True when it made progress
+
+
+class EngineWorker:
+    """The process's engine thread. It runs submitted calls (model loads) and, between
+    them, steps every registered executor in turn, one step each per round, so that
+    several executors (a BLS draft and target pair, several LLMs) share one OpenMP
+    pool. Executors guard their queues with the worker's condition, which wakes it."""
+
+    _shared: EngineWorker | None = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self, name: str = "llmserve-engine", num_threads: int | None = None) -> None:
         self.num_threads = num_threads or engine_num_threads()
-        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.cond = threading.Condition()
+        self._calls: deque[tuple[Callable[[], object], Future]] = deque()
+        self._clients: list[EngineClient] = []
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
+
+    @classmethod
+    def shared(cls) -> EngineWorker:
+        """The process-wide worker, started on first use with the caller's thread count
+        (engine_num_threads())."""
+        with cls._shared_lock:
+            if cls._shared is None:
+                cls._shared = cls()
+            return cls._shared
 
     @property
     def thread(self) -> threading.Thread:
@@ -62,33 +88,43 @@ class EngineThread:
         if threading.current_thread() is self._thread:
             return fn()
         future: Future = Future()
-        self._calls.put((fn, future, False))
+        with self.cond:
+            self._calls.append((fn, future))
+            self.cond.notify_all()
         return future.result()
 
-    def run_loop(self, loop: Callable[[], None]) -> None:
-        """Hands the thread to loop, which runs until it returns."""
-        self._calls.put((loop, None, True))
+    def register(self, client: EngineClient) -> None:
+        with self.cond:
+            self._clients.append(client)
+            self.cond.notify_all()
 
-    def stop(self) -> None:
-        """Ends the thread if it was never handed a loop (a failed start-up)."""
-        self._calls.put(None)
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+    def unregister(self, client: EngineClient) -> None:
+        with self.cond:
+            if client in self._clients:
+                self._clients.remove(client)
 
     def _main(self) -> None:
         torch.set_num_threads(self.num_threads)
+        idle = False
         while True:
-            item = self._calls.get()
-            if item is None:
-                return
-            fn, future, is_loop = item
-            if is_loop:
-                fn()
-                return
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
-                future.set_exception(exc)
+            with self.cond:
+                if idle:  # work exists but nothing could run: poll again shortly
+                    self.cond.wait(IDLE_POLL_S)
+                while not self._calls and not any(c._wants_tick() for c in self._clients):
+                    self.cond.wait()
+                calls = list(self._calls)
+                self._calls.clear()
+                clients = list(self._clients)
+            for fn, future in calls:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                        future.set_exception(exc)
+            progressed = bool(calls)
+            for client in clients:
+                with self.cond:
+                    wants = client._wants_tick()
+                if wants:
+                    progressed |= client._tick()
+            idle = not progressed

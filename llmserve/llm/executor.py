@@ -29,7 +29,7 @@ from llmserve.llm.config import (
     SpeculativeDecodingMode,
 )
 from llmserve.llm.draft_model import draft_model_proposer
-from llmserve.llm.engine_thread import EngineThread
+from llmserve.llm.engine_thread import EngineWorker
 from llmserve.llm.lora_cache import LoraCache, lora_cache_for
 from llmserve.llm.outputs import error_response
 from llmserve.llm.request import Request, Response
@@ -43,9 +43,6 @@ from llmserve.llm.stepper import Stepper
 from llmserve.llm.stop import StopCriteria
 
 logger = logging.getLogger(__name__)
-
-_IDLE_POLL_S = 0.005  # when work exists but nothing fits this step
-
 
 def _seconds(timeout: datetime.timedelta | float | None) -> float | None:
     if timeout is None:
@@ -66,16 +63,14 @@ class Executor:
             raise Unsupported(f"model type {model_type.name} is not supported; "
                               "only DECODER_ONLY models are")
         self.config = config
-        # all torch work (load, KV cache, steps) happens on this one thread: see
-        # engine_thread.py for why
-        self._engine = EngineThread("llmserve-executor")
-        try:
-            self._engine.call(lambda: self._build(model_path, runner))
-        except BaseException:
-            self._engine.stop()
-            raise
+        # all torch work (load, KV cache, steps) happens on the process's engine thread,
+        # shared by every executor: see engine_thread.py for why
+        self._engine = EngineWorker.shared()
+        self._cond = self._engine.cond
         self._thread = self._engine.thread
-        self._engine.run_loop(self._loop)
+        self._stopped = threading.Event()
+        self._engine.call(lambda: self._build(model_path, runner))
+        self._engine.register(self)
 
     def _build(self, model_path: str | Path | None, runner) -> None:
         config = self.config
@@ -103,7 +98,6 @@ class Executor:
         self._warn_ineffective(config)
         self._warned: set[str] = set()
 
-        self._cond = threading.Condition()
         self._intake: list[RequestState] = []
         self._cancels: list[int] = []
         self._next_id = 1
@@ -409,7 +403,7 @@ class Executor:
                 self._drain_deadline = None if seconds is None else time.monotonic() + seconds
             self._cond.notify_all()
         if threading.current_thread() is not self._thread:
-            self._thread.join()
+            self._stopped.wait()
 
     def __enter__(self) -> Executor:
         return self
@@ -423,29 +417,36 @@ class Executor:
         with self._cond:
             self._num_queued -= n
 
-    def _loop(self) -> None:
-        stepper = self._stepper
-        while True:
-            with self._cond:
-                while not (self._intake or self._cancels or self._stop or stepper.has_work()):
-                    self._cond.wait()
-                intake, self._intake = self._intake, []
-                cancels, self._cancels = self._cancels, []
-                stop, drain, deadline = self._stop, self._drain, self._drain_deadline
-            for state in intake:
-                stepper.add(state)
-            for request_id in cancels:
-                stepper.cancel(request_id)
-            if stop and (not drain or not stepper.has_work()
-                         or (deadline is not None and time.monotonic() > deadline)):
-                stepper.cancel_all()
-                self._flush()
-                return
-            self._flush()
-            if stepper.has_work():
-                self._step()
+    def _wants_tick(self) -> bool:
+        """Called by the engine worker with self._cond held."""
+        return bool(self._intake or self._cancels or self._stop or self._stepper.has_work())
 
-    def _step(self) -> None:
+    def _tick(self) -> bool:
+        """One round on the engine thread: take new requests and cancels, then run one
+        step. True when anything moved (False: work waits for room)."""
+        stepper = self._stepper
+        with self._cond:
+            intake, self._intake = self._intake, []
+            cancels, self._cancels = self._cancels, []
+            stop, drain, deadline = self._stop, self._drain, self._drain_deadline
+        for state in intake:
+            stepper.add(state)
+        for request_id in cancels:
+            stepper.cancel(request_id)
+        if stop and (not drain or not stepper.has_work()
+                     or (deadline is not None and time.monotonic() > deadline)):
+            stepper.cancel_all()
+            self._flush()
+            self._engine.unregister(self)
+            self._stopped.set()
+            return True
+        self._flush()
+        progressed = bool(intake or cancels)
+        if stepper.has_work():
+            progressed |= self._step()
+        return progressed
+
+    def _step(self) -> bool:
         stepper = self._stepper
         try:
             stats = stepper.step()
@@ -453,17 +454,16 @@ class Executor:
             logger.exception("executor step failed")
             stepper.fail(stepper.running_states(), f"executor step failed: {exc}")
             self._flush()
-            return
+            return True
         if stats is None:
-            with self._cond:
-                self._cond.wait(_IDLE_POLL_S)
-            return
+            return False
         with self._stats_lock:
             if self.config.iter_stats_max_iterations > 0:
                 self._iter_stats.append(stats)
             if self.config.request_stats_max_iterations > 0:
                 self._req_stats.append(stepper.request_stats())
         self._flush()
+        return True
 
     def _flush(self) -> None:
         for response in self._stepper.take_outbox():

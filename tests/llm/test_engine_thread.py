@@ -1,43 +1,59 @@
-"""EngineThread: all of an executor's torch work runs on one thread with its own
-intra-op thread count."""
+"""EngineWorker: every executor's torch work (loads and steps) runs on one process-wide
+thread with its own intra-op thread count, executors stepped in turn."""
 
 import threading
 
 import pytest
 import torch
 
-from llmserve.llm.engine_thread import EngineThread, engine_num_threads
+from llmserve.llm.engine_thread import EngineWorker, engine_num_threads
 
 
-def test_call_runs_on_the_engine_thread_and_returns():
-    engine = EngineThread("t-engine", num_threads=1)
-    try:
-        name = engine.call(lambda: threading.current_thread().name)
-        assert name == "t-engine"
-        assert engine.call(torch.get_num_threads) == 1
-    finally:
-        engine.stop()
-        engine.join(5)
-    assert not engine.thread.is_alive()
+@pytest.fixture
+def worker():
+    return EngineWorker("t-engine", num_threads=1)  # a daemon thread, idle after the test
 
 
-def test_call_raises_the_callers_error():
-    engine = EngineThread("t-engine-err", num_threads=1)
-    try:
-        with pytest.raises(ZeroDivisionError):
-            engine.call(lambda: 1 / 0)
-        assert engine.call(lambda: 2) == 2  # still serving calls
-    finally:
-        engine.stop()
-        engine.join(5)
+def test_call_runs_on_the_engine_thread_and_returns(worker):
+    assert worker.call(lambda: threading.current_thread().name) == "t-engine"
+    assert worker.call(torch.get_num_threads) == 1
 
 
-def test_run_loop_takes_over_the_thread():
-    engine = EngineThread("t-engine-loop", num_threads=1)
-    seen = []
-    engine.run_loop(lambda: seen.append(threading.current_thread().name))
-    engine.join(5)
-    assert seen == ["t-engine-loop"]
+def test_call_raises_the_callers_error(worker):
+    with pytest.raises(ZeroDivisionError):
+        worker.call(lambda: 1 / 0)
+    assert worker.call(lambda: 2) == 2  # still serving calls
+
+
+class FakeClient:
+    def __init__(self, name, steps, log):
+        self.name, self.left, self.log = name, steps, log
+
+    def _wants_tick(self):
+        return self.left > 0
+
+    def _tick(self):
+        self.log.append((self.name, threading.current_thread().name))
+        self.left -= 1
+        return True
+
+
+def test_registered_clients_are_stepped_in_turn(worker):
+    log = []
+    a, b = FakeClient("a", 3, log), FakeClient("b", 2, log)
+    with worker.cond:  # registered together, so the first round sees both
+        worker._clients += [a, b]
+        worker.cond.notify_all()
+    worker.call(lambda: None)  # queued behind the rounds already due
+    deadline = threading.Event()
+    for _ in range(100):
+        if a.left == b.left == 0:
+            break
+        deadline.wait(0.01)
+    assert [name for name, _ in log] == ["a", "b", "a", "b", "a"]
+    assert {thread for _, thread in log} == {"t-engine"}
+    worker.unregister(a)
+    worker.unregister(b)
 
 
 def test_thread_count_from_env(monkeypatch):
@@ -53,8 +69,8 @@ def test_thread_count_from_env(monkeypatch):
     assert engine_num_threads() == torch.get_num_threads()
 
 
-def test_executor_loads_its_model_on_its_loop_thread(exec_ckpt):
-    from llmserve.llm import Executor, ExecutorConfig, KvCacheConfig
+def test_executors_load_and_step_on_the_shared_engine_thread(exec_ckpt):
+    from llmserve.llm import Executor, ExecutorConfig, KvCacheConfig, Request
     from llmserve.llm.engine import runner as runner_module
 
     threads = []
@@ -67,8 +83,16 @@ def test_executor_loads_its_model_on_its_loop_thread(exec_ckpt):
     runner_module.ModelRunner.__init__ = spy
     try:
         config = ExecutorConfig(kv_cache_config=KvCacheConfig(max_tokens=256))
-        with Executor(exec_ckpt, executor_config=config) as executor:
-            assert executor._thread.name == "llmserve-executor"
+        with Executor(exec_ckpt, executor_config=config) as one, \
+                Executor(exec_ckpt, executor_config=config) as two:
+            assert one._thread is two._thread
+            ids = [ex.enqueue_request(Request([5, 6, 7], 4)) for ex in (one, two)]
+            for ex, rid in zip((one, two), ids, strict=True):
+                responses = []
+                while not (responses and responses[-1].is_final):
+                    responses += ex.await_responses(rid, 30)
+                assert not responses[-1].has_error()
+                assert len(responses[-1].result.output_token_ids[0]) == 3 + 4
     finally:
         runner_module.ModelRunner.__init__ = original
-    assert threads == ["llmserve-executor"]
+    assert threads == [one._thread.name] * 2
