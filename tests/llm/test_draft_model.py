@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from executor_helpers import hf_reference, prompt, run, tokens_of
 from llm_fixtures import make_tiny_checkpoint
+from test_speculative import spec_counts, spec_request
 
 from llmserve.core.errors import InvalidArgument
 from llmserve.llm import SamplingConfig, SpeculativeDecodingConfig
 from llmserve.llm.config import SpeculativeDecodingMode
-from test_speculative import spec_counts, spec_request
 
 NEW = 16
 

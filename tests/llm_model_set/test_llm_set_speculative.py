@@ -61,6 +61,13 @@ class SpecServer:
         config.write_text(config.read_text().replace('name: "tensorrt_llm"',
                                                      'name: "tensorrt_llm_lookup"'))
         fill.fill_file(config, LOOKUP_PARAMS)
+        inside = repo / "tensorrt_llm_inside"
+        shutil.copytree(repo / "tensorrt_llm", inside)
+        config = inside / "config.pbtxt"
+        config.write_text(config.read_text().replace('name: "tensorrt_llm"',
+                                                     'name: "tensorrt_llm_inside"'))
+        fill.fill_file(config, {"speculative_decoding_mode": "draft_model",
+                                "draft_model_dir": str(draft), "draft_model_num_tokens": "3"})
         options = ServerOptions(model_repositories=[repo], http_address="127.0.0.1", http_port=0,
                                 grpc_address="127.0.0.1", grpc_port=0, allow_metrics=False,
                                 exit_timeout_secs=5.0)
@@ -222,6 +229,28 @@ def test_prompt_lookup_model_equals_plain_greedy(spec):
     assert out["total_draft_tokens"] > 0
     plain = spec.generate("tensorrt_llm", token_body(ids, 24))
     assert ids_of(plain) == want and plain["total_draft_tokens"] == 0
+
+
+def test_draft_model_inside_the_executor_equals_plain_greedy(spec):
+    ids = spec.tokenizer.encode(PROMPT)
+    want = spec.greedy_ids(ids, 20)
+    out = spec.generate("tensorrt_llm_inside", token_body(ids, 20))
+    assert ids_of(out) == want
+    assert out["total_draft_tokens"] > 0 and out["total_accepted_draft_tokens"] > 0
+
+
+def test_draft_model_parameters(tmp_path):
+    draft = make_tiny_checkpoint(tmp_path / "model" / "draft")
+    params = {"gpt_model_path": str(tmp_path / "model"),
+              "speculative_decoding_mode": "draft_model", "draft_model_dir": "draft"}
+    spec_cfg = read_settings(params, model_dir=tmp_path / "model")
+    spec_cfg = spec_cfg.executor_config.speculative_decoding_config
+    assert spec_cfg.mode is SpeculativeDecodingMode.DRAFT_MODEL
+    assert (spec_cfg.draft_model_path, spec_cfg.num_draft_tokens) == (str(draft), 4)
+    with pytest.raises(InvalidArgument, match="needs parameter 'draft_model_dir'"):
+        read_settings({**params, "draft_model_dir": "${draft_model_dir}"})
+    with pytest.raises(InvalidArgument, match="no checkpoint in"):
+        read_settings({**params, "draft_model_dir": str(tmp_path / "nowhere")})
 
 
 def test_speculative_parameters(tmp_path):
