@@ -50,7 +50,7 @@ class DecodeGroup:
 
 @dataclass(slots=True)
 class DecodeTables:
-    """All single-token chunks, for the in-place paged decode kernel (no gather)."""
+    """The short chunks as one row per token, for the in-place paged decode kernel."""
 
     block_tables: torch.Tensor  # [count, max_blocks] int64, short tables padded with 0
     context_lens: torch.Tensor  # [count] keys per sequence, the new token's included
@@ -128,14 +128,27 @@ def _decode_groups(
 
 def _decode_tables(chunks: list[SeqChunk], decode: list[int], block_size: int,
                    device: torch.device) -> DecodeTables:
-    used = [(chunks[i].start_pos + block_size) // block_size for i in decode]
-    width = max(used)
-    rows = [chunks[i].block_table[:n] + [0] * (width - n) for i, n in zip(decode, used, strict=True)]
+    """One kernel row per token: token j of a chunk attends to start_pos + j + 1 keys
+    through the chunk's block table (its own new keys are in the cache by then)."""
+    tables: list[list[int]] = []
+    lens: list[int] = []
+    for i in decode:
+        chunk = chunks[i]
+        n = len(chunk.token_ids)
+        used = (chunk.start_pos + n + block_size - 1) // block_size
+        tables.extend([chunk.block_table[:used]] * n)
+        lens.extend(range(chunk.start_pos + 1, chunk.start_pos + n + 1))
+    width = max(len(t) for t in tables)
+    rows = [t + [0] * (width - len(t)) for t in tables]
     return DecodeTables(
         block_tables=torch.tensor(rows, dtype=torch.long).to(device),
-        context_lens=torch.tensor([chunks[i].start_pos + 1 for i in decode],
-                                  dtype=torch.long).to(device),
+        context_lens=torch.tensor(lens, dtype=torch.long).to(device),
     )
+
+
+# Chunks of up to this many tokens (decodes, speculative verifications, short prompt
+# tails) go through the in-place decode kernel one row per token, with no gather.
+KERNEL_MAX_CHUNK = 16
 
 
 def build_step(
@@ -146,11 +159,12 @@ def build_step(
     decode_kernel: bool = False,
 ) -> StepMetadata:
     """Orders the chunks' tokens (decodes first), computes slots, block tables and masks.
-    decode_kernel: describe the decodes for the in-place paged kernel (block tables and
-    lengths) instead of padded, masked groups."""
-    decode = [i for i, c in enumerate(chunks) if len(c.token_ids) == 1]
+    decode_kernel: describe single-token and short chunks for the in-place paged kernel
+    (a block table and key count per token) instead of padded, masked decode groups."""
+    short = KERNEL_MAX_CHUNK if decode_kernel else 1
+    decode = [i for i, c in enumerate(chunks) if len(c.token_ids) <= short]
     decode.sort(key=lambda i: chunks[i].start_pos, reverse=True)  # longest first
-    multi = [i for i, c in enumerate(chunks) if len(c.token_ids) != 1]
+    multi = [i for i, c in enumerate(chunks) if len(c.token_ids) > short]
     order = decode + multi
     ids: list[int] = []
     positions: list[int] = []
@@ -204,7 +218,7 @@ def build_step(
         input_ids=torch.tensor(ids, dtype=torch.long).to(device, non_blocking=True),
         positions=torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True),
         slot_mapping=torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True),
-        num_decode=len(decode),
+        num_decode=sum(len(chunks[i].token_ids) for i in decode),
         decode_groups=groups,
         decode_tables=tables,
         prefills=prefills,

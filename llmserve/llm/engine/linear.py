@@ -1,7 +1,7 @@
 """Dense projections of the engine. On CPU, large fp32/bf16 weights are prepacked once
 for oneDNN, whose GEMM runs 2-3x faster than torch's default (MKL sgemm) on AMD and
 similar CPUs (vLLM's CPU build does the same); small ones stay on F.linear, whose
-per-call cost is lower at one or two rows. Small weights are kept both ways and each
+per-call cost is lower at one row. Small weights are kept both ways and each
 call picks by its row count. Elsewhere plain F.linear is used."""
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ logger = logging.getLogger(__name__)
 # LLMSERVE_CPU_ONEDNN=0 turns the prepacked path off (benchmarks, debugging).
 _ENV = "LLMSERVE_CPU_ONEDNN"
 
-# Weights with fewer elements are also kept dense: at a few rows (batch-1 decode) their
-# F.linear call costs 4-10 us against oneDNN's 12-15 us; from 16 rows on oneDNN is
-# 2-2.5x faster (measured on a 2-core Zen 5, docs/BENCHMARKS.md).
+# Weights with fewer elements are also kept dense: at one row (batch-1 decode) their
+# F.linear call costs 4-10 us against oneDNN's 12-15 us; from two rows on oneDNN is as
+# fast or faster, 2-2.5x from 16 rows (measured on a 2-core Zen 5, docs/BENCHMARKS.md).
 MIN_PACKED_ELEMENTS = 2**19
-DENSE_MAX_ROWS = 4
+DENSE_MAX_ROWS = 1
 
 
 class DualWeight:

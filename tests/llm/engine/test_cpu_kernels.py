@@ -70,10 +70,15 @@ def test_engine_logits_same_with_and_without_kernel(tmp_path, family):
     vocab = runner.arch.vocab_size
     prompts = [random_tokens(n, vocab, seed=n) for n in (3, 11, 17)]
     pool = BlockPool(64)
-    tables = [pool.table_for([], len(p) + 1, 4) for p in prompts]
+    tables = [pool.table_for([], len(p) + 3, 4) for p in prompts]
     runner.forward([SeqChunk(p, 0, t, "none") for p, t in zip(prompts, tables, strict=True)])
-    step = [SeqChunk([5], len(p), t, "last") for p, t in zip(prompts, tables, strict=True)]
+    # decodes and a 3-token chunk over a cached prefix (a speculative verification):
+    # the kernel takes the short chunk one row per token
+    step = [SeqChunk([5], len(prompts[0]), tables[0], "last"),
+            SeqChunk([5, 9, 11], len(prompts[1]), tables[1], "all"),
+            SeqChunk([6], len(prompts[2]), tables[2], "last")]
     with_kernel = runner.forward(step)
+    assert with_kernel.shape[0] == 5
     runner._decode_kernel = False
     without = runner.forward(step)
     torch.testing.assert_close(with_kernel, without, atol=1e-5, rtol=1e-5)
