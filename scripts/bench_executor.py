@@ -165,7 +165,7 @@ def bench_model(name: str, path: Path, systems: list[str], workloads: list[str],
     later: dict[str, tuple[list[BenchRequest], bool]] = {}
     rate = None
     if "b" in workloads:
-        rate = args.rate or _auto_rate(results, len(base), args.rate_basis)
+        rate = args.rate or _auto_rate(results, len(base), args.rate_basis, args.rate_factor)
         later["b"] = (with_poisson_arrivals(base, rate, seed=args.seed + 1), True)
     if "c" in workloads:
         later["c"] = ([_decode_request(info, args)], True)
@@ -174,8 +174,8 @@ def bench_model(name: str, path: Path, systems: list[str], workloads: list[str],
     return {"model": info, "rate_req_s": rate, "results": results}
 
 
-def _auto_rate(results: dict, n: int, basis: str) -> float:
-    """0.85 x a request throughput measured in workload (a): llmserve's (basis
+def _auto_rate(results: dict, n: int, basis: str, factor: float = 0.85) -> float:
+    """factor (0.85) x a request throughput measured in workload (a): llmserve's (basis
     "llmserve": near the capacity of the system under test, so a slower peer runs
     overloaded) or the slower of llmserve and vLLM's (basis "slower": both keep up, and
     the comparison is of latency at the same sustainable load)."""
@@ -187,7 +187,7 @@ def _auto_rate(results: dict, n: int, basis: str) -> float:
         caps = [n / r["a"]["duration_s"] for r in results.values() if "a" in r]
     if not caps:
         raise SystemExit("workload b needs --rate when workload a is not run")
-    return 0.85 * min(caps)
+    return factor * min(caps)
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -252,8 +252,10 @@ def main() -> None:
     p.add_argument("--num-requests", type=int, default=0, help="default 64 (8 with --quick)")
     p.add_argument("--rate", type=float, default=0.0, help="(b) req/s; default: auto")
     p.add_argument("--rate-basis", choices=("llmserve", "slower"), default="llmserve",
-                   help="(b) auto rate: 0.85 x llmserve's (a) capacity, or the slower "
-                        "serving system's")
+                   help="(b) auto rate: --rate-factor x llmserve's (a) capacity, or the "
+                        "slower serving system's")
+    p.add_argument("--rate-factor", type=float, default=0.85,
+                   help="(b) auto rate as a fraction of the --rate-basis capacity")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hf-batch-size", type=int, default=16)
     p.add_argument("--max-batch-size", type=int, default=64)

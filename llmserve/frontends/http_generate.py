@@ -109,28 +109,24 @@ def response_json(response: InferenceResponse) -> dict:
 
 
 def tensor_value(tensor: Tensor) -> Any:
-    """1-element tensors become scalars; BYTES become str; others nested lists."""
+    """1-element tensors become scalars; BYTES become str; others a flat list of their
+    elements in row-major order, as Triton's generate writes them (like infer's "data")."""
     data = np.asarray(tensor.data)
     if tensor.datatype in ("FP16", "BF16"):
         data = data.astype(np.float32)
     if data.size == 1:
         item = data.reshape(-1)[0]
         return _decode(item) if tensor.datatype == "BYTES" else item.item()
+    flat = data.reshape(-1).tolist()
     if tensor.datatype == "BYTES":
-        return _decode_nested(data.tolist())
-    return data.tolist()
+        return [_decode(item) for item in flat]
+    return flat
 
 
 def _decode(item: Any) -> Any:
     if isinstance(item, (bytes, bytearray)):
         return bytes(item).decode("utf-8", errors="replace")
     return item
-
-
-def _decode_nested(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_decode_nested(v) for v in value]
-    return _decode(value)
 
 
 def _flag_only(response: InferenceResponse) -> bool:

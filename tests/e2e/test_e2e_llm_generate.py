@@ -189,11 +189,11 @@ def test_exclude_input_in_output_token_ids(llm):
     gen = llm.greedy_ids(ids, 8, stop_at_eos=False)
     body = {"input_ids": ids, "input_lengths": len(ids), "request_output_len": 8, "end_id": -1}
     out = llm.generate("tensorrt_llm", body)  # the config's default: exclude_input_in_output true
-    assert out["output_ids"] == [[gen]] and out["sequence_length"] == len(gen)
+    assert out["output_ids"] == gen and out["sequence_length"] == len(gen)
     out = llm.generate("tensorrt_llm", dict(body, exclude_input_in_output=True))
-    assert out["output_ids"] == [[gen]]
+    assert out["output_ids"] == gen
     out = llm.generate("tensorrt_llm", dict(body, exclude_input_in_output=False))
-    assert out["output_ids"] == [[ids + gen]] and out["sequence_length"] == len(ids) + len(gen)
+    assert out["output_ids"] == ids + gen and out["sequence_length"] == len(ids) + len(gen)
     events = llm.generate_stream("tensorrt_llm", dict(body, exclude_input_in_output=False, streaming=True))
     streamed = [t for e in events if "output_ids" in e for t in np.asarray(e["output_ids"]).reshape(-1)]
     assert streamed == gen  # streaming sends only new tokens

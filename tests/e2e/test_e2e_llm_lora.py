@@ -160,3 +160,23 @@ def test_unknown_task_is_a_clear_error_over_http_and_grpc(lora):
         assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+def test_openai_completions_with_lora_task_id(lora, model):
+    import openai
+
+    client = openai.OpenAI(base_url=f"http://{lora.live.http_url}/v1", api_key="unused")
+    try:
+        out = client.completions.create(model=model, prompt=PROMPT, max_tokens=MAX_TOKENS,
+                                        temperature=0,
+                                        extra_body={"lora_task_id": TASK_PREFETCHED})
+        assert out.choices[0].text == lora.expected(TASK_PREFETCHED)
+        plain = client.completions.create(model=model, prompt=PROMPT, max_tokens=MAX_TOKENS,
+                                          temperature=0)
+        assert plain.choices[0].text == lora.expected(None)
+        with pytest.raises(openai.BadRequestError, match="LoRA task 99 not found"):
+            client.completions.create(model=model, prompt=PROMPT, max_tokens=MAX_TOKENS,
+                                      extra_body={"lora_task_id": 99})
+    finally:
+        client.close()

@@ -41,6 +41,7 @@ class GenParams:
     prompt_logprobs: bool = False  # echo + logprobs: log probs of the prompt tokens
     logit_bias: dict[int, float] | None = None
     stream: bool = False  # the client streams: a decoupled model streams too
+    lora_task_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -99,6 +100,7 @@ def model_inputs(model: TextModel, prompt: str, p: GenParams, tokenizer: Any) ->
         ("frequency_penalty", p.frequency_penalty, ("frequency_penalty",)),
         ("repetition_penalty", p.repetition_penalty, ("repetition_penalty",)),
         ("min_tokens", p.min_tokens, ("min_tokens", "min_length")),
+        ("lora_task_id", p.lora_task_id, ("lora_task_id",)),
     ):
         if value is not None:
             put(param, value, *names)

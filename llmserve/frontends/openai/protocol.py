@@ -46,6 +46,9 @@ class _SamplingRequest(BaseModel):
     min_tokens: int | None = Field(default=None, ge=0)
     repetition_penalty: float | None = Field(default=None, gt=0.0)
     ignore_eos: bool = False
+    # llmserve extra: the model set's lora_task_id input (an adapter already in the
+    # LoRA cache, e.g. from lora_prefetch_dir)
+    lora_task_id: int | None = Field(default=None, ge=0, lt=2**64)
 
     @field_validator("stop")
     @classmethod

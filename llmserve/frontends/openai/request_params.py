@@ -78,6 +78,7 @@ def gen_params(req: _SamplingRequest, max_tokens: int, tokenizer: Any, *, logpro
         prompt_logprobs=prompt_logprobs,
         logit_bias=bias,
         stream=req.stream,
+        lora_task_id=req.lora_task_id,
     )
 
 

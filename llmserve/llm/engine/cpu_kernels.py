@@ -63,7 +63,14 @@ def _build(cc: str) -> Path:
     target = cache / f"paged_attention-{key}.so"
     if target.is_file():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only home: build under the temp folder instead
+        cache = Path(tempfile.gettempdir()) / f"llmserve-kernels-{os.getuid()}"
+        cache.mkdir(parents=True, exist_ok=True)
+        target = cache / target.name
+        if target.is_file():
+            return target
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         built = Path(tmp) / target.name
         proc = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", str(built), "-lm"],
