@@ -13,6 +13,7 @@ for everything leaves a single pool.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import deque
@@ -23,6 +24,7 @@ from typing import Protocol, TypeVar
 import torch
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 # LLMSERVE_ENGINE_THREADS overrides the intra-op thread count of the engine thread.
 _ENV = "LLMSERVE_ENGINE_THREADS"
@@ -51,6 +53,8 @@ class EngineClient(Protocol):
     def _wants_tick(self) -> bool: ...  # called with the worker's cond held
 
     def _tick(self) -> bool: ...  # one round of work; True when it made progress
+
+    def _crashed(self, exc: BaseException) -> None: ...  # _tick raised: fail, stop
 
 
 class EngineWorker:
@@ -125,6 +129,13 @@ class EngineWorker:
             for client in clients:
                 with self.cond:
                     wants = client._wants_tick()
-                if wants:
+                if not wants:
+                    continue
+                try:
                     progressed |= client._tick()
+                except Exception as exc:  # one executor's bug must not stop the others
+                    logger.exception("engine: an executor failed; stopping it")
+                    self.unregister(client)
+                    client._crashed(exc)
+                    progressed = True
             idle = not progressed

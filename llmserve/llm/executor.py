@@ -99,6 +99,7 @@ class Executor:
         self._warned: set[str] = set()
 
         self._intake: list[RequestState] = []
+        self._taken: list[RequestState] = []  # intake being handed to the stepper
         self._cancels: list[int] = []
         self._next_id = 1
         self._num_queued = 0
@@ -429,8 +430,10 @@ class Executor:
             intake, self._intake = self._intake, []
             cancels, self._cancels = self._cancels, []
             stop, drain, deadline = self._stop, self._drain, self._drain_deadline
+        self._taken = intake  # answered by _crashed if adding them raises
         for state in intake:
             stepper.add(state)
+        self._taken = []
         for request_id in cancels:
             stepper.cancel(request_id)
         if stop and (not drain or not stepper.has_work()
@@ -445,6 +448,25 @@ class Executor:
         if stepper.has_work():
             progressed |= self._step()
         return progressed
+
+    def _crashed(self, exc: BaseException) -> None:
+        """_tick raised (a bug): fail every request with the error and stop."""
+        message = f"executor failed: {exc}"
+        with self._cond:
+            self._accepting = False
+            self._stop = True
+            lost = self._taken + self._intake
+            self._intake, self._taken = [], []
+        # requests the stepper never took: answered here, the others by fail()
+        lost = [st for st in lost if st.request_id not in self._stepper.states]
+        try:
+            self._stepper.fail(list(self._stepper.states.values()), message)
+            self._flush()
+        finally:
+            for state in lost:
+                self.lora_cache.release(state.request_id)
+                self._router.deliver(error_response(state, message))
+            self._stopped.set()
 
     def _step(self) -> bool:
         stepper = self._stepper

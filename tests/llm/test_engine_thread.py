@@ -96,3 +96,44 @@ def test_executors_load_and_step_on_the_shared_engine_thread(exec_ckpt):
     finally:
         runner_module.ModelRunner.__init__ = original
     assert threads == [one._thread.name] * 2
+
+
+class BrokenClient(FakeClient):
+    crashed = None
+
+    def _tick(self):
+        raise RuntimeError("boom")
+
+    def _crashed(self, exc):
+        self.crashed = exc
+
+
+def test_a_failing_executor_does_not_stop_the_others(worker):
+    log = []
+    broken, good = BrokenClient("x", 1, log), FakeClient("g", 3, log)
+    worker.register(broken)
+    worker.register(good)
+    for _ in range(200):
+        if good.left == 0 and broken.crashed is not None:
+            break
+        threading.Event().wait(0.01)
+    assert isinstance(broken.crashed, RuntimeError) and good.left == 0
+    assert broken not in worker._clients
+    worker.unregister(good)
+
+
+def test_executor_whose_loop_raises_fails_its_requests(make_executor, monkeypatch):
+    from llmserve.llm import Request
+
+    bad, ok = make_executor(), make_executor()
+    monkeypatch.setattr(bad._stepper, "add", lambda state: 1 / 0)
+    rid = bad.enqueue_request(Request([5, 6, 7], 4))
+    responses = bad.await_responses(rid, 30)
+    assert responses and responses[-1].has_error()
+    assert "executor failed" in responses[-1].error_msg
+    bad.shutdown()  # returns: the executor is stopped
+    rid = ok.enqueue_request(Request([5, 6, 7], 4))
+    out = []
+    while not (out and out[-1].is_final):
+        out += ok.await_responses(rid, 30)
+    assert not out[-1].has_error()
