@@ -35,8 +35,18 @@ def _reference(q, k, v, tables, lens, scale, window):
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2), (8, 1)])
 @pytest.mark.parametrize("window", [None, 5])
 def test_kernel_matches_sdpa(batch, heads, kv_heads, window):
+    check_kernel(batch, heads, kv_heads, window, head_dim=16)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])  # the sizes with specialised code
+def test_kernel_specialised_head_sizes(head_dim):
+    check_kernel(12, 6, 2, None, head_dim)
+    check_kernel(2, 6, 2, 7, head_dim)
+
+
+def check_kernel(batch, heads, kv_heads, window, head_dim):
     gen = torch.Generator().manual_seed(batch * 100 + heads)
-    block_size, head_dim, num_blocks = 4, 16, 400
+    block_size, num_blocks = 4, 400
     k = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen)
     v = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen)
     lens = torch.randint(1, 30, (batch,), generator=gen)

@@ -23,7 +23,7 @@ static inline float dot(const float *restrict a, const float *restrict b, int64_
 /* Attention of one sequence's query heads [h0 * group, h1 * group) over keys [start, ctx).
  * Tokens are visited block by block and, within a token, every KV head of the range is
  * read at once: one contiguous run of memory per token. */
-static void attend(float *restrict out, const float *restrict q, const float *k_cache,
+static inline __attribute__((always_inline)) void attend(float *restrict out, const float *restrict q, const float *k_cache,
                    const float *v_cache, const int64_t *table, int64_t start, int64_t ctx,
                    int64_t h0, int64_t h1, int64_t group, int64_t head_dim, int64_t block_size,
                    int64_t tok_stride, int64_t block_stride, float scale,
@@ -37,12 +37,13 @@ static void attend(float *restrict out, const float *restrict q, const float *k_
         const int64_t t1 = first + block_size < ctx ? first + block_size : ctx;
         const float *kb = k_cache + table[blk] * block_stride;
         for (int64_t t = t0; t < t1; t++) {
-            const float *kt = kb + (t - first) * tok_stride;
-            for (int64_t r = 0; r < rows; r++) {
-                const float *k = kt + (h0 + r / group) * head_dim;
-                const float s = dot(q + r * head_dim, k, head_dim) * scale;
-                scores[r * n + (t - start)] = s;
-                if (s > maxs[r]) maxs[r] = s;
+            const float *k = kb + (t - first) * tok_stride + h0 * head_dim;
+            for (int64_t r = 0; r < rows; k += head_dim) {
+                for (int64_t g = 0; g < group; g++, r++) {
+                    const float s = dot(q + r * head_dim, k, head_dim) * scale;
+                    scores[r * n + (t - start)] = s;
+                    if (s > maxs[r]) maxs[r] = s;
+                }
             }
         }
     }
@@ -64,13 +65,14 @@ static void attend(float *restrict out, const float *restrict q, const float *k_
         const int64_t t1 = first + block_size < ctx ? first + block_size : ctx;
         const float *vb = v_cache + table[blk] * block_stride;
         for (int64_t t = t0; t < t1; t++) {
-            const float *vt = vb + (t - first) * tok_stride;
-            for (int64_t r = 0; r < rows; r++) {
-                const float *v = vt + (h0 + r / group) * head_dim;
-                const float p = scores[r * n + (t - start)];
-                float *a = acc + r * head_dim;
+            const float *v = vb + (t - first) * tok_stride + h0 * head_dim;
+            for (int64_t r = 0; r < rows; v += head_dim) {
+                for (int64_t g = 0; g < group; g++, r++) {
+                    const float p = scores[r * n + (t - start)];
+                    float *a = acc + r * head_dim;
 #pragma omp simd
-                for (int64_t d = 0; d < head_dim; d++) a[d] += p * v[d];
+                    for (int64_t d = 0; d < head_dim; d++) a[d] += p * v[d];
+                }
             }
         }
     }
@@ -117,10 +119,20 @@ int paged_decode_f32(float *out, const float *q, int64_t q_stride, const float *
             const int64_t h0 = (item % split) * per_item;
             const int64_t ctx = context_lens[b];
             const int64_t start = (window > 0 && ctx > window) ? ctx - window : 0;
-            attend(out + (b * num_heads + h0 * group) * head_dim,
-                   q + b * q_stride + h0 * group * head_dim, k_cache, v_cache,
-                   block_tables + b * max_blocks, start, ctx, h0, h0 + per_item, group,
-                   head_dim, block_size, tok_stride, block_stride, scale, scores, acc, maxs);
+            float *o = out + (b * num_heads + h0 * group) * head_dim;
+            const float *qb = q + b * q_stride + h0 * group * head_dim;
+            const int64_t *table = block_tables + b * max_blocks;
+            /* the common head sizes get code specialised for them (unrolled rows) */
+            if (head_dim == 64)
+                attend(o, qb, k_cache, v_cache, table, start, ctx, h0, h0 + per_item, group,
+                       64, block_size, tok_stride, block_stride, scale, scores, acc, maxs);
+            else if (head_dim == 128)
+                attend(o, qb, k_cache, v_cache, table, start, ctx, h0, h0 + per_item, group,
+                       128, block_size, tok_stride, block_stride, scale, scores, acc, maxs);
+            else
+                attend(o, qb, k_cache, v_cache, table, start, ctx, h0, h0 + per_item, group,
+                       head_dim, block_size, tok_stride, block_stride, scale, scores, acc,
+                       maxs);
         }
         free(scores);
         free(acc);
