@@ -249,6 +249,21 @@ def setup_logging(args: argparse.Namespace) -> None:
                         format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
 
 
+def reserve_frontend_cpu() -> None:
+    """The serving default for the engine's intra-op threads: every CPU but one, which is
+    left to the frontends, tokenizers and Python models (as vLLM's CPU build reserves
+    one). A spinning OpenMP team on every core starves them: on 2 cores under aiperf
+    this halved the server's throughput (docs/BENCHMARKS.md). LLMSERVE_ENGINE_THREADS
+    set by the user wins."""
+    if os.environ.get("LLMSERVE_ENGINE_THREADS", "").strip():
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cpus or 1) - 1)
+    os.environ["LLMSERVE_ENGINE_THREADS"] = str(threads)
+    log.info("LLM engine: %d intra-op thread(s), one CPU left to the frontends "
+             "(LLMSERVE_ENGINE_THREADS overrides)", threads)
+
+
 def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     options = _serve_options(args, parser)
     setup_logging(args)
@@ -259,6 +274,7 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                         "llmserve", flag)
     if options.load_models and options.model_control_mode != "explicit":
         log.warning("--load-model only applies with --model-control-mode=explicit; ignored")
+    reserve_frontend_cpu()
     from llmserve.server import run_server
 
     return int(run_server(options) or 0)

@@ -1,5 +1,6 @@
 import json
 import logging
+import os
 import subprocess
 import sys
 import types
@@ -232,3 +233,19 @@ def test_config_show_checks_ensemble_steps(tmp_path, capsys):
     assert cli.main(["config", "show", "--model-repository", str(tmp_path), "ens"]) == 1
     assert "output_map names 'O', which is not an output of model 'm'" in \
         capsys.readouterr().err
+
+
+def test_serve_leaves_one_cpu_to_the_frontends(monkeypatch):
+    from llmserve.cli import reserve_frontend_cpu
+
+    monkeypatch.delenv("LLMSERVE_ENGINE_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    reserve_frontend_cpu()
+    assert os.environ["LLMSERVE_ENGINE_THREADS"] == "3"
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    monkeypatch.delenv("LLMSERVE_ENGINE_THREADS")
+    reserve_frontend_cpu()
+    assert os.environ["LLMSERVE_ENGINE_THREADS"] == "1"
+    monkeypatch.setenv("LLMSERVE_ENGINE_THREADS", "2")  # the user's choice wins
+    reserve_frontend_cpu()
+    assert os.environ["LLMSERVE_ENGINE_THREADS"] == "2"
