@@ -40,10 +40,18 @@ def model_values(
     *,
     decoupled: bool = True,
     max_batch_size: int = 8,
-    instances: int = 1,
+    instances: int | None = None,
     draft_name: str | None = None,
 ) -> dict[str, dict[str, str]]:
-    """Placeholder values per model folder of the template set."""
+    """Placeholder values per model folder of the template set. instances: the pre/post
+    and BLS instance counts. By default: 5 for preprocessing (the model set's advice), the
+    max batch size for the BLS (it serves one request per instance at a time, so fewer
+    instances serialise requests), and 1 for postprocessing: the ensemble hands each
+    streamed response to it as a separate request, and one instance keeps a stream's
+    pieces in order."""
+    pre = instances or 5
+    post = instances or 1
+    bls_count = instances or max_batch_size
     model = str(model_dir.resolve())
     common = {"triton_max_batch_size": str(max_batch_size)}
     trtllm = {
@@ -67,7 +75,7 @@ def model_values(
     bls = {
         **common,
         "decoupled_mode": str(decoupled).lower(),
-        "bls_instance_count": str(instances),
+        "bls_instance_count": str(bls_count),
         "logits_datatype": "TYPE_FP32",
         "accumulate_tokens": "false",
         "tensorrt_llm_model_name": "tensorrt_llm",
@@ -80,13 +88,13 @@ def model_values(
             "tokenizer_dir": model,
             "engine_dir": model,
             "add_special_tokens": "true",
-            "preprocessing_instance_count": str(instances),
+            "preprocessing_instance_count": str(pre),
         },
         "postprocessing": {
             **common,
             "tokenizer_dir": model,
             "skip_special_tokens": "true",
-            "postprocessing_instance_count": str(instances),
+            "postprocessing_instance_count": str(post),
         },
         "tensorrt_llm": trtllm,
         "tensorrt_llm_bls": bls,
@@ -101,7 +109,7 @@ def fill_repository(
     draft_dir: Path | None = None,
     decoupled: bool = True,
     max_batch_size: int = 8,
-    instances: int = 1,
+    instances: int | None = None,
     force: bool = False,
     extra: dict[str, dict[str, str]] | None = None,
 ) -> Path:
@@ -147,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-draft", action="store_true", help="do not add a draft model")
     parser.add_argument("--decoupled", choices=["true", "false"], default="true")
     parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--instances", type=int, default=1, help="pre/post/BLS instance count")
+    parser.add_argument("--instances", type=int, default=None,
+                        help="pre/post/BLS instance count (default: 5 preprocessing, "
+                             "1 postprocessing, max batch size for the BLS)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     args = parser.parse_args(argv)
     draft = args.draft
