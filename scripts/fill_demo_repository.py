@@ -44,13 +44,10 @@ def model_values(
     draft_name: str | None = None,
 ) -> dict[str, dict[str, str]]:
     """Placeholder values per model folder of the template set. instances: the pre/post
-    and BLS instance counts. By default: 5 for preprocessing (the model set's advice), the
-    max batch size for the BLS (it serves one request per instance at a time, so fewer
-    instances serialise requests), and 1 for postprocessing: the ensemble hands each
-    streamed response to it as a separate request, and one instance keeps a stream's
-    pieces in order."""
-    pre = instances or 5
-    post = instances or 1
+    and BLS instance counts. By default: 5 for pre/post-processing (the model set's
+    advice) and the max batch size for the BLS (it serves one request per instance at a
+    time, so fewer instances serialise requests)."""
+    pre = post = instances or 5
     bls_count = instances or max_batch_size
     model = str(model_dir.resolve())
     common = {"triton_max_batch_size": str(max_batch_size)}
@@ -156,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoupled", choices=["true", "false"], default="true")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--instances", type=int, default=None,
-                        help="pre/post/BLS instance count (default: 5 preprocessing, "
-                             "1 postprocessing, max batch size for the BLS)")
+                        help="pre/post/BLS instance count (default: 5 for pre/post, "
+                             "max batch size for the BLS)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     args = parser.parse_args(argv)
     draft = args.draft

@@ -23,7 +23,11 @@ from llmserve.core.types import (
 
 
 class _Branch:
-    """Tensors known along one path of responses; a decoupled step forks a branch per response."""
+    """Tensors known along one path of responses; a decoupled step forks a branch per response.
+
+    Branches emit in depth-first creation order, so that a stream's responses leave the
+    ensemble in the order its decoupled step produced them even when a later step (say
+    postprocessing with several instances) finishes them out of order."""
 
     def __init__(self, tensors: dict[str, Tensor], parent: _Branch | None = None):
         self.own = dict(tensors)
@@ -31,6 +35,9 @@ class _Branch:
         self.children: list[_Branch] = []
         self.started: set[int] = set()
         self.emitted = False
+        self.running = 0  # step tasks in flight on this branch
+        self.pending: list[Tensor] | None = None  # outputs waiting for earlier branches
+        self.prev = parent.children[-1] if parent is not None and parent.children else None
 
     def get(self, name: str) -> Tensor | None:
         b: _Branch | None = self
@@ -54,6 +61,23 @@ class _Branch:
             out.extend(c.subtree())
         return out
 
+    def predecessor(self) -> _Branch | None:
+        """The branch whose whole subtree must be out before this one emits."""
+        b: _Branch | None = self
+        while b is not None:
+            if b.prev is not None:
+                return b.prev
+            b = b.parent
+        return None
+
+    def settled(self) -> bool:
+        """Nothing more will be emitted from this subtree."""
+        if self.pending is not None or (self.running and not self.emitted):
+            return False
+        if self.running and not self.children:
+            return False
+        return self.running == 0 and all(c.settled() for c in self.children)
+
 
 class EnsembleRun:
     def __init__(self, server: Any, config: mc.ModelConfig, version: int, request: InferenceRequest,
@@ -69,6 +93,7 @@ class EnsembleRun:
         self.absent = {i.name for i in config.input if i.optional and i.name not in inputs}
         self.queue: asyncio.Queue = asyncio.Queue()
         self.tasks: set[asyncio.Task] = set()
+        self.waiting: list[_Branch] = []  # ready to emit, in creation order
         self.failed = False
         self.streaming = any(self._step_decoupled(s) for s in self.steps)
 
@@ -87,21 +112,37 @@ class EnsembleRun:
                 if all(b.get(t) is not None or t in self.absent
                        for t in step.input_map.values()):
                     b.started.add(i)
+                    b.running += 1
                     task = asyncio.create_task(self._run_step(b, i))
                     self.tasks.add(task)
                     task.add_done_callback(self._task_done)
             self._maybe_emit(b)
 
     def _maybe_emit(self, b: _Branch) -> None:
-        if b.emitted or self.failed:
+        if b.emitted or b.pending is not None or self.failed:
             return
         tensors = [b.get(n) for n in self.output_names]
         if any(t is None for t in tensors):
             return
-        b.emitted = True
-        outs = [Tensor(n, t.datatype, t.data) for n, t in zip(self.output_names, tensors, strict=False)]
-        self.queue.put_nowait(InferenceResponse(self.config.name, self.version, self.request.id,
-                                                outs, final=False))
+        b.pending = [Tensor(n, t.datatype, t.data)
+                     for n, t in zip(self.output_names, tensors, strict=False)]
+        self.waiting.append(b)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Emits every waiting branch whose predecessors are all out, in order."""
+        progressed = True
+        while progressed and self.waiting and not self.failed:
+            progressed = False
+            for b in list(self.waiting):
+                pred = b.predecessor()
+                if pred is not None and not pred.settled():
+                    continue
+                self.waiting.remove(b)
+                outs, b.pending, b.emitted = b.pending, None, True
+                self.queue.put_nowait(InferenceResponse(self.config.name, self.version,
+                                                        self.request.id, outs, final=False))
+                progressed = True
 
     def _task_done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
@@ -154,6 +195,9 @@ class EnsembleRun:
             raise
         except Exception as exc:
             self._fail(InternalError(f"in ensemble '{self.config.name}', step '{step.model_name}': {exc}"))
+        finally:
+            branch.running -= 1
+            self._flush()
 
     def _fail(self, error: ServerError) -> None:
         if self.failed:
