@@ -75,6 +75,12 @@ class EngineWorker:
         self._thread.start()
 
     @classmethod
+    def _forget_after_fork(cls) -> None:
+        # a forked child has no engine thread: its first executor starts a new one
+        cls._shared = None
+        cls._shared_lock = threading.Lock()
+
+    @classmethod
     def shared(cls) -> EngineWorker:
         """The process-wide worker, started on first use with the caller's thread count
         (engine_num_threads())."""
@@ -139,3 +145,7 @@ class EngineWorker:
                     client._crashed(exc)
                     progressed = True
             idle = not progressed
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=EngineWorker._forget_after_fork)

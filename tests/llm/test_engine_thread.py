@@ -137,3 +137,22 @@ def test_executor_whose_loop_raises_fails_its_requests(make_executor, monkeypatc
     while not (out and out[-1].is_final):
         out += ok.await_responses(rid, 30)
     assert not out[-1].has_error()
+
+
+def test_a_forked_child_starts_its_own_engine_thread():
+    import os
+
+    parent = EngineWorker.shared()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's worker thread does not exist here
+        try:
+            child = EngineWorker.shared()
+            ok = child is not parent and child.call(lambda: 7) == 7
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.waitpid(pid, 0)
+    assert EngineWorker.shared() is parent
