@@ -1,14 +1,20 @@
-"""The thread that owns the process's LLM torch work: it loads the models, allocates
-the KV caches and steps every executor, all under one OpenMP thread team.
+"""The thread that steps every LLM executor of the process, under one OpenMP thread
+team.
 
-Why one thread does all of it: torch's CPU ops use libgomp, which keeps one thread
+Why one thread steps them all: torch's CPU ops use libgomp, which keeps one thread
 pool per calling thread. As soon as the pools of a process hold more threads than
 there are CPUs, libgomp cuts the time its idle workers spin before sleeping from
 ~300,000 to 100 iterations, so every parallel region then pays a futex wake-up. On a
 2-core machine, one pool made by loading weights on the caller's thread plus one made
 by a loop thread is enough to slow elementwise ops 6x and a whole decode step 1.3-1.7x
 (measured in docs/BENCHMARKS.md); so is one loop thread per executor. One engine thread
-for everything leaves a single pool.
+for everything leaves a single steady pool.
+
+Model loads are the exception: they run on a short-lived loader thread (load()), so
+that loading one model never stalls the executors already serving. The loader's pool
+exists only while it loads: libgomp frees a thread's pool when the thread exits, and
+the engine's steps run at their old speed afterwards (measured: demo-model decode
+inter-token latency before and after loading an 80M model beside it).
 """
 
 from __future__ import annotations
@@ -16,9 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Protocol, TypeVar
 
 import torch
@@ -58,10 +62,10 @@ class EngineClient(Protocol):
 
 
 class EngineWorker:
-    """The process's engine thread. It runs submitted calls (model loads) and, between
-    them, steps every registered executor in turn, one step each per round, so that
-    several executors (a BLS draft and target pair, several LLMs) share one OpenMP
-    pool. Executors guard their queues with the worker's condition, which wakes it."""
+    """The process's engine thread. It steps every registered executor in turn, one
+    step each per round, so that several executors (a BLS draft and target pair,
+    several LLMs) share one OpenMP pool. Executors guard their queues with the
+    worker's condition, which wakes it."""
 
     _shared: EngineWorker | None = None
     _shared_lock = threading.Lock()
@@ -69,7 +73,6 @@ class EngineWorker:
     def __init__(self, name: str = "llmserve-engine", num_threads: int | None = None) -> None:
         self.num_threads = num_threads or engine_num_threads()
         self.cond = threading.Condition()
-        self._calls: deque[tuple[Callable[[], object], Future]] = deque()
         self._clients: list[EngineClient] = []
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
@@ -93,15 +96,27 @@ class EngineWorker:
     def thread(self) -> threading.Thread:
         return self._thread
 
-    def call(self, fn: Callable[[], T]) -> T:
-        """Runs fn on the engine thread and returns its result (or raises its error)."""
-        if threading.current_thread() is self._thread:
-            return fn()
-        future: Future = Future()
-        with self.cond:
-            self._calls.append((fn, future))
-            self.cond.notify_all()
-        return future.result()
+    def load(self, fn: Callable[[], T], name: str = "llmserve-load") -> T:
+        """Runs fn (a model load) on a fresh thread with the engine's intra-op thread
+        count and returns its result (or raises its error). The engine thread goes on
+        stepping the registered executors meanwhile; the thread, and its OpenMP pool,
+        end with the load."""
+        outcome: list = []
+
+        def run() -> None:
+            torch.set_num_threads(self.num_threads)
+            try:
+                outcome.append((True, fn()))
+            except BaseException as exc:  # noqa: BLE001 - raised again in the caller
+                outcome.append((False, exc))
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        thread.join()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
 
     def register(self, client: EngineClient) -> None:
         with self.cond:
@@ -120,18 +135,10 @@ class EngineWorker:
             with self.cond:
                 if idle:  # work exists but nothing could run: poll again shortly
                     self.cond.wait(IDLE_POLL_S)
-                while not self._calls and not any(c._wants_tick() for c in self._clients):
+                while not any(c._wants_tick() for c in self._clients):
                     self.cond.wait()
-                calls = list(self._calls)
-                self._calls.clear()
                 clients = list(self._clients)
-            for fn, future in calls:
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn())
-                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                        future.set_exception(exc)
-            progressed = bool(calls)
+            progressed = False
             for client in clients:
                 with self.cond:
                     wants = client._wants_tick()

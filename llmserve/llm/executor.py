@@ -63,13 +63,13 @@ class Executor:
             raise Unsupported(f"model type {model_type.name} is not supported; "
                               "only DECODER_ONLY models are")
         self.config = config
-        # all torch work (load, KV cache, steps) happens on the process's engine thread,
-        # shared by every executor: see engine_thread.py for why
+        # every step runs on the process's engine thread, shared by every executor (see
+        # engine_thread.py for why); the load runs beside it, so serving goes on
         self._engine = EngineWorker.shared()
         self._cond = self._engine.cond
         self._thread = self._engine.thread
         self._stopped = threading.Event()
-        self._engine.call(lambda: self._build(model_path, runner))
+        self._engine.load(lambda: self._build(model_path, runner))
         self._engine.register(self)
 
     def _build(self, model_path: str | Path | None, runner) -> None:

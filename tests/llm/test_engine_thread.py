@@ -1,5 +1,5 @@
-"""EngineWorker: every executor's torch work (loads and steps) runs on one process-wide
-thread with its own intra-op thread count, executors stepped in turn."""
+"""EngineWorker: every executor's steps run on one process-wide thread with its own
+intra-op thread count, executors stepped in turn; loads run beside it."""
 
 import threading
 
@@ -14,15 +14,15 @@ def worker():
     return EngineWorker("t-engine", num_threads=1)  # a daemon thread, idle after the test
 
 
-def test_call_runs_on_the_engine_thread_and_returns(worker):
-    assert worker.call(lambda: threading.current_thread().name) == "t-engine"
-    assert worker.call(torch.get_num_threads) == 1
+def test_load_runs_on_a_loader_thread_with_the_engine_thread_count(worker):
+    assert worker.load(lambda: threading.current_thread().name) == "llmserve-load"
+    assert worker.load(torch.get_num_threads) == 1
 
 
-def test_call_raises_the_callers_error(worker):
+def test_load_raises_the_callers_error(worker):
     with pytest.raises(ZeroDivisionError):
-        worker.call(lambda: 1 / 0)
-    assert worker.call(lambda: 2) == 2  # still serving calls
+        worker.load(lambda: 1 / 0)
+    assert worker.load(lambda: 2) == 2
 
 
 class FakeClient:
@@ -44,7 +44,6 @@ def test_registered_clients_are_stepped_in_turn(worker):
     with worker.cond:  # registered together, so the first round sees both
         worker._clients += [a, b]
         worker.cond.notify_all()
-    worker.call(lambda: None)  # queued behind the rounds already due
     deadline = threading.Event()
     for _ in range(100):
         if a.left == b.left == 0:
@@ -69,33 +68,74 @@ def test_thread_count_from_env(monkeypatch):
     assert engine_num_threads() == torch.get_num_threads()
 
 
-def test_executors_load_and_step_on_the_shared_engine_thread(exec_ckpt):
+def _finish(ex, rid):
+    responses = []
+    while not (responses and responses[-1].is_final):
+        responses += ex.await_responses(rid, 30)
+    assert not responses[-1].has_error()
+    return responses
+
+
+def test_executors_load_beside_and_step_on_the_shared_engine_thread(exec_ckpt, monkeypatch):
+    from llmserve.llm import Executor, ExecutorConfig, KvCacheConfig, Request
+    from llmserve.llm.engine import runner as runner_module
+    from llmserve.llm.executor import Executor as ExecutorClass
+
+    loads, ticks = [], set()
+    original_init, original_tick = runner_module.ModelRunner.__init__, ExecutorClass._tick
+
+    def spy_init(self, *args, **kwargs):
+        loads.append(threading.current_thread().name)
+        original_init(self, *args, **kwargs)
+
+    def spy_tick(self):
+        ticks.add(threading.current_thread().name)
+        return original_tick(self)
+
+    monkeypatch.setattr(runner_module.ModelRunner, "__init__", spy_init)
+    monkeypatch.setattr(ExecutorClass, "_tick", spy_tick)
+    config = ExecutorConfig(kv_cache_config=KvCacheConfig(max_tokens=256))
+    with Executor(exec_ckpt, executor_config=config) as one, \
+            Executor(exec_ckpt, executor_config=config) as two:
+        assert one._thread is two._thread
+        ids = [ex.enqueue_request(Request([5, 6, 7], 4)) for ex in (one, two)]
+        for ex, rid in zip((one, two), ids, strict=True):
+            assert len(_finish(ex, rid)[-1].result.output_token_ids[0]) == 3 + 4
+    assert loads == ["llmserve-load"] * 2
+    assert ticks == {one._thread.name}
+
+
+def test_an_executor_streams_on_while_another_model_loads(exec_ckpt, monkeypatch):
+    """A load (here held for a second) must not stall the executors already serving."""
     from llmserve.llm import Executor, ExecutorConfig, KvCacheConfig, Request
     from llmserve.llm.engine import runner as runner_module
 
-    threads = []
+    config = ExecutorConfig(kv_cache_config=KvCacheConfig(max_tokens=1024))
+    serving = Executor(exec_ckpt, executor_config=config)
     original = runner_module.ModelRunner.__init__
+    held = threading.Event()
 
-    def spy(self, *args, **kwargs):
-        threads.append(threading.current_thread().name)
+    def slow_init(self, *args, **kwargs):
+        held.set()
+        threading.Event().wait(1.0)
         original(self, *args, **kwargs)
 
-    runner_module.ModelRunner.__init__ = spy
+    monkeypatch.setattr(runner_module.ModelRunner, "__init__", slow_init)
+    loaded = []
+    loader = threading.Thread(
+        target=lambda: loaded.append(Executor(exec_ckpt, executor_config=config)))
+    loader.start()
     try:
-        config = ExecutorConfig(kv_cache_config=KvCacheConfig(max_tokens=256))
-        with Executor(exec_ckpt, executor_config=config) as one, \
-                Executor(exec_ckpt, executor_config=config) as two:
-            assert one._thread is two._thread
-            ids = [ex.enqueue_request(Request([5, 6, 7], 4)) for ex in (one, two)]
-            for ex, rid in zip((one, two), ids, strict=True):
-                responses = []
-                while not (responses and responses[-1].is_final):
-                    responses += ex.await_responses(rid, 30)
-                assert not responses[-1].has_error()
-                assert len(responses[-1].result.output_token_ids[0]) == 3 + 4
+        assert held.wait(30)
+        rid = serving.enqueue_request(Request([5, 6, 7], 40, streaming=True))
+        responses = _finish(serving, rid)
+        assert loader.is_alive()  # all 40 tokens came while the other model loaded
+        assert len(responses) == 40
     finally:
-        runner_module.ModelRunner.__init__ = original
-    assert threads == [one._thread.name] * 2
+        loader.join()
+        serving.shutdown()
+        for ex in loaded:
+            ex.shutdown()
 
 
 class BrokenClient(FakeClient):
@@ -148,7 +188,13 @@ def test_a_forked_child_starts_its_own_engine_thread():
     if pid == 0:  # the child: the parent's worker thread does not exist here
         try:
             child = EngineWorker.shared()
-            ok = child is not parent and child.call(lambda: 7) == 7
+            client = FakeClient("c", 2, [])
+            child.register(client)  # stepped by the child's own thread
+            for _ in range(500):
+                if client.left == 0:
+                    break
+                threading.Event().wait(0.01)
+            ok = child is not parent and client.left == 0
             os.write(write, b"1" if ok else b"0")
         finally:
             os._exit(0)
