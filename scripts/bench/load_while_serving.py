@@ -36,7 +36,7 @@ def stream(executor, n: int) -> list[float]:
 
 
 def gaps_ms(stamps: list[float]) -> list[float]:
-    return [(b - a) * 1e3 for a, b in zip(stamps, stamps[1:])]
+    return [(b - a) * 1e3 for a, b in zip(stamps[:-1], stamps[1:], strict=True)]
 
 
 def main(model: str) -> None:

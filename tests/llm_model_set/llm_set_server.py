@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,14 @@ import fill_demo_repository  # noqa: E402
 
 
 class ServedModelSet:
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, prepare: Callable[[Path], None] | None = None):
+        """prepare(repo): edits the filled repository before the server starts."""
         self.ckpt = make_tiny_checkpoint(base / "ckpt")
         self.repo = fill_demo_repository.fill_repository(
             base / "repo", self.ckpt, draft_dir=self.ckpt, max_batch_size=16
         )
+        if prepare is not None:
+            prepare(self.repo)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
