@@ -1,7 +1,8 @@
-"""The model set with preprocessing and postprocessing model.py files written the way
-tensorrtllm_backend's own are (stock_style/: their imports, including requests and PIL,
-their pb_utils calls, their word-list and batching code), served with llmserve's
-tensorrt_llm: the ensemble gives transformers' greedy text."""
+"""The model set with preprocessing, postprocessing and tensorrt_llm_bls files written the
+way tensorrtllm_backend's own are (stock_style/: their imports, including requests and
+PIL, their pb_utils calls, their word-list and batching code, the BLS's lib/ package and
+dlpack conversions), served with llmserve's tensorrt_llm: the ensemble and the BLS give
+transformers' greedy text."""
 
 import re
 import shutil
@@ -18,6 +19,9 @@ PROMPT = "The quick brown fox"
 def use_stock_files(repo: Path) -> None:
     for model in ("preprocessing", "postprocessing"):
         shutil.copy(STOCK / model / "model.py", repo / model / "1" / "model.py")
+    shutil.rmtree(repo / "tensorrt_llm_bls" / "1")
+    shutil.copytree(STOCK / "tensorrt_llm_bls", repo / "tensorrt_llm_bls" / "1",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     # the stock postprocessing takes TOKENS_BATCH and SEQUENCE_LENGTH only (it raises on
     # any other input): drop llmserve's optional STREAMING input and its ensemble mapping
     post = repo / "postprocessing" / "config.pbtxt"
@@ -35,7 +39,7 @@ def served(tmp_path_factory):
 
 
 def test_the_repository_uses_the_stock_style_files(served):
-    for model in ("preprocessing", "postprocessing"):
+    for model in ("preprocessing", "postprocessing", "tensorrt_llm_bls"):
         text = (served.repo / model / "1" / "model.py").read_text()
         assert "from llmserve" not in text and text == (STOCK / model / "model.py").read_text()
     assert "STREAMING" not in (served.repo / "postprocessing" / "config.pbtxt").read_text()
@@ -68,3 +72,20 @@ def test_concurrent_requests_each_get_their_own_text(served):
     for n, responses in zip((3, 5, 8, 12), results, strict=True):
         want = served.tokenizer.decode(served.greedy(PROMPT, n), skip_special_tokens=True)
         assert text_of(responses) == want
+
+
+def test_bls_greedy_equals_transformers(served):
+    want = served.tokenizer.decode(served.greedy(PROMPT, 12), skip_special_tokens=True)
+    assert text_of(served.infer("tensorrt_llm_bls", text_request(PROMPT, 12))) == want
+
+
+def test_bls_streams_text_that_adds_up(served):
+    """Streaming through the stock-style BLS: the stock postprocessing decodes each
+    response's tokens on their own; tensorrt_llm holds back tokens that end inside a
+    UTF-8 character, so the streamed pieces still add up to the whole text."""
+    gen = served.greedy(PROMPT, 8)
+    responses = served.infer("tensorrt_llm_bls", text_request(PROMPT, 8, stream=[[True]]))
+    texts = [r.output("text_output") for r in responses]
+    texts = [t.data.reshape(-1)[0].decode() for t in texts if t is not None]
+    assert len(texts) > 1
+    assert "".join(texts) == served.tokenizer.decode(gen, skip_special_tokens=True)
