@@ -25,7 +25,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("kernels") / "paged_attention.c"
+_SOURCES = [Path(__file__).with_name("kernels") / name
+            for name in ("paged_attention.c", "norm_act.c")]
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11",
           "-fno-math-errno", "-ffast-math"]
 _ENV_OFF = "LLMSERVE_CPU_KERNELS"
@@ -57,10 +58,10 @@ def _compiler() -> str | None:
 def _build(cc: str) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True,
                              check=False).stdout
-    key = hashlib.sha256("\0".join([_SOURCE.read_text(), " ".join(_FLAGS), version,
+    key = hashlib.sha256("\0".join([*(s.read_text() for s in _SOURCES), " ".join(_FLAGS), version,
                                     _cpu_signature()]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get(_ENV_CACHE) or Path.home() / ".cache" / "llmserve" / "kernels")
-    target = cache / f"paged_attention-{key}.so"
+    target = cache / f"llmserve-kernels-{key}.so"
     if target.is_file():
         return target
     try:
@@ -73,7 +74,7 @@ def _build(cc: str) -> Path:
             return target
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         built = Path(tmp) / target.name
-        proc = subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", str(built), "-lm"],
+        proc = subprocess.run([cc, *_FLAGS, *map(str, _SOURCES), "-o", str(built), "-lm"],
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
@@ -99,6 +100,10 @@ def _load() -> ctypes.CDLL | None:
     fn.restype = ctypes.c_int
     fn.argtypes = [_PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64,
                    _I64, ctypes.c_float, _I64]
+    lib.rms_norm_f32.restype = None
+    lib.rms_norm_f32.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _I64, ctypes.c_float]
+    lib.silu_mul_f32.restype = None
+    lib.silu_mul_f32.argtypes = [_PTR, _PTR, _I64, _I64]
     return lib
 
 
@@ -143,4 +148,31 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     if rc != 0:
         raise RuntimeError("paged_decode_f32 failed (out of memory or too many query "
                            "heads per KV head)")
+    return out
+
+
+def rows_supported(*tensors: torch.Tensor) -> bool:
+    """The row kernels take contiguous float32 CPU tensors."""
+    return kernels() is not None and all(
+        t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()
+        for t in tensors)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             delta: torch.Tensor | None = None) -> torch.Tensor:
+    """RMSNorm of x's rows times weight; with delta, first x += delta in place (the
+    residual add before a norm). x, delta: [rows, dim] contiguous float32."""
+    rows, dim = x.shape
+    out = torch.empty_like(x)
+    kernels().rms_norm_f32(out.data_ptr(), x.data_ptr(),
+                           None if delta is None else delta.data_ptr(), weight.data_ptr(),
+                           rows, dim, eps)
+    return out
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of gate_up = [gate | up]: [rows, 2 * inter] -> [rows, inter]."""
+    rows, width = gate_up.shape
+    out = torch.empty(rows, width // 2, dtype=gate_up.dtype)
+    kernels().silu_mul_f32(out.data_ptr(), gate_up.data_ptr(), rows, width // 2)
     return out

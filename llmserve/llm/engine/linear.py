@@ -18,10 +18,12 @@ logger = logging.getLogger(__name__)
 # LLMSERVE_CPU_ONEDNN=0 turns the prepacked path off (benchmarks, debugging).
 _ENV = "LLMSERVE_CPU_ONEDNN"
 
-# Weights with fewer elements are also kept dense: at one row (batch-1 decode) their
-# F.linear call costs 4-10 us against oneDNN's 12-15 us; from two rows on oneDNN is as
-# fast or faster, 2-2.5x from 16 rows (measured on a 2-core Zen 5, docs/BENCHMARKS.md).
-MIN_PACKED_ELEMENTS = 2**19
+# Weights of at most 2^17 elements are also kept dense: at one row (batch-1 decode) their
+# F.linear call costs 4-8 us against oneDNN's 14-21 us; from two rows on oneDNN is as
+# fast or faster, 2-2.5x from 16 rows. Larger weights go through oneDNN even at one row:
+# with a whole model's weights streaming through the cache, its GEMV reads 42 GB/s
+# against MKL's 19-31 GB/s (measured on a 2-core Zen 5, docs/BENCHMARKS.md).
+MIN_PACKED_ELEMENTS = 2**17 + 1
 DENSE_MAX_ROWS = 1
 
 

@@ -1,6 +1,6 @@
 """The C decode-attention kernel that reads the paged KV cache in place equals
 scaled_dot_product_attention over each sequence's gathered keys, and the engine gives
-the same logits with and without it."""
+the same logits with and without it; so do the fused RMSNorm and SiLU * up row kernels."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from engine_helpers import BlockPool, random_tokens
 
 from llmserve.llm.engine import ModelRunner, SeqChunk
-from llmserve.llm.engine.cpu_kernels import kernels, paged_decode
+from llmserve.llm.engine.cpu_kernels import kernels, paged_decode, rms_norm, silu_mul
 
 pytestmark = pytest.mark.skipif(kernels() is None, reason="no C compiler for the CPU kernels")
 
@@ -92,3 +92,39 @@ def test_engine_logits_same_with_and_without_kernel(tmp_path, family):
     runner._decode_kernel = False
     without = runner.forward(step)
     torch.testing.assert_close(with_kernel, without, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 200])
+def test_rms_norm_kernel_with_and_without_the_residual_add(rows):
+    torch.manual_seed(rows)
+    x, delta, weight = torch.randn(rows, 96), torch.randn(rows, 96), torch.randn(96)
+    expected = F.rms_norm(x, (96,), weight, 1e-6)
+    torch.testing.assert_close(rms_norm(x.clone(), weight, 1e-6), expected)
+    stream = x.clone()
+    out = rms_norm(stream, weight, 1e-6, delta)
+    torch.testing.assert_close(stream, x + delta)  # the residual stream, updated in place
+    torch.testing.assert_close(out, F.rms_norm(x + delta, (96,), weight, 1e-6))
+
+
+@pytest.mark.parametrize("rows", [1, 5, 300])
+def test_silu_mul_kernel(rows):
+    gate_up = torch.randn(rows, 2 * 120) * 4
+    gate, up = gate_up.chunk(2, dim=-1)
+    torch.testing.assert_close(silu_mul(gate_up), F.silu(gate) * up)
+
+
+def test_engine_logits_same_with_and_without_row_kernels(tmp_path):
+    from llm_fixtures import make_tiny_checkpoint
+
+    runner = ModelRunner(make_tiny_checkpoint(tmp_path, "llama"))
+    runner.allocate_kv_cache(64, 4)
+    model = runner.model
+    assert model.row_kernels and model.fused_silu
+    prompts = [random_tokens(n, runner.arch.vocab_size, seed=n) for n in (5, 13)]
+    pool = BlockPool(64)
+    tables = [pool.table_for([], len(p) + 1, 4) for p in prompts]
+    chunks = [SeqChunk(p, 0, t, "all") for p, t in zip(prompts, tables, strict=True)]
+    fused = runner.forward(chunks)
+    model.row_kernels = model.fused_silu = False
+    plain = runner.forward(chunks)
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)

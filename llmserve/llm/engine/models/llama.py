@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from llmserve.core.errors import InvalidArgument
 
+from .. import cpu_kernels
 from ..attention import StepMetadata, paged_attention
 from ..config import ArchConfig
 from ..kv_cache import KVCache
@@ -126,6 +127,10 @@ class LlamaModel:
             for name in ("qkv", "o_proj", "gate_up", "down"):
                 setattr(layer, name, self.linears.pack(getattr(layer, name)))
         self.head = self.linears.pack(self.lm_head)
+        # fused C row kernels (RMSNorm with its residual add, SiLU * up) on CPU float32
+        self.row_kernels = (device.type == "cpu" and dtype == torch.float32
+                            and cpu_kernels.rows_supported(self.norm))
+        self.fused_silu = self.row_kernels and self.act is F.silu
 
     def _load_layer(self, load: _Loader, i: int) -> LayerWeights:
         p = f"layers.{i}."
@@ -150,6 +155,16 @@ class LlamaModel:
             down_bias=load.opt(mlp + "down_proj.bias"),
         )
 
+    def add_rms_norm(self, x: torch.Tensor, delta: torch.Tensor | None,
+                     weight: torch.Tensor) -> torch.Tensor:
+        """x += delta in place (the residual stream; x is the forward's own tensor), then
+        the RMSNorm of x."""
+        if self.row_kernels and (delta is None or delta.is_contiguous()) and x.is_contiguous():
+            return cpu_kernels.rms_norm(x, weight, self.eps, delta)
+        if delta is not None:
+            x.add_(delta)
+        return self.rms_norm(x, weight)
+
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
             return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
@@ -173,9 +188,10 @@ class LlamaModel:
         q_size, kv_size, head_dim = arch.q_size, arch.kv_size, arch.head_dim
         num_qk_heads = arch.num_heads + arch.num_kv_heads
         linear = self.linears.fn
-        x = F.embedding(meta.input_ids, self.embed)
+        x = F.embedding(meta.input_ids, self.embed)  # the residual stream, updated in place
+        delta: torch.Tensor | None = None  # the last MLP output, not yet added to x
         for i, layer in enumerate(self.layers):
-            h = self.rms_norm(x, layer.input_norm)
+            h = self.add_rms_norm(x, delta, layer.input_norm)
             qkv = linear(h, layer.qkv, layer.qkv_bias)
             if lora is not None:
                 lora.apply(i, LINEAR_QKV, h, qkv)
@@ -190,20 +206,24 @@ class LlamaModel:
             attn_out = linear(o, layer.o_proj, layer.o_bias)
             if lora is not None:
                 lora.apply(i, LINEAR_O, o, attn_out)
-            x = x + attn_out
-            h = self.rms_norm(x, layer.post_norm)
+            h = self.add_rms_norm(x, attn_out, layer.post_norm)
             gate_up = linear(h, layer.gate_up, layer.gate_up_bias)
             if lora is not None:
                 lora.apply(i, LINEAR_GATE_UP, h, gate_up)
-            gate, up = gate_up.chunk(2, dim=-1)
-            act = self.act(gate) * up
+            if self.fused_silu and gate_up.is_contiguous():
+                act = cpu_kernels.silu_mul(gate_up)
+            else:
+                gate, up = gate_up.chunk(2, dim=-1)
+                act = self.act(gate) * up
             mlp_out = linear(act, layer.down, layer.down_bias)
             if lora is not None:
                 lora.apply(i, LINEAR_DOWN, act, mlp_out)
-            x = x + mlp_out
+            delta = mlp_out
         if meta.logit_rows is not None:
-            x = x.index_select(0, meta.logit_rows)
-        return self.rms_norm(x, self.norm)
+            if delta is not None:
+                x.add_(delta)
+            return self.rms_norm(x.index_select(0, meta.logit_rows), self.norm)
+        return self.add_rms_norm(x, delta, self.norm)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linears.fn(hidden, self.head, None).float()
