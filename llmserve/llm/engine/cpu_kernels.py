@@ -104,6 +104,8 @@ def _load() -> ctypes.CDLL | None:
     lib.rms_norm_f32.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _I64, ctypes.c_float]
     lib.silu_mul_f32.restype = None
     lib.silu_mul_f32.argtypes = [_PTR, _PTR, _I64, _I64]
+    lib.rope_f32.restype = None
+    lib.rope_f32.argtypes = [_PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64]
     return lib
 
 
@@ -175,4 +177,15 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     rows, width = gate_up.shape
     out = torch.empty(rows, width // 2, dtype=gate_up.dtype)
     kernels().silu_mul_f32(out.data_ptr(), gate_up.data_ptr(), rows, width // 2)
+    return out
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half rotary embedding of x: [T, heads, head_dim] whose heads and dims are
+    contiguous within a row (a column slice of the fused q/k/v output is fine); cos, sin:
+    [T, head_dim] contiguous. Returns a new contiguous [T, heads, head_dim]."""
+    rows, heads, head_dim = x.shape
+    out = torch.empty(rows, heads, head_dim, dtype=x.dtype)
+    kernels().rope_f32(out.data_ptr(), x.data_ptr(), x.stride(0), cos.data_ptr(),
+                       sin.data_ptr(), rows, heads, head_dim)
     return out

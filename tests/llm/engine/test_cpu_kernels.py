@@ -1,6 +1,6 @@
 """The C decode-attention kernel that reads the paged KV cache in place equals
 scaled_dot_product_attention over each sequence's gathered keys, and the engine gives
-the same logits with and without it; so do the fused RMSNorm and SiLU * up row kernels."""
+the same logits with and without it; so do the fused RMSNorm, SiLU * up and RoPE row kernels."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from engine_helpers import BlockPool, random_tokens
 
 from llmserve.llm.engine import ModelRunner, SeqChunk
-from llmserve.llm.engine.cpu_kernels import kernels, paged_decode, rms_norm, silu_mul
+from llmserve.llm.engine.cpu_kernels import kernels, paged_decode, rms_norm, rope, silu_mul
 
 pytestmark = pytest.mark.skipif(kernels() is None, reason="no C compiler for the CPU kernels")
 
@@ -128,3 +128,17 @@ def test_engine_logits_same_with_and_without_row_kernels(tmp_path):
     model.row_kernels = model.fused_silu = False
     plain = runner.forward(chunks)
     torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_rope_kernel_reads_a_column_slice_of_qkv(rows):
+    from llmserve.llm.engine.rope import apply_rope
+
+    heads, kv, head_dim = 4, 2, 16
+    qkv = torch.randn(rows, (heads + 2 * kv) * head_dim)
+    qk = qkv[:, : (heads + kv) * head_dim].view(rows, heads + kv, head_dim)  # not contiguous
+    angles = torch.rand(rows, head_dim // 2) * 6
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    out = rope(qk, cos, sin)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, apply_rope(qk, cos, sin))

@@ -45,3 +45,26 @@ void silu_mul_f32(float *restrict out, const float *restrict gate_up, int64_t ro
         for (int64_t j = 0; j < inter; j++) o[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
     }
 }
+
+/* Rotary embedding, rotate-half convention: for each row t and head h of x (row stride
+ * x_stride, heads contiguous within a row), out[t, h] = x * cos[t] + rotate_half(x) *
+ * sin[t], where rotate_half(x) = [-x[half:], x[:half]]. cos, sin: [rows, head_dim]. out:
+ * [rows, heads, head_dim] contiguous. */
+void rope_f32(float *restrict out, const float *restrict x, int64_t x_stride,
+              const float *restrict cos_t, const float *restrict sin_t, int64_t rows,
+              int64_t heads, int64_t head_dim) {
+    const int64_t half = head_dim / 2;
+#pragma omp parallel for schedule(static) if (rows * heads * head_dim >= 32768)
+    for (int64_t t = 0; t < rows; t++) {
+        const float *restrict c = cos_t + t * head_dim;
+        const float *restrict s = sin_t + t * head_dim;
+        for (int64_t h = 0; h < heads; h++) {
+            const float *restrict xi = x + t * x_stride + h * head_dim;
+            float *restrict o = out + (t * heads + h) * head_dim;
+#pragma omp simd
+            for (int64_t i = 0; i < half; i++) o[i] = xi[i] * c[i] - xi[i + half] * s[i];
+#pragma omp simd
+            for (int64_t i = half; i < head_dim; i++) o[i] = xi[i] * c[i] + xi[i - half] * s[i];
+        }
+    }
+}

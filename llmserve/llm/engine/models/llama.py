@@ -127,7 +127,7 @@ class LlamaModel:
             for name in ("qkv", "o_proj", "gate_up", "down"):
                 setattr(layer, name, self.linears.pack(getattr(layer, name)))
         self.head = self.linears.pack(self.lm_head)
-        # fused C row kernels (RMSNorm with its residual add, SiLU * up) on CPU float32
+        # fused C row kernels (RMSNorm with its residual add, SiLU * up, RoPE) on CPU fp32
         self.row_kernels = (device.type == "cpu" and dtype == torch.float32
                             and cpu_kernels.rows_supported(self.norm))
         self.fused_silu = self.row_kernels and self.act is F.silu
@@ -197,7 +197,10 @@ class LlamaModel:
                 lora.apply(i, LINEAR_QKV, h, qkv)
             # q and k share the per-token rotation: rotate them in one op.
             qk = qkv[:, : q_size + kv_size].view(num_tokens, num_qk_heads, head_dim)
-            qk = apply_rope(qk, cos, sin)
+            if self.row_kernels and qk.stride(1) == head_dim and qk.stride(2) == 1:
+                qk = cpu_kernels.rope(qk, cos, sin)
+            else:
+                qk = apply_rope(qk, cos, sin)
             q = qk[:, : arch.num_heads]
             k = qk[:, arch.num_heads :]
             v = qkv[:, q_size + kv_size :].view(num_tokens, arch.num_kv_heads, head_dim)
