@@ -75,6 +75,14 @@ class ServedModelSet:
             await agen.aclose()
         return out
 
+    def stop_word(self, generated: list[int]) -> str:
+        """A stop word for a greedy continuation: the text of a generated token (not the
+        first) that is plain ASCII and new in the text so far."""
+        decode = self.tokenizer.decode
+        return next(w for i, t in enumerate(generated[1:], 1)
+                    if (w := decode([t])).strip() and w.isascii() and w.isprintable()
+                    and w not in decode(generated[:i]))
+
     def greedy(self, prompt: str, max_tokens: int) -> list[int]:
         """transformers' greedy continuation (stops at eos like the executor's end_id)."""
         ids = self.tokenizer.encode(prompt)

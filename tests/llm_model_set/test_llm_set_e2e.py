@@ -51,10 +51,7 @@ def test_tensorrt_llm_token_ids(served):
 def test_stop_words(served):
     gen = served.greedy(PROMPT, 16)
     full = served.tokenizer.decode(gen, skip_special_tokens=True)
-    # a stop word: the text of a generated token that is plain ASCII and new in the text
-    stop = next(w for i, t in enumerate(gen[1:], 1)
-                if (w := served.tokenizer.decode([t])).strip() and w.isascii() and w.isprintable()
-                and w not in served.tokenizer.decode(gen[:i]))
+    stop = served.stop_word(gen)
     want = full[: full.index(stop) + len(stop)]
     assert want != full
     for model in ("ensemble", "tensorrt_llm_bls"):

@@ -53,9 +53,7 @@ def test_ensemble_greedy_equals_transformers(served):
 def test_stop_words_as_a_list_of_words(served):
     gen = served.greedy(PROMPT, 16)
     full = served.tokenizer.decode(gen, skip_special_tokens=True)
-    stop = next(w for i, t in enumerate(gen[1:], 1)
-                if (w := served.tokenizer.decode([t])).strip() and w.isascii() and w.isprintable()
-                and w not in served.tokenizer.decode(gen[:i]))
+    stop = served.stop_word(gen)
     words = np.array([[b"never-generated-zzz", stop.encode()]], dtype=object)
     text = text_of(served.infer("ensemble", text_request(PROMPT, 16, stop_words=words)))
     assert text == full[: full.index(stop) + len(stop)] and text != full
