@@ -155,6 +155,23 @@ def test_model_modules_are_isolated(backend_server):
     assert b.output("Y").data[0] == b"HELPER_B|helper_b_0|CPU"
 
 
+def test_imports_inside_initialize_and_execute_find_the_models_own_modules(backend_server):
+    """lazy_import imports helper, lib.tools and (relatively) lib.case only when called;
+    helper_a and helper_b have same-named modules of their own."""
+    def ask(model):
+        [resp] = backend_server.run(collect(backend_server, make_request(model, {"X": np.array([1], np.int32)})))
+        assert resp.error is None, resp.error
+        return resp.output("Y").data[0]
+
+    for _ in range(2):  # the second round is served from each model's module table
+        assert ask("lazy_import") == b"LAZY!|lazy"
+        assert ask("helper_a") == b"HELPER_A|helper_a_0|CPU"
+        assert ask("helper_b") == b"HELPER_B|helper_b_0|CPU"
+    import sys
+
+    assert "helper" not in sys.modules and "lib" not in sys.modules
+
+
 def test_bad_inputs_raise_before_first_response(backend_server):
     from llmserve.core.errors import InvalidArgument
 
