@@ -6,9 +6,6 @@ config it returns. Models without that method are never imported here.
 from __future__ import annotations
 
 import ast
-import importlib.util
-import itertools
-import sys
 import threading
 import traceback
 from pathlib import Path
@@ -19,7 +16,6 @@ from llmserve.config.errors import ConfigError
 from llmserve.config.parse import config_to_json_dict, parse_config_json
 
 _lock = threading.Lock()
-_counter = itertools.count()
 
 
 def defines_auto_complete(model_file: Path) -> bool:
@@ -72,34 +68,21 @@ def run_python_auto_complete(config: mc.ModelConfig, model_file: Path) -> mc.Mod
 
 
 def _call_auto_complete(model_file: Path, cfg):
-    version_dir = str(model_file.parent)
-    module_name = f"_llmserve_autocomplete_{next(_counter)}"
-    with _lock:
-        before = set(sys.modules)
-        sys.path.insert(0, version_dir)
-        try:
-            spec = importlib.util.spec_from_file_location(module_name, model_file)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            spec.loader.exec_module(module)
-            model_class = getattr(module, "TritonPythonModel", None)
-            if model_class is None:
-                raise AttributeError(f"{model_file.name} defines no class TritonPythonModel")
-            return model_class.auto_complete_config(cfg)
-        finally:
-            sys.path.remove(version_dir)
-            # Forget the model's own modules (helpers in its folder) so that another
-            # model's same-named helpers, or a reload, import afresh.
-            for name in set(sys.modules) - before:
-                file = getattr(sys.modules[name], "__file__", None) or ""
-                if name == module_name or file.startswith(version_dir):
-                    del sys.modules[name]
+    # the model's own modules stay private to this import, as when the model loads
+    from llmserve.backends.python.loader import import_model_module
+
+    module = import_model_module(model_file, "autocomplete", 0)
+    model_class = getattr(module, "TritonPythonModel", None)
+    if model_class is None:
+        raise AttributeError(f"{model_file.name} defines no class TritonPythonModel")
+    return model_class.auto_complete_config(cfg)
 
 
 def _describe(e: Exception, model_file: Path, model: str) -> str:
     line = None
+    resolved = Path(model_file).resolve()
     for frame in traceback.extract_tb(e.__traceback__):
-        if Path(frame.filename) == model_file:
+        if Path(frame.filename).resolve() == resolved:
             line = frame.lineno
     where = f"{model_file}:{line}" if line else str(model_file)
     return (f"{where}: auto_complete_config of model '{model}' failed: "
