@@ -136,6 +136,11 @@ def load_arch_config(model_path: str | Path) -> ArchConfig:
     if "text_config" in cfg and "hidden_size" not in cfg:
         cfg = {**cfg, **cfg["text_config"]}
     model_type = cfg.get("model_type", "")
+    if "pretrained_config" in cfg or "build_config" in cfg or any(path.glob("*.engine")):
+        raise Unsupported(
+            f"'{path}' is a TensorRT-LLM engine folder; llmserve runs the Hugging Face "
+            "checkpoint the engine was built from: point gpt_model_path (engine_dir) at "
+            "that checkpoint folder (config.json, *.safetensors, tokenizer files)")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise Unsupported(
             f"{config_file}: model_type '{model_type}' is not supported "

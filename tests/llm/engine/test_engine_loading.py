@@ -131,6 +131,14 @@ def test_loading_errors(tmp_path):
     (path / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
     with pytest.raises(Unsupported, match="gpt2"):
         ModelRunner(path)
+    engine = tmp_path / "trtllm_engine"  # what trtllm-build writes
+    engine.mkdir()
+    (engine / "config.json").write_text(json.dumps(
+        {"version": "0.12.0", "pretrained_config": {"architecture": "LlamaForCausalLM"},
+         "build_config": {"max_batch_size": 8}}))
+    (engine / "rank0.engine").write_bytes(b"")
+    with pytest.raises(Unsupported, match="TensorRT-LLM engine folder.*Hugging Face"):
+        ModelRunner(engine)
     (path / "config.json").write_text(json.dumps(cfg))
     (path / "model.safetensors").unlink()
     with pytest.raises(NotFound, match="safetensors"):
