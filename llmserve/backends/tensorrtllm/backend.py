@@ -84,6 +84,11 @@ class TensorRTLLMModel:
             _parameters(config), max_queue_size=queue, model_dir=model_dir
         )
         self._dtypes = _output_dtypes(config)
+        unused = rm.unused_config_inputs(i.name for i in config.input)
+        if unused:
+            logger.warning("model '%s': config.pbtxt declares inputs that llmserve's "
+                           "tensorrt_llm does not use; requests that send them get no "
+                           "effect: %s", self.name, ", ".join(unused))
         self._metrics = (
             LlmMetrics(metrics_registry, self.name, str(version)) if metrics_registry else None
         )

@@ -37,6 +37,31 @@ _UNSUPPORTED_INPUTS = {
     "prompt_table_extra_ids": "prompt tuning (prompt_table_extra_ids) is not supported",
 }
 
+# Every input build_request and the speculative path read; with the unsupported ones
+# above and the encoder-decoder inputs that a decoder-only model ignores (the stock
+# ensemble sends them for every model, as TensorRT-LLM ignores them too).
+HANDLED_INPUTS = frozenset({
+    "input_ids", "input_lengths", "request_output_len", "draft_input_ids", "draft_logits",
+    "draft_acceptance_threshold", "end_id", "pad_id", "stop_words_list", "bad_words_list",
+    "embedding_bias", "beam_width", "temperature", "runtime_top_k", "runtime_top_p",
+    "runtime_top_p_min", "runtime_top_p_decay", "runtime_top_p_reset_ids", "len_penalty",
+    "early_stopping", "repetition_penalty", "min_length", "min_tokens",
+    "beam_search_diversity_rate", "presence_penalty", "frequency_penalty",
+    "no_repeat_ngram_size", "random_seed", "seed", "return_log_probs",
+    "return_context_logits", "return_generation_logits", "return_kv_cache_reuse_stats",
+    "return_perf_metrics", "return_num_input_tokens", "return_num_output_tokens",
+    "exclude_input_in_output", "streaming", "stop", "num_return_sequences", "lora_task_id",
+    "lora_weights", "lora_config",
+})
+IGNORED_INPUTS = frozenset({"decoder_input_ids", "decoder_input_lengths"})
+
+
+def unused_config_inputs(names) -> list[str]:
+    """Inputs a config declares that llmserve's tensorrt_llm neither reads nor rejects:
+    requests may send them, and they have no effect (warned about at load)."""
+    known = HANDLED_INPUTS | IGNORED_INPUTS | set(_UNSUPPORTED_INPUTS)
+    return sorted(set(names) - known)
+
 
 @dataclass(slots=True)
 class ItemOptions:
