@@ -12,6 +12,7 @@ Then: llmserve serve --model-repository OUT
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -44,10 +45,13 @@ def model_values(
     draft_name: str | None = None,
 ) -> dict[str, dict[str, str]]:
     """Placeholder values per model folder of the template set. instances: the pre/post
-    and BLS instance counts. By default: 5 for pre/post-processing (the model set's
-    advice) and the max batch size for the BLS (it serves one request per instance at a
-    time, so fewer instances serialise requests)."""
-    pre = post = instances or 5
+    and BLS instance counts. By default: for pre/post-processing 1 on machines of up to 4
+    CPUs and 5 (the model set's advice) above; and the max batch size for the BLS (it
+    serves one request per instance at a time, so fewer instances serialise requests).
+    On 2 cores one pre/post instance streamed 12-40% more tokens/s than five under
+    aiperf at concurrency 8 (docs/BENCHMARKS.md): their per-token Python work shares one
+    GIL, and with fewer instances the postprocessing's dynamic batcher batches more."""
+    pre = post = instances or (1 if (os.cpu_count() or 1) <= 4 else 5)
     bls_count = instances or max_batch_size
     model = str(model_dir.resolve())
     common = {"triton_max_batch_size": str(max_batch_size)}
@@ -153,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoupled", choices=["true", "false"], default="true")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--instances", type=int, default=None,
-                        help="pre/post/BLS instance count (default: 5 for pre/post, "
-                             "max batch size for the BLS)")
+                        help="pre/post/BLS instance count (default: pre/post 1 up to 4 "
+                             "CPUs, else 5; max batch size for the BLS)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     args = parser.parse_args(argv)
     draft = args.draft
