@@ -7,10 +7,8 @@ Used for A/B comparisons of engine changes (run the two trees alternately).
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
-import time
 
 import torch
 
@@ -18,27 +16,18 @@ import torch
 def main(model: str, runs: int) -> None:
     torch.set_num_threads(1)  # this thread does no torch work: the engine thread does
     os.environ.setdefault("LLMSERVE_ENGINE_THREADS", "2")
-    from llmserve.llm import Executor, ExecutorConfig, KvCacheConfig, Request
+    from load_while_serving import stream  # this folder: one streaming loop for both
+
+    from llmserve.llm import Executor, ExecutorConfig, KvCacheConfig
 
     executor = Executor(model, executor_config=ExecutorConfig(
         kv_cache_config=KvCacheConfig(max_tokens=4096)))
 
-    def stream(n: int) -> list[float]:
-        rid = executor.enqueue_request(Request(list(range(5, 21)), n, end_id=None,
-                                               streaming=True))
-        stamps: list[float] = []
-        done = False
-        while not done:
-            responses = executor.await_responses(rid, datetime.timedelta(seconds=60))
-            stamps += [time.perf_counter()] * len(responses)
-            done = bool(responses) and responses[-1].is_final
-        return stamps
-
     try:
-        stream(16)  # warm-up
+        stream(executor, 16)  # warm-up
         rates = []
         for _ in range(runs):
-            stamps = stream(256)
+            stamps = stream(executor, 256)
             rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
     finally:
         executor.shutdown()
