@@ -2,6 +2,10 @@
 tensors exist, maps tensors with input_map/output_map, streams decoupled steps through
 (each upstream response flows on in its own branch and yields one ensemble response), and
 fails the request naming the step on any step error.
+
+As in Triton, an output that a step's response leaves out is known to be absent: a later
+step that maps it runs without that input (it must be optional there), and the ensemble's
+response omits it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class _Branch:
     postprocessing with several instances) finishes them out of order."""
 
     def __init__(self, tensors: dict[str, Tensor], parent: _Branch | None = None):
-        self.own = dict(tensors)
+        self.own: dict[str, Tensor | None] = dict(tensors)  # None: known to be absent
         self.parent = parent
         self.children: list[_Branch] = []
         self.started: set[int] = set()
@@ -46,6 +50,15 @@ class _Branch:
                 return b.own[name]
             b = b.parent
         return None
+
+    def known(self, name: str) -> bool:
+        """The tensor was produced, or a step answered without producing it (absent)."""
+        b: _Branch | None = self
+        while b is not None:
+            if name in b.own:
+                return True
+            b = b.parent
+        return False
 
     def has_started(self, step: int) -> bool:
         b: _Branch | None = self
@@ -109,8 +122,7 @@ class EnsembleRun:
             for i, step in enumerate(self.steps):
                 if b.has_started(i):
                     continue
-                if all(b.get(t) is not None or t in self.absent
-                       for t in step.input_map.values()):
+                if all(b.known(t) or t in self.absent for t in step.input_map.values()):
                     b.started.add(i)
                     b.running += 1
                     task = asyncio.create_task(self._run_step(b, i))
@@ -121,11 +133,11 @@ class EnsembleRun:
     def _maybe_emit(self, b: _Branch) -> None:
         if b.emitted or b.pending is not None or self.failed:
             return
-        tensors = [b.get(n) for n in self.output_names]
-        if any(t is None for t in tensors):
+        if not all(b.known(n) for n in self.output_names):
             return
+        tensors = [b.get(n) for n in self.output_names]
         b.pending = [Tensor(n, t.datatype, t.data)
-                     for n, t in zip(self.output_names, tensors, strict=False)]
+                     for n, t in zip(self.output_names, tensors, strict=False) if t is not None]
         self.waiting.append(b)
         self._flush()
 
@@ -154,8 +166,8 @@ class EnsembleRun:
         inputs = {}
         for model_input, tensor_name in step.input_map.items():
             t = branch.get(tensor_name)
-            if t is None:  # an optional ensemble input the client did not send
-                continue
+            if t is None:  # an optional ensemble input the client did not send, or a
+                continue   # tensor an earlier step left out
             inputs[model_input] = Tensor(model_input, t.datatype, t.data)
         token = CancellationToken()
         self.request.cancel.add_callback(token.cancel)
@@ -177,9 +189,12 @@ class EnsembleRun:
             async for resp in self.server.infer_internal(sub):
                 if resp.error is not None:
                     raise resp.error
-                produced = {step.output_map[t.name]: t for t in resp.outputs if t.name in step.output_map}
-                if not produced:
+                produced: dict[str, Tensor | None] = {
+                    step.output_map[t.name]: t for t in resp.outputs if t.name in step.output_map}
+                if not produced:  # a flag-only response (e.g. a decoupled model's final)
                     continue
+                for tensor_name in step.output_map.values():
+                    produced.setdefault(tensor_name, None)
                 if decoupled:
                     child = _Branch(produced, branch)
                     branch.children.append(child)
@@ -233,7 +248,7 @@ class EnsembleRun:
                 held.final = True
                 yield held
             else:
-                missing = [n for n in self.output_names if self.root.get(n) is None]
+                missing = [n for n in self.output_names if not self.root.known(n)]
                 yield self._final(error=InternalError(
                     f"ensemble '{self.config.name}' completed without producing output(s) {missing}"))
         finally:
