@@ -2,7 +2,8 @@
 for oneDNN, whose GEMM runs 2-3x faster than torch's default (MKL sgemm) on AMD and
 similar CPUs (vLLM's CPU build does the same); small ones stay on F.linear, whose
 per-call cost is lower at one row. Small weights are kept both ways and each
-call picks by its row count. Elsewhere plain F.linear is used."""
+call picks by its row count. Elsewhere plain F.linear is used. oneDNN compiles and
+caches a kernel per input shape, so row counts are bucketed and its caches bounded."""
 
 from __future__ import annotations
 
@@ -26,6 +27,35 @@ _ENV = "LLMSERVE_CPU_ONEDNN"
 MIN_PACKED_ELEMENTS = 2**17 + 1
 DENSE_MAX_ROWS = 1
 
+# oneDNN JIT-compiles a primitive for every input shape it meets (4-15 ms each) and keeps
+# it in two LRU caches, oneDNN's own and ideep's (one per thread), of 1,024 entries by
+# default; each costs 0.6-0.8 MB of code and buffers, and a primitive leaves memory only
+# when both caches drop it. A server's steps come in every row count, so its memory grew
+# by hundreds of MB over thousands of requests (issue 18). Row counts from 16 up are
+# therefore padded to one of 8 sizes per power of two (at most 1/8 more rows; about 90
+# sizes up to 8,192 rows), and both caches are bounded, which together keep a serving
+# process's working set of primitives small and its memory flat. Users may still set
+# either variable themselves.
+EXACT_ROWS = 16
+ONEDNN_CACHE_CAPACITY = 256
+_CACHE_ENV = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+
+
+def bucket_rows(rows: int) -> int:
+    """The row count a prepacked GEMM runs at: exact below EXACT_ROWS, then rounded up
+    to a multiple of 1/8 of rows' power of two."""
+    if rows < EXACT_ROWS:
+        return rows
+    step = 1 << (rows.bit_length() - 4)
+    return -(-rows // step) * step
+
+
+def bound_onednn_caches() -> None:
+    """Bound oneDNN's and ideep's primitive caches (read from the environment when the
+    first primitive is made, so this must run before any oneDNN call)."""
+    for name in _CACHE_ENV:
+        os.environ.setdefault(name, str(ONEDNN_CACHE_CAPACITY))
+
 
 class DualWeight:
     """A small weight kept dense and prepacked; the linear picks by row count."""
@@ -48,9 +78,16 @@ def _onednn_linear(x: torch.Tensor, weight: Weight,
                    bias: torch.Tensor | None) -> torch.Tensor:
     if type(weight) is DualWeight:
         weight = weight.dense if x.shape[0] <= DENSE_MAX_ROWS else weight.packed
-    if weight.is_mkldnn:
+    if not weight.is_mkldnn:
+        return F.linear(x, weight, bias)
+    rows = x.shape[0]
+    padded = bucket_rows(rows)
+    if padded == rows or x.dim() != 2:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    return F.linear(x, weight, bias)
+    xp = x.new_empty((padded, x.shape[1]))
+    xp[:rows] = x
+    xp[rows:].zero_()
+    return torch.ops.mkldnn._linear_pointwise(xp, weight, bias, "none", [], "")[:rows]
 
 
 class Linears:
@@ -60,6 +97,7 @@ class Linears:
         self.packed = device.type == "cpu" and self._supported(dtype)
         self.fn: LinearFn = _onednn_linear if self.packed else F.linear
         if self.packed:
+            bound_onednn_caches()
             logger.info("CPU linears: oneDNN with prepacked %s weights", dtype)
 
     @staticmethod
