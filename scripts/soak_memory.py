@@ -98,7 +98,11 @@ class Server:
             [sys.executable, "-m", "llmserve.cli", "serve", "--model-repository",
              str(repository), "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
              "--metrics-address=127.0.0.1", *ports, "--log-info=false"],
-            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env},
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                 # this checkout's llmserve, installed or not
+                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                             os.environ.get("PYTHONPATH")])),
+                 **env},
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         self.url = f"http://127.0.0.1:{self.http_port}"

@@ -27,17 +27,19 @@ _ENV = "LLMSERVE_CPU_ONEDNN"
 MIN_PACKED_ELEMENTS = 2**17 + 1
 DENSE_MAX_ROWS = 1
 
-# oneDNN JIT-compiles a primitive for every input shape it meets (4-15 ms each) and keeps
-# it in two LRU caches, oneDNN's own and ideep's (one per thread), of 1,024 entries by
-# default; each costs 0.6-0.8 MB of code and buffers, and a primitive leaves memory only
-# when both caches drop it. A server's steps come in every row count, so its memory grew
-# by hundreds of MB over thousands of requests (issue 18). Row counts from 16 up are
-# therefore padded to one of 8 sizes per power of two (at most 1/8 more rows; about 90
-# sizes up to 8,192 rows), and both caches are bounded, which together keep a serving
-# process's working set of primitives small and its memory flat. Users may still set
-# either variable themselves.
+# oneDNN JIT-compiles a primitive for every input shape it meets (a few ms each) and
+# keeps it in two LRU caches, oneDNN's own and ideep's (per thread), of 1,024 entries by
+# default; each holds about 0.6 MB of code and buffers whatever its shape, and leaves
+# memory only when both caches drop it. A server's steps come in every row count, so
+# its memory grew by hundreds of MB over thousands of requests (issue 18). So row counts
+# from 16 up are padded to one of 8 sizes per power of two (at most 1/8 more rows; 88
+# sizes up to 8,192 rows), which keeps the shapes in use few, and both caches hold 128
+# primitives (~80 MB): memory stays flat whatever the traffic, and in the soak runs
+# (docs/RELIABILITY.md) no slower than with 1,024. Users may still set either variable.
+# (Splitting large GEMMs into fixed-size pieces needs fewer sizes still, but measured
+# slower: the concatenation.)
 EXACT_ROWS = 16
-ONEDNN_CACHE_CAPACITY = 256
+ONEDNN_CACHE_CAPACITY = 128
 _CACHE_ENV = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
 
@@ -55,6 +57,18 @@ def bound_onednn_caches() -> None:
     first primitive is made, so this must run before any oneDNN call)."""
     for name in _CACHE_ENV:
         os.environ.setdefault(name, str(ONEDNN_CACHE_CAPACITY))
+
+
+def _packed_linear(x: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor | None) -> torch.Tensor:
+    rows = x.shape[0]
+    padded = bucket_rows(rows)
+    if padded != rows and x.dim() == 2:
+        xp = x.new_empty((padded, x.shape[1]))
+        xp[:rows] = x
+        xp[rows:].zero_()
+        return torch.ops.mkldnn._linear_pointwise(xp, weight, bias, "none", [], "")[:rows]
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 class DualWeight:
@@ -78,16 +92,9 @@ def _onednn_linear(x: torch.Tensor, weight: Weight,
                    bias: torch.Tensor | None) -> torch.Tensor:
     if type(weight) is DualWeight:
         weight = weight.dense if x.shape[0] <= DENSE_MAX_ROWS else weight.packed
-    if not weight.is_mkldnn:
-        return F.linear(x, weight, bias)
-    rows = x.shape[0]
-    padded = bucket_rows(rows)
-    if padded == rows or x.dim() != 2:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    xp = x.new_empty((padded, x.shape[1]))
-    xp[:rows] = x
-    xp[rows:].zero_()
-    return torch.ops.mkldnn._linear_pointwise(xp, weight, bias, "none", [], "")[:rows]
+    if weight.is_mkldnn:
+        return _packed_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 class Linears:
