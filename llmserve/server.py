@@ -160,7 +160,10 @@ class InferenceServer:
         try:
             from llmserve.repository import scan_repositories
 
-            for name in sorted(set(scan_repositories(self.models.roots)) - known):
+            def skipped(problem: ServerError) -> None:
+                log.warning("repository index: %s", problem)
+
+            for name in sorted(set(scan_repositories(self.models.roots, skipped)) - known):
                 rows.append({"name": name, "version": "", "state": "", "reason": ""})
         except ServerError as exc:
             log.warning("repository index: %s", exc)

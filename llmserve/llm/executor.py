@@ -391,6 +391,24 @@ class Executor:
                             used_num_blocks=bm.num_used_blocks, tokens_per_block=bm.block_size,
                             cached_num_blocks=bm.num_cached_blocks)
 
+    def get_current_stats(self) -> IterationStats:
+        """What the executor holds now (requests, KV blocks), read between steps without
+        stopping the loop: iteration stats only come from steps, so after the last
+        requests are cancelled they would show the old load for as long as it idles."""
+        with self._cond:
+            waiting = self._num_queued - len(self._intake) - len(self._taken)
+        stepper = self._stepper
+        live = len(stepper.states)
+        return IterationStats(
+            timestamp=datetime.datetime.now().strftime("%m-%d-%Y %H:%M:%S.%f"),
+            iter=stepper.iteration,
+            num_active_requests=max(live - max(waiting, 0), 0),
+            num_queued_requests=max(self._num_queued, 0),
+            num_completed_requests=stepper.num_completed,
+            max_num_active_requests=self.scheduler.max_batch_size,
+            kv_cache_stats=self.get_kv_cache_stats(),
+        )
+
     def shutdown(self, wait_for_requests: bool = False,
                  timeout: datetime.timedelta | float | None = None) -> None:
         """Stop accepting requests; finish the active ones first when wait_for_requests

@@ -7,6 +7,7 @@ embedding bias, LoRA and draft tokens; Response carries either an error or a Res
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import InitVar, dataclass, field
 
 import torch
@@ -52,6 +53,12 @@ class SamplingConfig:
             self.seed = random_seed
 
     def validate(self) -> None:
+        # NaN fails every range check below only by luck of comparison order, and an
+        # infinite value passes some; neither means anything to the sampler.
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise InvalidArgument(f"{name} must be a finite number, got {value}")
         if self.beam_width < 1:
             raise InvalidArgument(f"beam_width must be >= 1, got {self.beam_width}")
         if self.top_k is not None and self.top_k < 0:
@@ -80,6 +87,11 @@ class SamplingConfig:
             raise InvalidArgument(
                 f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"
             )
+
+
+_FLOAT_FIELDS = ("top_p", "top_p_min", "top_p_decay", "temperature",
+                 "beam_search_diversity_rate", "repetition_penalty", "presence_penalty",
+                 "frequency_penalty", "length_penalty")
 
 
 def _get_random_seed(self: SamplingConfig) -> int | None:

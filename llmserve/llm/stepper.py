@@ -66,6 +66,10 @@ class Stepper:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
+    @property
+    def num_completed(self) -> int:
+        return self._completed
+
     def num_queued(self) -> int:
         return sum(1 for s in self.states.values() if not s.first_scheduled_ns)
 

@@ -220,7 +220,7 @@ class TensorRTLLMModel:
     def _abort_group(self, group: _Group) -> None:
         self._cancel_group(group)
         with self._lock:
-            for rid in group.remaining:
+            for rid in list(group.remaining):  # _forget discards from the set
                 self._forget(rid)
 
     def _forget(self, rid: int) -> None:
@@ -381,10 +381,12 @@ class TensorRTLLMModel:
                 continue
             try:
                 stats = self.executor.get_latest_iteration_stats()
+                if stats:
+                    self._metrics.update_from_stats(stats[-1])
+                else:  # no step since the last look: what is held now (see get_current_stats)
+                    self._metrics.update_held(self.executor.get_current_stats())
             except ServerError:
                 continue
-            if stats:
-                self._metrics.update_from_stats(stats[-1])
 
 
 def _stop_flag(inputs: dict[str, np.ndarray]) -> bool:

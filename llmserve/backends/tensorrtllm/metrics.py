@@ -88,6 +88,23 @@ class LlmMetrics:
         f.inflight.labels(m, v, "paused_requests").set(ib.num_paused_requests)
         f.general.labels(m, v, "iteration_counter").set(stats.iter)
 
+    def update_held(self, stats) -> None:
+        """Between steps: the request and KV block gauges from a live snapshot; the
+        per-step batch gauges fall to 0 once no request is left."""
+        f, (m, v) = self._f, self._labels
+        f.request.labels(m, v, "active").set(stats.num_active_requests)
+        f.request.labels(m, v, "waiting").set(stats.num_queued_requests)
+        f.request.labels(m, v, "completed").set(stats.num_completed_requests)
+        kv = stats.kv_cache_stats
+        f.kv_blocks.labels(m, v, "free").set(kv.free_num_blocks)
+        f.kv_blocks.labels(m, v, "used").set(kv.used_num_blocks)
+        f.kv_blocks.labels(m, v, "cached").set(kv.cached_num_blocks)
+        if stats.num_active_requests == 0 and stats.num_queued_requests == 0:
+            for kind in ("scheduled", "context"):
+                f.request.labels(m, v, kind).set(0)
+            for kind in ("total_context_tokens", "generation_requests", "paused_requests"):
+                f.inflight.labels(m, v, kind).set(0)
+
     def observe_tokens(self, count: int) -> None:
         if count > 0:
             self._f.generated.labels(*self._labels).inc(count)

@@ -142,8 +142,9 @@ def _sampling(item: dict[str, np.ndarray], decoding_mode: str | None) -> Samplin
     elif decoding_mode == "top_p":
         top_k = None
     early = _scalar(item, "early_stopping")
+    beam_width = _scalar(item, "beam_width")  # absent: 1; 0 is refused, as TensorRT-LLM does
     config = SamplingConfig(
-        beam_width=int(_scalar(item, "beam_width") or 1),
+        beam_width=1 if beam_width is None else int(beam_width),
         top_k=top_k,
         top_p=top_p,
         top_p_min=_scalar(item, "runtime_top_p_min"),
