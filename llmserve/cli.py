@@ -6,6 +6,7 @@ a model's completed configuration as the HTTP config endpoint returns it.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -306,7 +307,12 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     reserve_frontend_cpu()
     from llmserve.server import run_server
 
-    return int(run_server(options) or 0)
+    code = int(run_server(options) or 0)
+    # The server has stopped and finalized its models; what is left is the interpreter's
+    # teardown, whose last garbage collection over torch's and transformers' objects
+    # took seconds on top of --exit-timeout-secs. Frozen objects are left to the OS.
+    gc.freeze()
+    return code
 
 
 def _config_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -172,17 +172,21 @@ class Executor:
         with self._cond:
             return self._accepting
 
+    def queue_is_full(self) -> bool:
+        """True while max_queue_size requests wait: enqueue_request would refuse."""
+        limit = self.config.max_queue_size
+        return limit is not None and limit > 0 and self._num_queued >= limit
+
     def enqueue_request(self, request: Request) -> int:
         """Queue request and return its id; raises InvalidArgument for a bad request,
         Unavailable when the queue is full or the executor is shut down."""
+        if self.queue_is_full():  # refuse before the costly validation (checked again below)
+            self._refuse_full()
         params, stop, num_seqs, failure = self._validate(request)
         with self._cond:
             self._check_accepting()
-            limit = self.config.max_queue_size
-            if limit is not None and limit > 0 and self._num_queued >= limit:
-                raise Unavailable(
-                    f"Maximum queue size of {limit} has been reached, please try again later"
-                )
+            if self.queue_is_full():
+                self._refuse_full()
             request_id = self._next_id
             self._next_id += 1
             if failure is None:
@@ -216,6 +220,10 @@ class Executor:
             self._intake.append(state)
             self._cond.notify_all()
         return request_id
+
+    def _refuse_full(self) -> None:
+        raise Unavailable(f"Maximum queue size of {self.config.max_queue_size} has been "
+                          "reached, please try again later")
 
     def _check_accepting(self) -> None:
         if not self._accepting:

@@ -199,6 +199,9 @@ class ModelVersion:
         if self.state != ModelState.READY:
             raise Unavailable(f"Request for unknown model: '{self.name}' version {self.version} "
                               "is not at ready state")
+        refusal = self._backend_model.admission_error(sreq) if self._backend_model else None
+        if refusal is not None:  # as a full queue below: answered at once, not counted
+            raise refusal
         start = sreq.request.arrival_ns or now_ns()
 
         def done(resp: InferenceResponse) -> None:

@@ -133,6 +133,15 @@ class TensorRTLLMModel:
             g.sched.fail(Unavailable(f"model '{self.name}' was unloaded"))
 
     # ------------------------------------------------------------------ requests
+    def admission_error(self, sched) -> ServerError | None:
+        """Unavailable while the executor's queue is full (a `stop` request still
+        passes: it frees room)."""
+        executor = self.executor
+        if executor is None or not executor.queue_is_full():
+            return None
+        inputs = {name: t.data for name, t in sched.inputs.items()}
+        return None if _stop_flag(inputs) else Unavailable(QUEUE_FULL)
+
     def execute(self, requests: list) -> None:
         """Enqueue every request; answers arrive later from the dispatcher thread."""
         for sched in requests:
@@ -151,6 +160,8 @@ class TensorRTLLMModel:
             return
         if len(items) > 1 and not self.decoupled:
             raise InvalidArgument(rm.BATCH_NEEDS_DECOUPLED)
+        if self.executor.queue_is_full():  # overload: refuse before building the requests
+            raise Unavailable(QUEUE_FULL)
         built = []
         for index, item in enumerate(items):
             request, options = rm.build_request(
