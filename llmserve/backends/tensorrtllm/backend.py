@@ -259,10 +259,16 @@ class TensorRTLLMModel:
                 logger.error("tensorrt_llm '%s': awaiting responses failed: %s", self.name, e)
                 continue
             for response in responses:
+                with self._lock:
+                    item = self._items.get(response.request_id)
                 try:
                     self._on_response(response)
-                except Exception:  # one bad response must not stop the dispatcher
+                except Exception as exc:  # one bad response must not stop the dispatcher,
+                    # nor leave its request waiting for a final response that never comes
                     logger.exception("tensorrt_llm '%s': response handling failed", self.name)
+                    if item is not None:
+                        self._fail_group(item.group, InternalError(
+                            f"tensorrt_llm '{self.name}': response handling failed: {exc}"))
             self._poll_cancellations()
 
     def _poll_cancellations(self) -> None:
