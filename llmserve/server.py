@@ -20,10 +20,11 @@ from llmserve.backends.python.metrics import CustomMetrics
 from llmserve.core.errors import InternalError, ServerError, Unavailable
 from llmserve.core.types import InferenceRequest, InferenceResponse
 from llmserve.models import ModelManager, ModelState, ModelVersion
-from llmserve.models.metrics import ModelMetricsCollector
+from llmserve.models.metrics import CacheMetricsCollector, ModelMetricsCollector
 from llmserve.options import ServerOptions
 from llmserve.scheduling.ensemble import EnsembleRun
 from llmserve.scheduling.request import now_ns
+from llmserve.scheduling.response_cache import ResponseCache, cache_size
 from llmserve.scheduling.validate import dtype_api_name, requested_output_names, validate_request
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ class InferenceServer:
         self.custom_metrics = CustomMetrics()
         self.metrics_registry.register(ModelMetricsCollector(self._metric_rows))
         self.metrics_registry.register(self.custom_metrics)
+        size = cache_size(options.cache_config)  # raises for a bad --cache-config
+        self.response_cache = ResponseCache(size) if size is not None else None
+        if self.response_cache is not None:
+            self.metrics_registry.register(CacheMetricsCollector(self.response_cache))
         self.models = ModelManager(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._live = False
@@ -203,7 +208,8 @@ class InferenceServer:
         for v in self.models.all_versions():
             if v.state in (ModelState.READY, ModelState.UNLOADING):
                 pending = v.queue.pending_count() if v.queue is not None else 0
-                yield v.name, v.version, v.stats.to_json(v.name, v.version), pending
+                yield (v.name, v.version, v.stats.to_json(v.name, v.version), pending,
+                       v.cache is not None)
 
     # -- inference ----------------------------------------------------------------------
     async def infer(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
@@ -235,9 +241,13 @@ class InferenceServer:
                 names = requested_output_names(mv.config, request)
                 run = EnsembleRun(self, mv.config, mv.version, request, inputs, names)
                 stream = run.responses()
+                if mv.cache is not None and not run.streaming:  # never a decoupled ensemble
+                    stream = mv.cache.ensemble(request, stream)
                 try:
                     async for resp in stream:
                         finished = resp.final
+                        if finished:
+                            mv.stats.request_done(resp.error is None, now_ns() - request.arrival_ns)
                         yield resp
                         if finished:
                             return

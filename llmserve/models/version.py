@@ -22,8 +22,10 @@ from llmserve.backends import (
 from llmserve.core.errors import InternalError, InvalidArgument, ServerError, Unavailable
 from llmserve.core.types import InferenceRequest, InferenceResponse
 from llmserve.models.stats import ModelStats
+from llmserve.models.warmup import warm_up
 from llmserve.repository import backend_of, config_to_json_dict
 from llmserve.scheduling.batcher import RequestQueue
+from llmserve.scheduling.cache_use import ModelCache
 from llmserve.scheduling.ordering import ResponseOrderer
 from llmserve.scheduling.request import ResponseSink, SchedRequest, now_ns
 from llmserve.scheduling.validate import output_transform, requested_output_names, validate_request
@@ -54,10 +56,6 @@ def instance_specs(config: mc.ModelConfig) -> list[InstanceSpec]:
 
 def _warn_unimplemented(config: mc.ModelConfig) -> None:
     name = config.name
-    if config.response_cache.enable:
-        log.warning("model '%s': response_cache is accepted but not used (no response cache)", name)
-    if len(config.model_warmup):
-        log.warning("model '%s': model_warmup is accepted but warmup requests are not run", name)
     sb = config.sequence_batching
     if config.HasField("sequence_batching") and (len(sb.control_input) or len(sb.state)):
         log.warning("model '%s': sequence_batching control inputs and implicit state are "
@@ -81,6 +79,7 @@ class ModelVersion:
         self.state = ModelState.LOADING
         self.reason = ""
         self.stats = ModelStats()
+        self.cache = ModelCache.for_model(server, config, version, self.stats)
         self.queue: RequestQueue | None = None if self.is_ensemble else RequestQueue(config)
         preserve = config.HasField("dynamic_batching") and config.dynamic_batching.preserve_ordering
         self.orderer = ResponseOrderer() if preserve else None
@@ -106,6 +105,7 @@ class ModelVersion:
         try:
             for ispec in instance_specs(self.config):
                 self._instances.append(self._backend_model.create_instance(ispec))
+                warm_up(self, self._instances[-1], ispec.name)  # before the model is READY
         except BaseException:
             self._finalize_instances()
             raise
@@ -192,6 +192,8 @@ class ModelVersion:
         with self._idle:
             self._inflight += 1
         withdraw = self.orderer.register(sreq) if self.orderer is not None else None
+        if self.cache is not None and self.cache.answer(sreq):
+            return  # answered from the response cache
         try:
             self.queue.enqueue(sreq)
         except ServerError:
