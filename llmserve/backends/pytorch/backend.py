@@ -160,6 +160,9 @@ class TorchInstance(BackendInstance):
         self.optimize = not params["DISABLE_OPTIMIZED_EXECUTION"]
         self.clean_cache = params["ENABLE_CACHE_CLEANING"] and self.device.type == "cuda"
         self.output_types = {t.name: mc.DataType.Name(t.data_type) for t in self.config.output}
+        # BF16 arrives as float32 values (numpy has no bfloat16): cast on the way in
+        self.input_types = {t.name: TORCH_TYPES[mc.DataType.Name(t.data_type)]
+                            for t in self.config.input}
         self.output_order = [t.name for t in self.config.output]
         log.info("model '%s': instance %s on %s, inputs by %s, outputs by %s", self.name,
                  instance.name, self.device, self.io.input_naming.value,
@@ -184,10 +187,10 @@ class TorchInstance(BackendInstance):
                           for n in sreq.output_names if n in outputs])
         return None
 
-    def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
+    def _to_tensor(self, name: str, array: np.ndarray) -> torch.Tensor:
         if not array.flags.writeable or not array.flags.c_contiguous:
             array = np.array(array, copy=True, order="C")
-        return torch.from_numpy(array).to(self.device)
+        return torch.from_numpy(array).to(self.device, self.input_types[name])
 
     def _forward(self, tensors: dict[str, torch.Tensor]) -> Any:
         grad = torch.inference_mode() if self.inference_mode else torch.no_grad()
@@ -200,7 +203,7 @@ class TorchInstance(BackendInstance):
             return self.module(*args)
 
     def _run(self, live: list[SchedRequest]) -> list[dict[str, np.ndarray]]:
-        tensors = {n: self._to_tensor(a) for n, a in concat_inputs(self.config, live).items()}
+        tensors = {n: self._to_tensor(n, a) for n, a in concat_inputs(self.config, live).items()}
         outs = flatten_outputs(self._forward(tensors), self.name)
         wanted = {n for sreq in live for n in sreq.output_names}
         outputs: dict[str, np.ndarray] = {}
@@ -215,6 +218,8 @@ class TorchInstance(BackendInstance):
                 got = CONFIG_TYPE_OF.get(tensor.dtype, str(tensor.dtype))
                 raise InternalError(f"unexpected datatype {got} for inference output '{name}' "
                                     f"of model '{self.name}', expecting {expected}")
+            if tensor.dtype == torch.bfloat16:  # held as float32 values, as BF16 is everywhere
+                tensor = tensor.float()
             outputs[name] = tensor.detach().cpu().contiguous().numpy()
         if self.clean_cache:
             with contextlib.suppress(RuntimeError):
