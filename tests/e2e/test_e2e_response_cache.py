@@ -51,17 +51,19 @@ def cache_live(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def hc(cache_live):
-    client = th.InferenceServerClient(cache_live.http_url)
-    yield client
-    client.close()
+def clients(cache_live):
+    with cache_live.clients() as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
-def gc(cache_live):
-    client = tg.InferenceServerClient(cache_live.grpc_url)
-    yield client
-    client.close()
+def hc(clients):
+    return clients[0]
+
+
+@pytest.fixture(scope="module")
+def gc(clients):
+    return clients[1]
 
 
 def _infer(client, module, model, x, outputs=None):

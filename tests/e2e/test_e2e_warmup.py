@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.grpc as tg
 import tritonclient.http as th
 from e2e_live import LiveServer, e2e_options
 from tritonclient.utils import InferenceServerException
@@ -102,8 +101,7 @@ def _log(live, name):
 
 
 def test_every_instance_runs_every_sample_before_ready(warm_live):
-    client = th.InferenceServerClient(warm_live.http_url)
-    try:
+    with warm_live.clients() as (client, _):
         assert client.is_model_ready("warm")
         runs = _log(warm_live, "warm")  # complete when the load returned: READY came after
         instances = sorted({r["instance"] for r in runs})
@@ -124,8 +122,6 @@ def test_every_instance_runs_every_sample_before_ready(warm_live):
         inp[1].set_data_from_numpy(np.array([[b"x"]], dtype=np.object_))
         np.testing.assert_array_equal(client.infer("warm", inp).as_numpy("OUT"),
                                       np.full((1, 3), 2, np.float32))
-    finally:
-        client.close()
 
 
 @pytest.mark.parametrize("name, reason", [
@@ -135,9 +131,7 @@ def test_every_instance_runs_every_sample_before_ready(warm_live):
                         "but the data provided from in.bin only has 11 bytes"),
 ])
 def test_failing_warmup_fails_the_load(warm_live, name, reason):
-    hc = th.InferenceServerClient(warm_live.http_url)
-    gc = tg.InferenceServerClient(warm_live.grpc_url)
-    try:
+    with warm_live.clients() as (hc, gc):
         with pytest.raises(InferenceServerException) as info:
             hc.load_model(name)
         assert reason in info.value.message()
@@ -148,17 +142,11 @@ def test_failing_warmup_fails_the_load(warm_live, name, reason):
         with pytest.raises(InferenceServerException) as again:
             gc.load_model(name)
         assert reason in again.value.message()
-    finally:
-        hc.close()
-        gc.close()
 
 
 def test_decoupled_model_warms_up_through_its_final_response(warm_live):
-    client = tg.InferenceServerClient(warm_live.grpc_url)
-    try:
+    with warm_live.clients() as (_, client):
         client.load_model("warm_repeat")  # responses come from a thread after execute()
         stats = client.get_inference_statistics("warm_repeat", as_json=True)["model_stats"][0]
         assert int(stats["execution_count"]) == 2
         assert int(stats["inference_stats"]["success"]["count"]) == 2
-    finally:
-        client.close()
