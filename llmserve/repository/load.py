@@ -17,6 +17,7 @@ from llmserve.config.autocomplete_onnx import (
     needs_auto_complete,
     run_onnx_auto_complete,
 )
+from llmserve.config.autocomplete_openvino import run_openvino_auto_complete
 from llmserve.config.autocomplete_python import run_python_auto_complete
 from llmserve.config.complete import (
     drop_duplicate_outputs,
@@ -101,6 +102,12 @@ def _complete(config: mc.ModelConfig, model_dir: Path, options: ServerOptions,
             model_file = model_file_path(model_dir, versions[-1], config)
             run_onnx_auto_complete(config, model_file, default_max_batch_size(options))
         enable_default_dynamic_batching(config)
+    elif backend == pf.OPENVINO:
+        versions = apply_version_policy([int(v) for v in version_names], config)
+        if versions:
+            model_file = model_file_path(model_dir, versions[-1], config)
+            run_openvino_auto_complete(config, model_file,
+                                       default_max_batch_size(options, pf.OPENVINO))
     elif backend in _DYNAMIC_BATCHING_BACKENDS:
         if generated or (len(config.input) == 0 and len(config.output) == 0):
             log.warning("model '%s': llmserve cannot read inputs, outputs or batching from a "
