@@ -23,6 +23,7 @@ from llmserve.models import ModelManager, ModelState, ModelVersion
 from llmserve.models.metrics import ModelMetricsCollector
 from llmserve.options import ServerOptions
 from llmserve.scheduling.ensemble import EnsembleRun
+from llmserve.scheduling.rate_limiter import RateLimiter
 from llmserve.scheduling.request import now_ns
 from llmserve.scheduling.validate import dtype_api_name, requested_output_names, validate_request
 
@@ -47,6 +48,8 @@ class InferenceServer:
         self.custom_metrics = CustomMetrics()
         self.metrics_registry.register(ModelMetricsCollector(self._metric_rows))
         self.metrics_registry.register(self.custom_metrics)
+        self.rate_limiter = (RateLimiter(options.rate_limit_resources)
+                             if options.rate_limit == "execution_count" else None)
         self.models = ModelManager(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._live = False
