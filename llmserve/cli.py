@@ -103,6 +103,21 @@ def parse_host_policy(text: str) -> tuple[str, str, str]:
     return name.strip(), key, value
 
 
+def _kv_events(text: str) -> dict:
+    import json
+
+    from llmserve.llm.kv_events import KvEventsConfig
+
+    try:
+        values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError("expected a JSON object")
+        KvEventsConfig.from_dict(values)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(f"--kv-events-config: {e}") from None
+    return values
+
+
 def parse_rate_limit_resource(text: str) -> tuple[str, int, int | None]:
     """'NAME:COUNT[:DEVICE]' -> (name, count, device or None)."""
     parts = text.split(":")
@@ -170,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                        type=parse_rate_limit_resource, metavar="NAME:COUNT[:DEVICE]")
     serve.add_argument("--host-policy", action="append", default=[], type=parse_host_policy,
                        metavar="NAME,KEY=VALUE", help="e.g. cpu,cpu-cores=0-3 or gpu_0,numa-node=0")
+    serve.add_argument("--kv-events-config", type=_kv_events, default=None, metavar="JSON",
+                       help='vLLM-format KV cache events of LLM models, e.g. '
+                            '\'{"enable_kv_cache_events": true, "endpoint": "tcp://*:5557"}\'')
     serve.add_argument("--model-load-thread-count", type=_positive_int, default=4)
     serve.add_argument("--exit-timeout-secs", type=_seconds, default=30.0)
     for flag in IGNORED_FLAGS:
@@ -251,6 +269,7 @@ def _serve_options(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     options.cache_config = _parse_cache_config(args.cache_config, parser)
     options.rate_limit = args.rate_limit
     options.rate_limit_resources = list(args.rate_limit_resource)
+    options.kv_events_config = args.kv_events_config
     for name, key, value in args.host_policy:
         options.host_policies.setdefault(name, {})[key] = value
     options.model_load_thread_count = max(1, args.model_load_thread_count)

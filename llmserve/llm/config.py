@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 from llmserve.core.errors import InvalidArgument
+from llmserve.llm.kv_events import KvEventsConfig
 
 
 class ModelType(enum.Enum):
@@ -135,6 +136,8 @@ class ExecutorConfig:
     # vocabulary), the value OpenAI reports. TensorRT-LLM defaults to True.
     normalize_log_probs: bool | None = None
     tokens_per_block: int = 32
+    # KV cache events for KV-aware routers (vLLM's format; needs enable_block_reuse)
+    kv_events_config: KvEventsConfig | None = None
     # Engine placement (TensorRT-LLM fixes these at engine build time).
     device: str | None = None  # None: "cuda" when available, else "cpu"
     dtype: str = "auto"
