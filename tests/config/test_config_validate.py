@@ -34,6 +34,8 @@ def tensor(name="I", dims="[ 4 ]", extra="", kind="input", dtype="TYPE_FP32"):
 
 
 SEQ_START = 'control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ]'
+STATE = ('sequence_batching { state [ { input_name: "si" output_name: "so" '
+         'data_type: TYPE_FP32 ')
 
 BAD = [
     ("negative batch", PY + "max_batch_size: -1\n" + IO,
@@ -133,6 +135,33 @@ BAD = [
      '} ] }', "must not specify 'int32_false_true'"),
     ("state dims", PY + IO + 'sequence_batching { state [ { input_name: "si" output_name: "so"'
      ' data_type: TYPE_FP32 dims: [ 0 ] } ] }', "state 'si' dimension must be integer >= 1"),
+    ("initial state type", PY + IO + STATE + 'dims: [ -1 ] initial_state { name: "i" '
+     'data_type: TYPE_INT32 dims: [ 2 ] zero_data: true } } ] }',
+     "The data type used for 'initial_state' field of state 'si' does not match the state "
+     "data type."),
+    ("initial state name", PY + IO + STATE + 'dims: [ -1 ] initial_state { '
+     'data_type: TYPE_FP32 dims: [ 2 ] zero_data: true } } ] }',
+     "Field 'name' must be set when using initial_state for state input 'si'."),
+    ("initial state rank", PY + IO + STATE + 'dims: [ -1 ] initial_state { name: "i" '
+     'data_type: TYPE_FP32 dims: [ 2, 2 ] zero_data: true } } ] }',
+     "Number of dimensions in 'initial_state' doesn't match the size of 'state' dimensions "
+     "for state input 'si'. 2 != 1"),
+    ("initial state variable", PY + IO + STATE + 'dims: [ -1 ] initial_state { name: "i" '
+     'data_type: TYPE_FP32 dims: [ -1 ] zero_data: true } } ] }',
+     "'initial_state' field for state input name 'si' contains variable dimensions."),
+    ("initial state dim", PY + IO + STATE + 'dims: [ 3 ] initial_state { name: "i" '
+     'data_type: TYPE_FP32 dims: [ 2 ] zero_data: true } } ] }',
+     "'initial_state' dim for input name 'si' doesn't match 'state' dim description. 2 != 3"),
+    ("two initial states", PY + IO + STATE + 'dims: [ 1 ] initial_state [ { name: "i" '
+     'data_type: TYPE_FP32 dims: [ 1 ] zero_data: true }, { name: "j" data_type: TYPE_FP32 '
+     'dims: [ 1 ] zero_data: true } ] } ] }',
+     "initial_state field for state input 'si' must contain exactly one or zero element. "
+     "Found '2' elements."),
+    ("growable memory", PY + IO + STATE + 'dims: [ 1 ] use_growable_memory: true } ] }',
+     "In order to 'use_growable_memory', you must also enable 'use_single_buffer' for state "
+     "input name 'si'."),
+    ("state twice", PY + IO + STATE + 'dims: [ 1 ] }, { input_name: "si" output_name: "so2" '
+     'data_type: TYPE_FP32 dims: [ 1 ] } ] }', "State input name 'si' specified more than once."),
     ("no backend", 'default_model_filename: "x.bin"\n' + IO,
      "must specify 'platform' or 'backend' for 'm'"),
     ("unknown platform", 'platform: "caffe2_netdef"\n' + IO,
