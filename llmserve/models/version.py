@@ -29,6 +29,8 @@ from llmserve.scheduling.host_policy import host_policy_cpus, pin_current_thread
 from llmserve.scheduling.ordering import ResponseOrderer
 from llmserve.scheduling.rate_limiter import Grantee
 from llmserve.scheduling.request import ResponseSink, SchedRequest, now_ns
+from llmserve.scheduling.sequence_batcher import SequenceBatcher
+from llmserve.scheduling.sequence_controls import uses_sequence_batcher
 from llmserve.scheduling.validate import output_transform, requested_output_names, validate_request
 
 log = logging.getLogger(__name__)
@@ -68,10 +70,6 @@ def _warn_unimplemented(config: mc.ModelConfig) -> None:
         log.warning("model '%s': response_cache is accepted but not used (no response cache)", name)
     if len(config.model_warmup):
         log.warning("model '%s': model_warmup is accepted but warmup requests are not run", name)
-    sb = config.sequence_batching
-    if config.HasField("sequence_batching") and (len(sb.control_input) or len(sb.state)):
-        log.warning("model '%s': sequence_batching control inputs and implicit state are "
-                    "accepted but not generated", name)
 
 
 class ModelVersion:
@@ -88,7 +86,11 @@ class ModelVersion:
         self.state = ModelState.LOADING
         self.reason = ""
         self.stats = ModelStats()
-        self.queue: RequestQueue | None = None if self.is_ensemble else RequestQueue(config)
+        self.queue: RequestQueue | SequenceBatcher | None = None
+        if uses_sequence_batcher(config) and not self.is_ensemble:
+            self.queue = SequenceBatcher(config, len(instance_specs(config)))
+        elif not self.is_ensemble:
+            self.queue = RequestQueue(config)
         preserve = config.HasField("dynamic_batching") and config.dynamic_batching.preserve_ordering
         self.orderer = ResponseOrderer() if preserve else None
         self.sequence_needs_corrid = (config.HasField("sequence_batching")
@@ -107,6 +109,8 @@ class ModelVersion:
         if self.is_ensemble:
             self.state = ModelState.READY
             return
+        if isinstance(self.queue, SequenceBatcher):
+            self.queue.load_initial_states(self.model_dir)
         spec = ModelSpec(self.name, self.version, self.model_dir, self.config,
                          json.dumps(config_to_json_dict(self.config)), self.server.options,
                          self.server)
@@ -118,13 +122,15 @@ class ModelVersion:
             self._finalize_instances()
             raise
         limiter = getattr(self.server, "rate_limiter", None)
-        for inst, ispec in zip(self._instances, instance_specs(self.config), strict=False):
+        for index, (inst, ispec) in enumerate(zip(self._instances, instance_specs(self.config),
+                                                  strict=False)):
             group = _group_of(self.config, ispec)
             grantee = limiter.register(ispec.name, group, ispec.device_id) if limiter else None
             if grantee is not None:
                 self._grantees.append(grantee)
             cpus = host_policy_cpus(self.server.options, group, ispec)
-            t = threading.Thread(target=self._worker, args=(inst, grantee, cpus), daemon=True,
+            t = threading.Thread(target=self._worker, args=(inst, index, grantee, cpus),
+                                 daemon=True,
                                  name=f"model-{ispec.name}")
             t.start()
             self._workers.append(t)
@@ -220,14 +226,16 @@ class ModelVersion:
                 self._idle.notify_all()
             raise
 
-    def _worker(self, inst: BackendInstance, grantee: Grantee | None,
+    def _worker(self, inst: BackendInstance, index: int, grantee: Grantee | None,
                 cpus: set[int] | None) -> None:
         assert self.queue is not None
         if cpus:
             pin_current_thread(cpus, self.name)
         limiter = getattr(self.server, "rate_limiter", None)
         while True:
-            batch = self.queue.next_batch()
+            # the sequence batcher forms batches per instance (its slots live there)
+            seq = isinstance(self.queue, SequenceBatcher)
+            batch = self.queue.next_batch(index) if seq else self.queue.next_batch()
             if batch is None:
                 return
             if grantee is not None:
@@ -244,9 +252,10 @@ class ModelVersion:
     def _run_batch(self, inst: BackendInstance, batch: list[SchedRequest],
                    release: Callable[[], None] | None = None) -> None:
         start = now_ns()
-        for r in batch:
+        real = [r for r in batch if not r.null_request]  # sequence padding is not counted
+        for r in real:
             self.stats.queued(start - r.enqueue_ns)
-        size = sum(r.batch_size for r in batch)
+        size = sum(r.batch_size for r in real)
         try:
             fut = inst.execute(batch)
         except Exception as exc:
@@ -257,12 +266,12 @@ class ModelVersion:
                                          f"'{self.name}', message: {exc}"))
             fut = None
         if fut is None:
-            self.stats.executed(size, len(batch), 0, now_ns() - start, 0)
+            self.stats.executed(size, len(real), 0, now_ns() - start, 0)
             if release is not None:
                 release()
         else:
             def done(_f: object) -> None:
-                self.stats.executed(size, len(batch), 0, now_ns() - start, 0)
+                self.stats.executed(size, len(real), 0, now_ns() - start, 0)
                 if release is not None:
                     release()
 
