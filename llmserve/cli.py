@@ -27,7 +27,7 @@ IGNORED_FLAGS = (
     "--min-supported-compute-capability", "--id", "--backend-directory",
     "--repoagent-directory", "--buffer-manager-thread-count", "--trace-config",
     "--metrics-interval-ms", "--metrics-config", "--http-thread-count",
-    "--grpc-infer-allocation-pool-size", "--host-policy",
+    "--grpc-infer-allocation-pool-size",
     "--model-namespacing", "--log-format",
 )
 
@@ -80,6 +80,42 @@ def parse_backend_config(text: str) -> tuple[str, str, str]:
     if not key.strip():
         raise argparse.ArgumentTypeError(f"--backend-config '{text}' has an empty setting name")
     return backend.strip(), key.strip(), value
+
+
+def parse_host_policy(text: str) -> tuple[str, str, str]:
+    """'NAME,KEY=VALUE' -> (name, key, value), KEY one of numa-node, cpu-cores."""
+    from llmserve.scheduling.host_policy import KEYS, parse_cpu_list
+
+    name, _, setting = text.partition(",")
+    key, _, value = setting.partition("=")
+    key, value = key.strip(), value.strip()
+    try:
+        if not name.strip() or key not in KEYS or not value:
+            raise ValueError
+        if key == "cpu-cores":
+            parse_cpu_list(value)
+        elif int(value) < 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--host-policy expects NAME,KEY=VALUE with KEY one of {', '.join(KEYS)} "
+            f"(numa-node=N, cpu-cores=A-B,C), got '{text}'") from None
+    return name.strip(), key, value
+
+
+def _kv_events(text: str) -> dict:
+    import json
+
+    from llmserve.llm.kv_events import KvEventsConfig
+
+    try:
+        values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError("expected a JSON object")
+        KvEventsConfig.from_dict(values)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(f"--kv-events-config: {e}") from None
+    return values
 
 
 def parse_rate_limit_resource(text: str) -> tuple[str, int, int | None]:
@@ -151,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rate-limit", choices=["off", "execution_count"], default="off")
     serve.add_argument("--rate-limit-resource", action="append", default=[],
                        type=parse_rate_limit_resource, metavar="NAME:COUNT[:DEVICE]")
+    serve.add_argument("--host-policy", action="append", default=[], type=parse_host_policy,
+                       metavar="NAME,KEY=VALUE", help="e.g. cpu,cpu-cores=0-3 or gpu_0,numa-node=0")
+    serve.add_argument("--kv-events-config", type=_kv_events, default=None, metavar="JSON",
+                       help='vLLM-format KV cache events of LLM models, e.g. '
+                            '\'{"enable_kv_cache_events": true, "endpoint": "tcp://*:5557"}\'')
     serve.add_argument("--model-load-thread-count", type=_positive_int, default=4)
     serve.add_argument("--exit-timeout-secs", type=_seconds, default=30.0)
     for flag in IGNORED_FLAGS:
@@ -248,6 +289,9 @@ def _serve_options(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     options.cache_directory = args.cache_directory
     options.rate_limit = args.rate_limit
     options.rate_limit_resources = list(args.rate_limit_resource)
+    options.kv_events_config = args.kv_events_config
+    for name, key, value in args.host_policy:
+        options.host_policies.setdefault(name, {})[key] = value
     options.model_load_thread_count = max(1, args.model_load_thread_count)
     options.exit_timeout_secs = args.exit_timeout_secs
     options.http_max_body_bytes = args.http_max_input_size

@@ -30,6 +30,7 @@ from llmserve.llm.config import (
 )
 from llmserve.llm.draft_model import draft_model_proposer
 from llmserve.llm.engine_thread import EngineWorker
+from llmserve.llm.kv_events import make_publisher
 from llmserve.llm.lora_cache import LoraCache, lora_cache_for
 from llmserve.llm.outputs import error_response
 from llmserve.llm.request import Request, Response
@@ -92,6 +93,12 @@ class Executor:
         self.lora_cache: LoraCache = lora_cache_for(runner, config.lora_config)
         self.block_manager = BlockManager(num_blocks, self.tokens_per_block,
                                           config.kv_cache_config.enable_block_reuse)
+        self.kv_events = make_publisher(config.kv_events_config)
+        if self.kv_events is not None:
+            if not config.kv_cache_config.enable_block_reuse:
+                logger.warning("KV cache events are on but block reuse is off: no block is "
+                               "ever cached, so no event is published")
+            self.block_manager.events = []
         self.scheduler = Scheduler(self.block_manager, config.effective_policy,
                                    self.max_batch_size, self.max_num_tokens,
                                    config.enable_chunked_context)
@@ -159,8 +166,6 @@ class Executor:
             "speculative_decoding_config.fast_logits (draft logits travel with the request)":
                 config.speculative_decoding_config is not None
                 and config.speculative_decoding_config.fast_logits,
-            "normalize_log_probs=False (log probs are always normalised)":
-                not config.normalize_log_probs,
         }
         for name, set_ in ignored.items():
             if set_:
@@ -289,7 +294,8 @@ class Executor:
         end_id = int(req.end_id) if req.end_id is not None and req.end_id >= 0 else None
         params = SamplingParams.from_config(
             sc, end_id=end_id, bad_words=req.bad_words, embedding_bias=bias,
-            return_log_probs=req.output_config.return_log_probs)
+            return_log_probs=req.output_config.return_log_probs,
+            log_probs_over_kept=bool(self.config.normalize_log_probs))
         stop = StopCriteria.build(max_tokens, end_id, req.stop_words)
         self._warn_request_fields(req)
         return params, stop, num_seqs, None
@@ -440,6 +446,8 @@ class Executor:
                      or (deadline is not None and time.monotonic() > deadline)):
             stepper.cancel_all()
             self._flush()
+            if self.kv_events is not None:
+                self.kv_events.shutdown()
             self._engine.unregister(self)
             self._stopped.set()
             return True
@@ -479,6 +487,10 @@ class Executor:
             return True
         if stats is None:
             return False
+        if self.kv_events is not None:
+            events = self.block_manager.take_events()
+            if events:
+                self.kv_events.publish(events)
         with self._stats_lock:
             if self.config.iter_stats_max_iterations > 0:
                 self._iter_stats.append(stats)

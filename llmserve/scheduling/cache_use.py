@@ -69,23 +69,44 @@ class ModelCache:
         if result is not Inserted.EXISTS:  # Triton counts no miss when another filled it
             self.stats.cache_miss(lookup_ns + now_ns() - start)
 
-    async def ensemble(self, request: InferenceRequest,
-                       responses: AsyncIterator[InferenceResponse]
-                       ) -> AsyncIterator[InferenceResponse]:
+    def ensemble(self, request: InferenceRequest,
+                 responses: AsyncIterator[InferenceResponse]) -> EnsembleThroughCache:
         """An ensemble's responses through the cache: a hit skips its steps entirely."""
+        return EnsembleThroughCache(self, request, responses)
+
+
+class EnsembleThroughCache:
+    """The responses of one ensemble request, answered from the cache when it holds them
+    (then `hit` is True) or else by its steps, whose final response fills the cache."""
+
+    def __init__(self, owner: ModelCache, request: InferenceRequest,
+                 responses: AsyncIterator[InferenceResponse]):
+        self.hit = False
+        self._responses = responses
+        self._stream = self._run(owner, request)
+
+    def __aiter__(self) -> EnsembleThroughCache:
+        return self
+
+    async def __anext__(self) -> InferenceResponse:
+        return await self._stream.__anext__()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+        await self._responses.aclose()
+
+    async def _run(self, owner: ModelCache, request: InferenceRequest
+                   ) -> AsyncIterator[InferenceResponse]:
         start = now_ns()
-        key = self._key(request)
-        entry = self.cache.lookup(key)
+        key = owner._key(request)
+        entry = owner.cache.lookup(key)
         lookup_ns = now_ns() - start
         if entry is not None:
-            await responses.aclose()
-            self.stats.cache_hit(lookup_ns)
-            yield entry.response(self.name, self.version, request.id)
+            self.hit = True
+            owner.stats.cache_hit(lookup_ns)
+            yield entry.response(owner.name, owner.version, request.id)
             return
-        try:
-            async for resp in responses:
-                if resp.final:
-                    self._fill(key, resp, lookup_ns)
-                yield resp
-        finally:
-            await responses.aclose()
+        async for resp in self._responses:
+            if resp.final:
+                owner._fill(key, resp, lookup_ns)
+            yield resp

@@ -131,9 +131,10 @@ def test_ensemble_top_level_request_is_cached(hc):
     second = _infer(hc, th, "noisy_ens", x)
     assert _as_bytes(second) == _as_bytes(first)
     assert int(_stats(hc, "plain")["execution_count"]) == step_runs + 1  # the hit skipped it
-    ens = _stats(hc, "noisy_ens")["inference_stats"]
+    stats = _stats(hc, "noisy_ens")
+    ens = stats["inference_stats"]
     assert (ens["cache_hit"]["count"], ens["cache_miss"]["count"]) == (1, 1)
-    assert ens["success"]["count"] == 2
+    assert ens["success"]["count"] == 2 and stats["execution_count"] == 1  # hits run nothing
 
 
 def test_lru_eviction_in_bytes(hc, cache_live):
