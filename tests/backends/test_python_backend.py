@@ -125,6 +125,26 @@ def test_cancellation_reaches_model(backend_server):
     backend_server.run(run())
 
 
+def test_client_gone_cancels_a_decoupled_bls_call(backend_server):
+    """The model never checks is_cancelled(): once its only request is cancelled, its
+    decoupled BLS call to wait_cancel (which would stream for 10 s) is cancelled too and
+    the iteration ends quietly."""
+    async def run():
+        req = make_request("bls_forward", {"X": np.array([1], np.int32)})
+        gen = backend_server.infer(req)
+        first = await gen.__anext__()
+        assert first.error is None and first.output("Y") is not None
+        await gen.aclose()
+        for _ in range(150):
+            text = generate_latest(backend_server.metrics_registry).decode()
+            if 'test_bls_forward_ended_total{model="bls_forward"} 1.0' in text:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the BLS call kept running after its request was cancelled")
+
+    backend_server.run(run())
+
+
 def test_async_execute_runs_requests_concurrently(backend_server):
     async def run():
         reqs = [make_request("async_sleep", {"X": np.array([i], np.int32)}) for i in range(4)]

@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import concurrent.futures
 import filecmp
+import queue
+import time
 
 import numpy as np
 import pytest
+import tritonclient.grpc as tg
 from conformance_paths import stock_model_set
 from llm_e2e_helpers import grpc_stream, grpc_text_inputs
 from llm_fixtures import EOS_ID
 from stock_set_server import CONTEXT, MODELS, StockSet
 from test_e2e_llm_beam import NEW, WIDTH, beam_texts  # noqa: F401 (a fixture on our llm)
 from test_e2e_llm_generate import _clean_word, stream_text
-from test_e2e_llm_lifecycle import open_stream, read_events, wait_blocks_free
+from test_e2e_llm_lifecycle import generated_tokens, open_stream, read_events, wait_blocks_free
 
 PROMPT = "The server answers"
 TEXT_MODELS = ["ensemble", "tensorrt_llm_bls"]
 EXCLUDE = {"exclude_input_in_output": True}
 N = 8
+LONG = CONTEXT - 32  # tokens a stream would run to if nothing stopped it
 
 
 @pytest.fixture(scope="module")
@@ -244,16 +248,48 @@ def test_output_length_lowered_to_fit_max_seq_len(llm, model):
 
 
 # -- dropped streams, concurrency -------------------------------------------------------------
-@pytest.mark.parametrize("model", TEXT_MODELS)
-def test_dropped_stream_frees_kv_blocks_then_serves(llm, model):
-    executor = llm.executor()
-    total = executor.get_kv_cache_stats().free_num_blocks
-    body = {"text_input": PROMPT, "max_tokens": CONTEXT - 32, "end_id": -1, "stream": True}
+def _drop_http(llm, model: str, executor) -> None:
+    body = {"text_input": PROMPT, "max_tokens": LONG, "end_id": -1, "stream": True}
     with open_stream(llm, model, body) as s:
         read_events(s, 2)
         assert executor.get_kv_cache_stats().used_num_blocks > 0  # still generating
+
+
+def _drop_grpc(llm, model: str, executor) -> None:
+    q: queue.Queue = queue.Queue()
+    client = tg.InferenceServerClient(llm.live.grpc_url)
+    client.start_stream(callback=lambda result, error: q.put((result, error)))
+    try:
+        client.async_stream_infer(model, grpc_text_inputs(
+            PROMPT, LONG, end_id=np.array([[-1]], np.int32)))
+        for _ in range(2):
+            assert q.get(timeout=30)[1] is None
+        assert executor.get_kv_cache_stats().used_num_blocks > 0
+    finally:
+        client.stop_stream(cancel_requests=True)
+        client.close()
+
+
+def _drop_openai(llm, model: str, executor) -> None:
+    stream = llm.openai().completions.create(model=model, prompt=PROMPT, max_tokens=LONG,
+                                             stream=True, extra_body={"ignore_eos": True})
+    next(stream), next(stream)
+    assert executor.get_kv_cache_stats().used_num_blocks > 0
+    stream.close()
+
+
+@pytest.mark.parametrize("model", TEXT_MODELS)
+@pytest.mark.parametrize("drop", [_drop_http, _drop_grpc, _drop_openai],
+                         ids=["http", "grpc", "openai"])
+def test_dropped_stream_frees_kv_blocks_then_serves(llm, model, drop):
+    executor = llm.executor()
+    total = executor.get_kv_cache_stats().free_num_blocks
+    before = generated_tokens(llm)
+    drop(llm, model, executor)
     stats = wait_blocks_free(executor, total)
     assert (stats.used_num_blocks, stats.free_num_blocks) == (0, total)
+    time.sleep(0.3)  # the metrics thread catches up
+    assert 0 < generated_tokens(llm) - before < LONG - 50  # cancelled, not run to the end
     assert llm.generate(model, {"text_input": PROMPT, "max_tokens": N, **EXCLUDE})["text_output"] \
         == llm.greedy_text(PROMPT, N)
 

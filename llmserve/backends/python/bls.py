@@ -63,11 +63,26 @@ def _convert(item: Any) -> InferenceResponse:
 
 class ResponseIterator:
     """Responses of a decoupled BLS call; iterate with `for` or `async for`.
-    The final (possibly empty) response ends the iteration."""
+    The final (possibly empty) response ends the iteration.
 
-    def __init__(self, server: Any, request: CoreRequest, loop: asyncio.AbstractEventLoop | None):
+    parents: cancellation tokens of the requests the calling execute serves. When all of
+    them are cancelled (their clients went away) the call is cancelled and its iteration
+    ends quietly, so a model that never checks is_cancelled() (tensorrtllm_backend's own
+    BLS) does not leave a generation running to max_tokens for nobody."""
+
+    def __init__(self, server: Any, request: CoreRequest, loop: asyncio.AbstractEventLoop | None,
+                 parents: tuple[CancellationToken, ...] = ()):
         self._cancel: CancellationToken = request.cancel
         self._done = False
+        self._orphaned = False
+        if parents:
+            def orphan() -> None:
+                if all(p.is_cancelled() for p in parents):
+                    self._orphaned = True
+                    self._cancel.cancel()
+
+            for parent in parents:
+                parent.add_callback(orphan)
         if loop is None:
             self._queue: Any = queue.Queue()
             put = self._queue.put
@@ -110,7 +125,7 @@ class ResponseIterator:
         return self._step(item, StopAsyncIteration)
 
     def _step(self, item: Any, stop: type[Exception]) -> InferenceResponse:
-        if item is _END:
+        if item is _END or self._orphaned:
             self._done = True
             raise stop
         if isinstance(item, BaseException) or item.final:
