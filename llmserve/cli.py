@@ -27,7 +27,7 @@ IGNORED_FLAGS = (
     "--min-supported-compute-capability", "--id", "--backend-directory",
     "--repoagent-directory", "--buffer-manager-thread-count", "--trace-config",
     "--metrics-interval-ms", "--metrics-config", "--http-thread-count",
-    "--grpc-infer-allocation-pool-size", "--host-policy", "--response-cache-byte-size",
+    "--grpc-infer-allocation-pool-size", "--response-cache-byte-size",
     "--model-namespacing", "--log-format",
 )
 
@@ -80,6 +80,27 @@ def parse_backend_config(text: str) -> tuple[str, str, str]:
     if not key.strip():
         raise argparse.ArgumentTypeError(f"--backend-config '{text}' has an empty setting name")
     return backend.strip(), key.strip(), value
+
+
+def parse_host_policy(text: str) -> tuple[str, str, str]:
+    """'NAME,KEY=VALUE' -> (name, key, value), KEY one of numa-node, cpu-cores."""
+    from llmserve.scheduling.host_policy import KEYS, parse_cpu_list
+
+    name, _, setting = text.partition(",")
+    key, _, value = setting.partition("=")
+    key, value = key.strip(), value.strip()
+    try:
+        if not name.strip() or key not in KEYS or not value:
+            raise ValueError
+        if key == "cpu-cores":
+            parse_cpu_list(value)
+        elif int(value) < 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--host-policy expects NAME,KEY=VALUE with KEY one of {', '.join(KEYS)} "
+            f"(numa-node=N, cpu-cores=A-B,C), got '{text}'") from None
+    return name.strip(), key, value
 
 
 def parse_rate_limit_resource(text: str) -> tuple[str, int, int | None]:
@@ -147,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rate-limit", choices=["off", "execution_count"], default="off")
     serve.add_argument("--rate-limit-resource", action="append", default=[],
                        type=parse_rate_limit_resource, metavar="NAME:COUNT[:DEVICE]")
+    serve.add_argument("--host-policy", action="append", default=[], type=parse_host_policy,
+                       metavar="NAME,KEY=VALUE", help="e.g. cpu,cpu-cores=0-3 or gpu_0,numa-node=0")
     serve.add_argument("--model-load-thread-count", type=_positive_int, default=4)
     serve.add_argument("--exit-timeout-secs", type=_seconds, default=30.0)
     for flag in IGNORED_FLAGS:
@@ -228,6 +251,8 @@ def _serve_options(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     options.cache_config = _parse_cache_config(args.cache_config, parser)
     options.rate_limit = args.rate_limit
     options.rate_limit_resources = list(args.rate_limit_resource)
+    for name, key, value in args.host_policy:
+        options.host_policies.setdefault(name, {})[key] = value
     options.model_load_thread_count = max(1, args.model_load_thread_count)
     options.exit_timeout_secs = args.exit_timeout_secs
     options.http_max_body_bytes = args.http_max_input_size

@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llmserve.core import prometheus_text
 from llmserve.core.errors import ServerError
 from llmserve.frontends.errors import (
     BodyTooLarge,
@@ -59,6 +60,6 @@ def build_http_app(
 
 def build_metrics_app(server: Any) -> Starlette:
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(server.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(prometheus_text.render(server.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[Route("/metrics", metrics, methods=["GET"])])

@@ -130,7 +130,10 @@ class ExecutorConfig:
     speculative_decoding_config: SpeculativeDecodingConfig | None = None
     iter_stats_max_iterations: int = 1000
     request_stats_max_iterations: int = 0
-    normalize_log_probs: bool = True
+    # True: TensorRT-LLM's normalised log probs, log P(token | the top-k/top-p set it was
+    # sampled from) (0.0 for greedy); False or None (llmserve's default): log P(token |
+    # vocabulary), the value OpenAI reports. TensorRT-LLM defaults to True.
+    normalize_log_probs: bool | None = None
     tokens_per_block: int = 32
     # Engine placement (TensorRT-LLM fixes these at engine build time).
     device: str | None = None  # None: "cuda" when available, else "cpu"

@@ -159,8 +159,6 @@ class Executor:
             "speculative_decoding_config.fast_logits (draft logits travel with the request)":
                 config.speculative_decoding_config is not None
                 and config.speculative_decoding_config.fast_logits,
-            "normalize_log_probs=False (log probs are always normalised)":
-                not config.normalize_log_probs,
         }
         for name, set_ in ignored.items():
             if set_:
@@ -290,7 +288,8 @@ class Executor:
         end_id = int(req.end_id) if req.end_id is not None and req.end_id >= 0 else None
         params = SamplingParams.from_config(
             sc, end_id=end_id, bad_words=req.bad_words, embedding_bias=bias,
-            return_log_probs=req.output_config.return_log_probs)
+            return_log_probs=req.output_config.return_log_probs,
+            log_probs_over_kept=bool(self.config.normalize_log_probs))
         stop = StopCriteria.build(max_tokens, end_id, req.stop_words)
         self._warn_request_fields(req)
         return params, stop, num_seqs, None

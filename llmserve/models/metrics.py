@@ -8,6 +8,8 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
+from llmserve.core.prometheus_text import ExactCounter
+
 # name, help, type, how to read it from ModelStats.to_json()
 _COUNTERS: list[tuple[str, str, Callable[[dict], float]]] = [
     ("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
@@ -43,9 +45,8 @@ class ModelMetricsCollector:
 
     def collect(self) -> Iterable[Any]:
         rows = list(self._versions())
-        # Counters are exposed untyped: prometheus_client would rename them NAME_total.
         for name, doc, read in _COUNTERS:
-            m = Metric(name, doc, "unknown")
+            m = ExactCounter(name, doc)
             for model, version, stats, _ in rows:
                 m.add_sample(name, {"model": model, "version": str(version)}, float(read(stats)))
             yield m

@@ -7,6 +7,7 @@ import enum
 import json
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ from llmserve.core.types import InferenceRequest, InferenceResponse
 from llmserve.models.stats import ModelStats
 from llmserve.repository import backend_of, config_to_json_dict
 from llmserve.scheduling.batcher import RequestQueue
+from llmserve.scheduling.host_policy import host_policy_cpus, pin_current_thread
 from llmserve.scheduling.ordering import ResponseOrderer
+from llmserve.scheduling.rate_limiter import Grantee
 from llmserve.scheduling.request import ResponseSink, SchedRequest, now_ns
 from llmserve.scheduling.validate import output_transform, requested_output_names, validate_request
 
@@ -52,6 +55,13 @@ def instance_specs(config: mc.ModelConfig) -> list[InstanceSpec]:
     return specs
 
 
+def _group_of(config: mc.ModelConfig, ispec: InstanceSpec) -> mc.ModelInstanceGroup:
+    for gi, group in enumerate(config.instance_group):
+        if (group.name or f"{config.name}_{gi}") == ispec.group_name:
+            return group
+    return mc.ModelInstanceGroup()
+
+
 def _warn_unimplemented(config: mc.ModelConfig) -> None:
     name = config.name
     if config.response_cache.enable:
@@ -62,9 +72,6 @@ def _warn_unimplemented(config: mc.ModelConfig) -> None:
     if config.HasField("sequence_batching") and (len(sb.control_input) or len(sb.state)):
         log.warning("model '%s': sequence_batching control inputs and implicit state are "
                     "accepted but not generated", name)
-    if any(g.HasField("rate_limiter") for g in config.instance_group):
-        log.warning("model '%s': instance_group rate_limiter settings are accepted but not "
-                    "enforced", name)
 
 
 class ModelVersion:
@@ -89,6 +96,7 @@ class ModelVersion:
         self._backend_model: BackendModel | None = None
         self._instances: list[BackendInstance] = []
         self._workers: list[threading.Thread] = []
+        self._grantees: list[Grantee] = []
         self._idle = threading.Condition()
         self._inflight = 0
 
@@ -109,8 +117,14 @@ class ModelVersion:
         except BaseException:
             self._finalize_instances()
             raise
+        limiter = getattr(self.server, "rate_limiter", None)
         for inst, ispec in zip(self._instances, instance_specs(self.config), strict=False):
-            t = threading.Thread(target=self._worker, args=(inst,), daemon=True,
+            group = _group_of(self.config, ispec)
+            grantee = limiter.register(ispec.name, group, ispec.device_id) if limiter else None
+            if grantee is not None:
+                self._grantees.append(grantee)
+            cpus = host_policy_cpus(self.server.options, group, ispec)
+            t = threading.Thread(target=self._worker, args=(inst, grantee, cpus), daemon=True,
                                  name=f"model-{ispec.name}")
             t.start()
             self._workers.append(t)
@@ -155,6 +169,10 @@ class ModelVersion:
         for t in self._workers:
             t.join(timeout=30)
         self._workers = []
+        limiter = getattr(self.server, "rate_limiter", None)
+        for grantee in self._grantees:
+            limiter.unregister(grantee)
+        self._grantees = []
         self._finalize_instances()
         self.state = ModelState.UNAVAILABLE
         self.reason = "unloaded"
@@ -202,15 +220,29 @@ class ModelVersion:
                 self._idle.notify_all()
             raise
 
-    def _worker(self, inst: BackendInstance) -> None:
+    def _worker(self, inst: BackendInstance, grantee: Grantee | None,
+                cpus: set[int] | None) -> None:
         assert self.queue is not None
+        if cpus:
+            pin_current_thread(cpus, self.name)
+        limiter = getattr(self.server, "rate_limiter", None)
         while True:
             batch = self.queue.next_batch()
             if batch is None:
                 return
-            self._run_batch(inst, batch)
+            if grantee is not None:
+                # the batch waits until this instance holds its rate-limiter resources
+                while not limiter.acquire(grantee, timeout=0.5):
+                    if self.state == ModelState.UNLOADING and self.queue.stopped:
+                        for r in batch:
+                            r.fail(Unavailable(f"model '{self.name}' version {self.version} "
+                                               "was unloaded"))
+                        return
+            self._run_batch(inst, batch,
+                            (lambda: limiter.release(grantee)) if grantee is not None else None)
 
-    def _run_batch(self, inst: BackendInstance, batch: list[SchedRequest]) -> None:
+    def _run_batch(self, inst: BackendInstance, batch: list[SchedRequest],
+                   release: Callable[[], None] | None = None) -> None:
         start = now_ns()
         for r in batch:
             self.stats.queued(start - r.enqueue_ns)
@@ -226,6 +258,12 @@ class ModelVersion:
             fut = None
         if fut is None:
             self.stats.executed(size, len(batch), 0, now_ns() - start, 0)
+            if release is not None:
+                release()
         else:
-            fut.add_done_callback(
-                lambda _f: self.stats.executed(size, len(batch), 0, now_ns() - start, 0))
+            def done(_f: object) -> None:
+                self.stats.executed(size, len(batch), 0, now_ns() - start, 0)
+                if release is not None:
+                    release()
+
+            fut.add_done_callback(done)

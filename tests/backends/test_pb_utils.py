@@ -50,3 +50,15 @@ def test_request_and_response_construction():
     assert pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL == 1
     assert pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE == 2
     pb_utils.Logger.log_info("hello from a test")
+
+
+def test_request_names_take_bytes_like_triton():
+    x = [pb_utils.Tensor("a", np.ones(1))]
+    from_tensor = np.array([b"add_sub"], dtype=np.object_)[0]  # what BLS examples pass
+    for name in (from_tensor, np.bytes_(b"add_sub"), np.str_("add_sub"), b"add_sub"):
+        req = pb_utils.InferenceRequest(model_name=name, inputs=x, requested_output_names=[b"o"],
+                                        request_id=b"7")
+        assert req.model_name() == "add_sub" and type(req.model_name()) is str
+        assert req.requested_output_names() == ["o"] and req.request_id() == "7"
+    with pytest.raises(TypeError, match="model_name"):
+        pb_utils.InferenceRequest(model_name=3, inputs=x)

@@ -52,7 +52,8 @@ def test_ensemble_gets_no_instance_group():
     assert groups('platform: "ensemble"', (0,)) == []
 
 
-def test_host_policy_names():
+def test_default_host_policy_names_by_kind():
+    """Names only; pinning by policy: tests/e2e/test_e2e_rate_limit_host_policy.py."""
     config = parse_config_text('instance_group [ { kind: KIND_CPU }, { kind: KIND_GPU }, '
                                '{ kind: KIND_MODEL }, { kind: KIND_CPU host_policy: "p0" } ]')
     cpu, gpu, model, named = config.instance_group

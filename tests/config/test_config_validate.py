@@ -210,7 +210,8 @@ def test_valid_configs_pass(text):
     resolve(text)
 
 
-def test_seed_rate_limiter_example_with_three_gpus():
+def test_seed_rate_limiter_example_config_validates_on_three_gpus():
+    """The config side only; what the limiter does with it: tests/scheduling/test_rate_limiter.py."""
     text = PY + IO + """instance_group [ { count: 1 kind: KIND_GPU gpus: [ 0, 1, 2 ]
       rate_limiter { resources [ { name: "R1" count: 4 }, { name: "R2" global: True count: 2 } ]
                      priority: 2 } } ]"""

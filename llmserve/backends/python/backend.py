@@ -31,7 +31,12 @@ log = logging.getLogger(__name__)
 
 
 def last_traceback_line(exc: BaseException) -> str:
-    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+    """`Name: message`, the class unqualified as Triton's stub prints it."""
+    line = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    qualified = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    if line.startswith(qualified):
+        line = type(exc).__name__ + line[len(qualified):]
+    return line
 
 
 class PythonModel(BackendModel):
