@@ -238,11 +238,10 @@ class Executor:
         max_tokens = int(req.max_tokens)
         if max_tokens < 1:
             raise InvalidArgument(f"max_tokens must be >= 1, got {max_tokens}")
-        total = len(prompt) + max_tokens
-        if total > self.max_seq_len:
+        max_input_len = self.max_seq_len - 1  # room for at least one output token
+        if len(prompt) > max_input_len:
             raise InvalidArgument(
-                f"prompt length ({len(prompt)}) + max_tokens ({max_tokens}) = {total} "
-                f"exceeds max_seq_len ({self.max_seq_len})"
+                f"Prompt length ({len(prompt)}) exceeds maximum input length ({max_input_len})."
             )
         sc = req.sampling_config
         sc.validate()
@@ -270,6 +269,8 @@ class Executor:
         num_draft = len(draft.tokens) if draft is not None and num_seqs == 1 else 0
         if num_draft:
             self._check_draft(draft)
+        max_tokens = self._fit_output_len(len(prompt), max_tokens, num_draft)
+        total = len(prompt) + max_tokens
         bm = self.block_manager
         # sampled siblings may each copy the shared partial block; beams at most hold
         # one full table each (a copy replaces a shared block)
@@ -299,6 +300,24 @@ class Executor:
         stop = StopCriteria.build(max_tokens, end_id, req.stop_words)
         self._warn_request_fields(req)
         return params, stop, num_seqs, None
+
+    def _fit_output_len(self, prompt_len: int, max_tokens: int, num_draft: int) -> int:
+        """max_tokens lowered to fit max_seq_len with the step's draft tokens, with a
+        warning, as TensorRT-LLM's request validation does (it is not an error there)."""
+        if prompt_len + max_tokens + num_draft <= self.max_seq_len:
+            return max_tokens
+        fitted = self.max_seq_len - prompt_len - num_draft
+        if fitted < 1:
+            raise InvalidArgument(
+                f"Prompt length + number of draft tokens ({prompt_len} + {num_draft}) leaves no "
+                f"room for output tokens in the maximum sequence length ({self.max_seq_len})."
+            )
+        logger.warning(
+            "Prompt length + number of requested output tokens + draft tokens per step "
+            "(%d + %d + %d) exceeds maximum sequence length (%d). Number of requested output "
+            "tokens is changed to (%d).",
+            prompt_len, max_tokens, num_draft, self.max_seq_len, fitted)
+        return fitted
 
     def _check_draft(self, draft) -> None:
         if any(not 0 <= int(t) < self.vocab_size for t in draft.tokens):

@@ -141,12 +141,32 @@ def test_cancellation_reaches_model(backend_server):
         assert first.output("Y") is not None
         await gen.aclose()  # the consumer goes away -> request.cancel
         assert req.cancel.is_cancelled()
-        for _ in range(200):
-            text = prometheus_text.render(backend_server.metrics_registry).decode()
-            if 'test_cancelled_total{model="wait_cancel"} 1.0' in text:
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError("the model never saw is_cancelled()")
+        await _metric_shows(backend_server, 'test_cancelled_total{model="wait_cancel"} 1.0',
+                            "the model never saw is_cancelled()")
+
+    backend_server.run(run())
+
+
+async def _metric_shows(server, line: str, failure: str, tries: int = 200) -> None:
+    for _ in range(tries):
+        if line in prometheus_text.render(server.metrics_registry).decode():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(failure)
+
+
+def test_client_gone_cancels_a_decoupled_bls_call(backend_server):
+    """The model never checks is_cancelled(): once its only request is cancelled, its
+    decoupled BLS call to wait_cancel (which would stream for 10 s) is cancelled too and
+    the iteration ends quietly."""
+    async def run():
+        req = make_request("bls_forward", {"X": np.array([1], np.int32)})
+        gen = backend_server.infer(req)
+        first = await gen.__anext__()
+        assert first.error is None and first.output("Y") is not None
+        await gen.aclose()
+        await _metric_shows(backend_server, 'test_bls_forward_ended_total{model="bls_forward"} 1.0',
+                            "the BLS call kept running after its request was cancelled", 150)
 
     backend_server.run(run())
 
