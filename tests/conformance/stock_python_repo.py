@@ -45,13 +45,24 @@ def template_values(ckpt: Path) -> dict[str, dict[str, str]]:
     }
 
 
+def fill(config: Path, values: dict[str, str]) -> None:
+    subs = ",".join(f"{k}:{v}" for k, v in values.items())
+    subprocess.run([sys.executable, str(stock_fill_template()), "-i", str(config), subs],
+                   check=True)
+
+
 def fill_stock_repository(dst: Path, ckpt: Path) -> Path:
-    """Copy the stock folder to dst and fill every config.pbtxt with the stock script."""
+    """Copy the stock folder to dst and fill every config.pbtxt with the stock script;
+    plus nd_tensorrt_llm: the stock tensorrt_llm folder again, decoupled_mode false."""
     shutil.copytree(stock_model_set(), dst)
-    for model, values in template_values(ckpt).items():
-        subs = ",".join(f"{k}:{v}" for k, v in values.items())
-        subprocess.run([sys.executable, str(stock_fill_template()), "-i",
-                        str(dst / model / "config.pbtxt"), subs], check=True)
+    values = template_values(ckpt)
+    for model, model_values in values.items():
+        fill(dst / model / "config.pbtxt", model_values)
+    nd = dst / "nd_tensorrt_llm"
+    shutil.copytree(stock_model_set() / "tensorrt_llm", nd)
+    config = nd / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "tensorrt_llm"', 'name: "nd_tensorrt_llm"'))
+    fill(config, dict(values["tensorrt_llm"], decoupled_mode="false"))
     return dst
 
 

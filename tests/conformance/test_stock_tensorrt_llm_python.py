@@ -25,9 +25,10 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.grpc as tg
+import tritonclient.http as th
 from llm_fixtures import EOS_ID
 from stock_python_repo import StockPythonServer
-from tritonclient.utils import np_to_triton_dtype
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 PROMPT = "The quick brown fox"
 BEAM_PROMPT = "The server answers"  # its two beams differ as text
@@ -116,6 +117,34 @@ def test_stock_metrics_loop_reads_the_stats(stock, http):
     assert metric(text, "nv_trt_llm_request_metrics", request_type="max", **common) > 0
     assert metric(text, "nv_trt_llm_general_metrics", general_type="timestamp", **common) > 1e9
     assert metric(text, "nv_llm_input_token_len_count", **common) >= 1
+
+
+def test_non_decoupled_model_answers_from_its_awaiter_thread(stock):
+    """decoupled_mode false: execute returns None and the model's own thread sends the one
+    response later (Triton's response sender in default mode)."""
+    ids = stock.tokenizer.encode(PROMPT)
+    values = {"input_ids": np.array([ids], np.int32),
+              "input_lengths": np.array([[len(ids)]], np.int32),
+              "request_output_len": np.array([[8]], np.int32),
+              "end_id": np.array([[EOS_ID]], np.int32)}
+    client = th.InferenceServerClient(stock.live.http_url)
+    try:
+        result = client.infer("nd_tensorrt_llm", http_inputs(values))
+        assert result.as_numpy("output_ids").reshape(-1).tolist() == stock.greedy_ids(ids, 8)
+        values["streaming"] = np.array([[True]])
+        with pytest.raises(InferenceServerException, match="only supported in decoupled mode"):
+            client.infer("nd_tensorrt_llm", http_inputs(values))
+    finally:
+        client.close()
+
+
+def http_inputs(values: dict[str, np.ndarray]) -> list:
+    inputs = []
+    for name, value in values.items():
+        tensor = th.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+        tensor.set_data_from_numpy(value)
+        inputs.append(tensor)
+    return inputs
 
 
 # -- greedy text ----------------------------------------------------------------------------
