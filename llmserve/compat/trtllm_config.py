@@ -9,6 +9,7 @@ check_supported() refuses what cannot run at all (Medusa / EAGLE / ReDrafter hea
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, fields
 
 from llmserve import llm
@@ -16,14 +17,15 @@ from llmserve.core.errors import Unsupported
 
 
 class DecodingMode:
-    """TensorRT-LLM's DecodingMode: built with DecodingMode.TopK() etc., compared by value."""
+    """TensorRT-LLM's DecodingMode: built with DecodingMode.TopK() etc. (one constructor
+    per mode, TensorRT-LLM's camel-case names), compared by value, asked with isTopK()..."""
 
     __slots__ = ("name",)
-    _NAMES = ("Auto", "TopK", "TopP", "TopKTopP", "BeamSearch", "Medusa", "Lookahead",
-              "ExplicitDraftTokens", "ExternalDraftTokens", "Eagle")
+    NAMES = ("Auto", "TopK", "TopP", "TopKTopP", "BeamSearch", "Medusa", "Lookahead",
+             "ExplicitDraftTokens", "ExternalDraftTokens", "Eagle")
 
     def __init__(self, name: str = "Auto") -> None:
-        if name not in self._NAMES:
+        if name not in self.NAMES:
             raise ValueError(f"unknown decoding mode {name!r}")
         self.name = name
 
@@ -36,73 +38,14 @@ class DecodingMode:
     def __repr__(self) -> str:
         return f"DecodingMode.{self.name}()"
 
-    # TensorRT-LLM's binding names (camel case), kept as they are for existing callers
-    @staticmethod
-    def Auto() -> DecodingMode:  # noqa: N802
-        return DecodingMode("Auto")
+    def _is(self, name: str) -> bool:
+        # TopKTopP samples with both: it is TopK and TopP too
+        return self.name == name or (self.name == "TopKTopP" and name in ("TopK", "TopP"))
 
-    @staticmethod
-    def TopK() -> DecodingMode:  # noqa: N802
-        return DecodingMode("TopK")
 
-    @staticmethod
-    def TopP() -> DecodingMode:  # noqa: N802
-        return DecodingMode("TopP")
-
-    @staticmethod
-    def TopKTopP() -> DecodingMode:  # noqa: N802
-        return DecodingMode("TopKTopP")
-
-    @staticmethod
-    def BeamSearch() -> DecodingMode:  # noqa: N802
-        return DecodingMode("BeamSearch")
-
-    @staticmethod
-    def Medusa() -> DecodingMode:  # noqa: N802
-        return DecodingMode("Medusa")
-
-    @staticmethod
-    def Lookahead() -> DecodingMode:  # noqa: N802
-        return DecodingMode("Lookahead")
-
-    @staticmethod
-    def ExplicitDraftTokens() -> DecodingMode:  # noqa: N802
-        return DecodingMode("ExplicitDraftTokens")
-
-    @staticmethod
-    def ExternalDraftTokens() -> DecodingMode:  # noqa: N802
-        return DecodingMode("ExternalDraftTokens")
-
-    @staticmethod
-    def Eagle() -> DecodingMode:  # noqa: N802
-        return DecodingMode("Eagle")
-
-    def isAuto(self) -> bool:  # noqa: N802
-        return self.name == "Auto"
-
-    def isTopK(self) -> bool:  # noqa: N802
-        return self.name in ("TopK", "TopKTopP")
-
-    def isTopP(self) -> bool:  # noqa: N802
-        return self.name in ("TopP", "TopKTopP")
-
-    def isBeamSearch(self) -> bool:  # noqa: N802
-        return self.name == "BeamSearch"
-
-    def isMedusa(self) -> bool:  # noqa: N802
-        return self.name == "Medusa"
-
-    def isLookahead(self) -> bool:  # noqa: N802
-        return self.name == "Lookahead"
-
-    def isExplicitDraftTokens(self) -> bool:  # noqa: N802
-        return self.name == "ExplicitDraftTokens"
-
-    def isExternalDraftTokens(self) -> bool:  # noqa: N802
-        return self.name == "ExternalDraftTokens"
-
-    def isEagle(self) -> bool:  # noqa: N802
-        return self.name == "Eagle"
+for _name in DecodingMode.NAMES:
+    setattr(DecodingMode, _name, staticmethod(functools.partial(DecodingMode, _name)))
+    setattr(DecodingMode, f"is{_name}", functools.partialmethod(DecodingMode._is, _name))
 
 
 # modes that need extra heads built into a TensorRT-LLM engine; a checkpoint has none

@@ -10,12 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 from conformance_paths import stock_fill_template, stock_model_set
-from llm_fixtures import EOS_ID, make_tiny_checkpoint
+from llm_fixtures import make_tiny_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from e2e_live import LiveServer, e2e_options  # noqa: E402
+from llm_e2e_helpers import LlmE2E, grpc_text_inputs  # noqa: E402
+
+__all__ = ["StockPythonServer", "fill_stock_repository", "grpc_text_inputs"]
 
 MAX_BATCH = 8
 
@@ -85,33 +87,9 @@ class StockPythonServer:
         """The TritonPythonModel instance serving `name` (its first instance)."""
         return self.live.server.models.resolve(name)._instances[0].obj
 
-    # -- transformers references ---------------------------------------------------------
-    def greedy_ids(self, prompt_ids: list[int], n: int, banned: tuple[int, ...] = ()) -> list[int]:
-        """Greedy continuation with transformers logits, ending after eos (included) like
-        the executor with end_id = eos; `banned` ids are never picked (bad words)."""
-        ids, out = list(prompt_ids), []
-        with torch.inference_mode():
-            for _ in range(n):
-                logits = self.hf(torch.tensor([ids])).logits[0, -1]
-                for t in banned:
-                    logits[t] = float("-inf")
-                token = int(logits.argmax())
-                ids.append(token)
-                out.append(token)
-                if token == EOS_ID:
-                    break
-        return out
+    # -- transformers references (the e2e helpers' own) ---------------------------------
+    greedy_ids = LlmE2E.greedy_ids  # (prompt_ids, n, *, banned=()): ends after eos, included
+    log_probs = LlmE2E.log_probs  # (prompt_ids, generated): transformers' log softmax
 
     def text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def greedy_text(self, prompt: str, n: int, **kw) -> str:
-        return self.text(self.greedy_ids(self.tokenizer.encode(prompt), n, **kw))
-
-    def log_probs(self, prompt_ids: list[int], generated: list[int]) -> list[float]:
-        """log softmax of transformers logits at each generated token."""
-        with torch.inference_mode():
-            logits = self.hf(torch.tensor([prompt_ids + generated])).logits[0].float()
-        lp = torch.log_softmax(logits, dim=-1)
-        start = len(prompt_ids) - 1
-        return [float(lp[start + i, t]) for i, t in enumerate(generated)]

@@ -27,7 +27,7 @@ import torch
 import tritonclient.grpc as tg
 import tritonclient.http as th
 from llm_fixtures import EOS_ID
-from stock_python_repo import StockPythonServer
+from stock_python_repo import StockPythonServer, grpc_text_inputs
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 PROMPT = "The quick brown fox"
@@ -159,16 +159,8 @@ def test_http_generate_and_stream_equal_transformers(stock, http, model):
 
 
 def grpc_inputs(prompt: str, max_tokens: int, stream: bool, **extra) -> list:
-    values = {"text_input": np.array([[prompt.encode()]], dtype=object),
-              "max_tokens": np.array([[max_tokens]], np.int32),
-              "stream": np.array([[stream]])}
-    values.update({k: np.asarray(v) for k, v in extra.items()})
-    inputs = []
-    for name, value in values.items():
-        tensor = tg.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
-        tensor.set_data_from_numpy(value)
-        inputs.append(tensor)
-    return inputs
+    return grpc_text_inputs(prompt, max_tokens, stream=np.array([[stream]]),
+                            **{k: np.asarray(v) for k, v in extra.items()})
 
 
 def grpc_stream(stock, model: str, requests: dict[str, list]) -> dict[str, list]:
