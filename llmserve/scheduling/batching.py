@@ -35,22 +35,26 @@ def concat_inputs(config: mc.ModelConfig, batch: list[SchedRequest]) -> dict[str
     batching = config.max_batch_size > 0
     if not batching and len(batch) != 1:
         raise InternalError(f"model '{config.name}' does not batch but got {len(batch)} requests")
-    for cfg in config.input:
-        present = [r.inputs.get(cfg.name) for r in batch]
+    ragged = {cfg.name for cfg in config.input if cfg.allow_ragged_batch}
+    # config inputs, then what the sequence batcher added (control and state inputs)
+    names = [cfg.name for cfg in config.input]
+    names += [n for n in batch[0].inputs if n not in names] if batch else []
+    for name in names:
+        present = [r.inputs.get(name) for r in batch]
         if all(t is None for t in present):
             continue
         if any(t is None for t in present):
             raise InvalidArgument(
-                f"optional input '{cfg.name}' of model '{config.name}' must be given by every "
+                f"optional input '{name}' of model '{config.name}' must be given by every "
                 "request of a batch or by none"
             )
         arrays = [t.data for t in present]
         if len(arrays) == 1:
-            result[cfg.name] = arrays[0]
-        elif cfg.allow_ragged_batch:
-            result[cfg.name] = np.concatenate([a.reshape(-1) for a in arrays])
+            result[name] = arrays[0]
+        elif name in ragged:
+            result[name] = np.concatenate([a.reshape(-1) for a in arrays])
         else:
-            result[cfg.name] = np.concatenate(arrays, axis=0)
+            result[name] = np.concatenate(arrays, axis=0)
     return result
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import inspect
 import logging
 import threading
@@ -30,7 +31,12 @@ log = logging.getLogger(__name__)
 
 
 def last_traceback_line(exc: BaseException) -> str:
-    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+    """`Name: message`, the class unqualified as Triton's stub prints it."""
+    line = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    qualified = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    if line.startswith(qualified):
+        line = type(exc).__name__ + line[len(qualified):]
+    return line
 
 
 class PythonModel(BackendModel):
@@ -127,8 +133,9 @@ class PythonInstance(BackendInstance):
         for sreq in batch:
             sreq.backend_state.setdefault("decoupled", self.decoupled)
         pb_requests = [InferenceRequest._from_sched(s) for s in batch]
+        ctx = dataclasses.replace(self._exec_ctx, parents=tuple(s.request.cancel for s in batch))
         if not self.is_async:
-            token = context.enter(self._exec_ctx)
+            token = context.enter(ctx)
             try:
                 result = self.obj.execute(pb_requests)
             except Exception as exc:
@@ -138,8 +145,6 @@ class PythonInstance(BackendInstance):
             finally:
                 context.leave(token)
             return None
-
-        ctx = self._exec_ctx
 
         async def run() -> None:
             context.enter(ctx)
