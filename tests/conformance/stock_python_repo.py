@@ -55,7 +55,8 @@ def fill(config: Path, values: dict[str, str]) -> None:
 
 def fill_stock_repository(dst: Path, ckpt: Path) -> Path:
     """Copy the stock folder to dst and fill every config.pbtxt with the stock script;
-    plus nd_tensorrt_llm: the stock tensorrt_llm folder again, decoupled_mode false."""
+    plus nd_tensorrt_llm: the stock tensorrt_llm folder again, decoupled_mode false and
+    normalize_log_probs true."""
     shutil.copytree(stock_model_set(), dst)
     values = template_values(ckpt)
     for model, model_values in values.items():
@@ -64,7 +65,7 @@ def fill_stock_repository(dst: Path, ckpt: Path) -> Path:
     shutil.copytree(stock_model_set() / "tensorrt_llm", nd)
     config = nd / "config.pbtxt"
     config.write_text(config.read_text().replace('name: "tensorrt_llm"', 'name: "nd_tensorrt_llm"'))
-    fill(config, dict(values["tensorrt_llm"], decoupled_mode="false"))
+    fill(config, dict(values["tensorrt_llm"], decoupled_mode="false", normalize_log_probs="true"))
     return dst
 
 

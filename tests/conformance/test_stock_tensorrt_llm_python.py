@@ -121,7 +121,8 @@ def test_stock_metrics_loop_reads_the_stats(stock, http):
 
 def test_non_decoupled_model_answers_from_its_awaiter_thread(stock):
     """decoupled_mode false: execute returns None and the model's own thread sends the one
-    response later (Triton's response sender in default mode)."""
+    response later (Triton's response sender in default mode). normalize_log_probs is
+    passed to the executor."""
     ids = stock.tokenizer.encode(PROMPT)
     values = {"input_ids": np.array([ids], np.int32),
               "input_lengths": np.array([[len(ids)]], np.int32),
@@ -131,6 +132,12 @@ def test_non_decoupled_model_answers_from_its_awaiter_thread(stock):
     try:
         result = client.infer("nd_tensorrt_llm", http_inputs(values))
         assert result.as_numpy("output_ids").reshape(-1).tolist() == stock.greedy_ids(ids, 8)
+        # normalize_log_probs true (TensorRT-LLM's own default): log probs within the kept
+        # set, which for a greedy token is the token alone
+        values["return_log_probs"] = np.array([[True]])
+        result = client.infer("nd_tensorrt_llm", http_inputs(values))
+        assert result.as_numpy("output_log_probs").reshape(-1).tolist() == [0.0] * 8
+        del values["return_log_probs"]
         values["streaming"] = np.array([[True]])
         with pytest.raises(InferenceServerException, match="only supported in decoupled mode"):
             client.infer("nd_tensorrt_llm", http_inputs(values))
