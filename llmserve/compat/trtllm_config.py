@@ -283,8 +283,9 @@ def ignored_settings(config: llm.ExecutorConfig) -> list[str]:
             out.append(f"{name} has no effect: {why}")
     kv = config.kv_cache_config
     if isinstance(kv, KvCacheConfig) and (changed := _non_default(kv, _KV_EXTRAS)):
-        out.append(f"kv_cache_config {', '.join(changed)} has no effect: no host offload tier, "
-                   "KV events, cross-attention cache or unified memory")
+        out.append(f"kv_cache_config {', '.join(changed)} has no effect: there is no host "
+                   "offload tier, cross-attention cache or unified memory, and KV cache "
+                   "events are published by `llmserve serve --kv-events-config` only")
     sc = config.scheduler_config
     if isinstance(sc, SchedulerConfig) and (changed := _non_default(
             sc, ("context_chunking_policy", "dynamic_batch_config"))):
