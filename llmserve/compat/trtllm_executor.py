@@ -5,18 +5,22 @@ request the executor cannot take (bad values, an unsupported feature, a full que
 an error response instead of an exception, so a caller's bookkeeping for the other
 requests of the same enqueue_requests call stays intact; responses and stats come shaped
 as TensorRT-LLM's (trtllm_results.py); the decoding mode restricts sampling as
-TensorRT-LLM's decoding layers do (TopK ignores top_p, TopP ignores top_k).
+TensorRT-LLM's decoding layers do (TopK ignores top_p, TopP ignores top_k). One leniency
+of llmserve's own: an embedding bias shorter than the model's vocabulary is padded.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import itertools
 import json
 import logging
 import threading
 from pathlib import Path
+
+import torch
 
 from llmserve import llm
 from llmserve.compat import trtllm_config, trtllm_request, trtllm_results
@@ -109,7 +113,7 @@ class Executor:
         if reason is None:
             self._warn_once(trtllm_request.ineffective(request))
             try:
-                request_id = self._inner.enqueue_request(self._restricted(request))
+                request_id = self._inner.enqueue_request(self._prepared(request))
             except ServerError as exc:
                 reason = str(exc)
         if reason is not None:
@@ -123,20 +127,29 @@ class Executor:
     def enqueue_requests(self, requests: list[llm.Request]) -> list[int]:
         return [self.enqueue_request(r) for r in requests]
 
-    def _restricted(self, request: llm.Request) -> llm.Request:
-        """request with the sampling the executor's decoding mode allows."""
+    def _prepared(self, request: llm.Request) -> llm.Request:
+        """request as llmserve's executor takes it (a copy where anything changes): the
+        sampling the decoding mode allows, and an embedding bias over the tokenizer's
+        vocabulary (what tensorrtllm_backend's preprocessing builds) padded with zeros to
+        the model's larger one (ids no word encodes to get no bias)."""
+        changes: dict[str, object] = {}
         sc = request.sampling_config
         mode = self._mode
-        drop = None
         if mode is not None and mode.name == "TopK" and sc.top_p is not None:
-            drop = "top_p"
+            changes["sampling_config"] = dataclasses.replace(sc, top_p=None)
         elif mode is not None and mode.name == "TopP" and sc.top_k is not None:
-            drop = "top_k"
-        if drop is None:
+            changes["sampling_config"] = dataclasses.replace(sc, top_k=None)
+        bias = request.embedding_bias
+        if bias is not None:
+            bias = torch.as_tensor(bias, dtype=torch.float32).reshape(-1)
+            vocab = self._inner.vocab_size
+            if 0 < bias.numel() < vocab:
+                changes["embedding_bias"] = torch.nn.functional.pad(bias, (0, vocab - bias.numel()))
+        if not changes:
             return request
         request = copy.copy(request)
-        request.sampling_config = copy.copy(sc)
-        setattr(request.sampling_config, drop, None)
+        for name, value in changes.items():
+            setattr(request, name, value)
         return request
 
     def _reject(self, request: llm.Request, reason: str) -> int:

@@ -128,9 +128,9 @@ def test_decoding_mode_restricts_sampling(make):
     sampling = trtllm.SamplingConfig(top_k=5, top_p=0.5)
     req = request(sampling_config=sampling)
     top_k = make(decoding_config=trtllm.DecodingConfig(decoding_mode=trtllm.DecodingMode.TopK()))
-    assert top_k._restricted(req).sampling_config.top_p is None
+    assert top_k._prepared(req).sampling_config.top_p is None
     top_p = make(decoding_config=trtllm.DecodingConfig(decoding_mode=trtllm.DecodingMode.TopP()))
-    assert top_p._restricted(req).sampling_config.top_k is None
+    assert top_p._prepared(req).sampling_config.top_k is None
     assert req.sampling_config.top_k == 5 and req.sampling_config.top_p == 0.5  # caller's kept
 
 

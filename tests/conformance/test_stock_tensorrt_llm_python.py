@@ -271,6 +271,19 @@ def test_bad_words(stock, http, model):
     assert streamed(generate_stream(http, model, body)) == per_token(stock, want)
 
 
+def test_embedding_bias(stock, http):
+    """The stock preprocessing's bias covers the tokenizer's 300 ids; the stand-in pads it
+    to the model's 320. A large negative weight on a generated word bans it."""
+    ids = stock.tokenizer.encode(PROMPT)
+    gen = stock.greedy_ids(ids, 10)
+    bad = next(t for t in gen if clean_word(stock, t))
+    want = stock.greedy_ids(ids, 10, banned=(bad,))
+    assert want != gen
+    body = {"text_input": PROMPT, "max_tokens": 10,
+            "embedding_bias_words": [clean_word(stock, bad)], "embedding_bias_weights": [-1e4]}
+    assert generate(http, "ensemble", body)["text_output"] == stock.text(want)
+
+
 @pytest.mark.parametrize("model", TEXT_MODELS)
 def test_return_log_probs(stock, http, model):
     ids = stock.tokenizer.encode(PROMPT)
