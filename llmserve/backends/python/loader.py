@@ -46,6 +46,16 @@ def _under(file: str, folder: str) -> bool:
     return bool(file) and (file == folder or file.startswith(folder.rstrip("/") + "/"))
 
 
+def _location(module: ModuleType) -> str:
+    """Where a module lives: its file, or its first folder for a namespace package (no
+    __init__.py, as tensorrtllm_backend's tensorrt_llm_bls/1/lib), which has no file."""
+    file = getattr(module, "__file__", None)
+    if file:
+        return file
+    path = getattr(module, "__path__", None)
+    return next(iter(path), "") if path is not None else ""
+
+
 class ModelModules:
     """One model's private module table, for its version folder."""
 
@@ -83,7 +93,7 @@ class ModelModules:
                 sys.path.remove(self.folder)
                 for name in set(sys.modules) - before:
                     module = sys.modules[name]
-                    if _under(getattr(module, "__file__", None) or "", self.folder):
+                    if _under(_location(module), self.folder):
                         self.modules[name] = module
                         self.adopt(module)
                 for name in self.modules:
