@@ -167,8 +167,7 @@ class Executor:
         kv = self.config.kv_cache_config
         windows, sink = layer_windows(kv, list(self.runner.arch.layer_windows),
                                       self.max_seq_len)
-        if kv.max_attention_window is not None or sink:
-            self.runner.set_attention_windows(windows, sink)
+        self.runner.set_attention_windows(windows, sink)
         widest = widest_window(windows)
         self.block_manager.set_attention_window(widest, sink if widest else 0)
         if widest is not None:

@@ -90,6 +90,7 @@ class ModelRunner:
         """(Re)allocates the cache; any previous cache content is dropped."""
         a = self.arch
         self.kv_cache = None
+        self.host_pool = None  # it copies to and from the old cache
         self.kv_cache = KVCache(
             a.num_layers, num_blocks, block_size, a.num_kv_heads, a.head_dim, a.dtype, self.device
         )
