@@ -345,6 +345,8 @@ class Executor:
             return_log_probs=req.output_config.return_log_probs,
             log_probs_over_kept=bool(self.config.normalize_log_probs))
         stop = StopCriteria.build(max_tokens, end_id, req.stop_words)
+        if not 0.0 <= float(req.priority) <= 1.0:
+            raise InvalidArgument(f"Request priority must be in [0, 1], got {req.priority}")
         self._warn_request_fields(req)
         return params, stop, num_seqs, None, tuning
 
@@ -380,7 +382,6 @@ class Executor:
     def _warn_request_fields(self, req: Request) -> None:
         draft = req.external_draft_tokens_config
         notes = {
-            "priority (requests are served first come, first served)": req.priority != 0.5,
             "external draft tokens with beam_width > 1 (beam search runs without drafts)":
                 draft is not None and bool(draft.tokens) and req.sampling_config.beam_width > 1,
             "sampling (top_k / top_p) with beam_width > 1 (beam search is deterministic)":
