@@ -21,10 +21,8 @@ class RequestType(enum.Enum):
     REQUEST_TYPE_GENERATION_ONLY = 2
 
 
-@dataclass(slots=True)
-class PromptTuningConfig:
-    embedding_table: object = None
-    input_token_extra_ids: list[int] | None = None
+# p-tuning: llmserve.llm's (embedding_table, input_token_extra_ids), as TensorRT-LLM's
+PromptTuningConfig = llm.PromptTuningConfig
 
 
 @dataclass(slots=True)
@@ -74,7 +72,6 @@ class OutputConfig(llm.OutputConfig):
 
 @dataclass(slots=True)
 class Request(llm.Request):
-    prompt_tuning_config: PromptTuningConfig | None = None
     mrope_config: MropeConfig | None = None
     guided_decoding_params: GuidedDecodingParams | None = None
     lookahead_config: object = None
@@ -111,8 +108,6 @@ _ENCODER_FIELDS = ("encoder_input_token_ids", "encoder_input_features", "encoder
 def unsupported(request: llm.Request) -> str | None:
     """Why llmserve's executor cannot serve request (None: it can)."""
     get = lambda name: getattr(request, name, None)  # noqa: E731 (plain llm requests lack them)
-    if get("prompt_tuning_config") is not None:
-        return "prompt tuning (prompt_embedding_table) is not supported by llmserve's executor"
     if get("mrope_config") is not None:
         return "multimodal rotary embeddings (mrope_config) are not supported by llmserve's executor"
     for name in _ENCODER_FIELDS:

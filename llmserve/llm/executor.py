@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from llmserve.core.errors import InvalidArgument, ServerError, Unavailable, Unsupported
+from llmserve.llm.attention_window import layer_windows, widest_window
 from llmserve.llm.beam_search import BeamSearch
 from llmserve.llm.block_manager import BlockManager
 from llmserve.llm.config import (
@@ -30,10 +31,12 @@ from llmserve.llm.config import (
 )
 from llmserve.llm.draft_model import draft_model_proposer
 from llmserve.llm.engine_thread import EngineWorker
+from llmserve.llm.host_tier import HostTier
 from llmserve.llm.kv_events import make_publisher
 from llmserve.llm.lora_cache import LoraCache, lora_cache_for
 from llmserve.llm.outputs import error_response
-from llmserve.llm.request import Request, Response
+from llmserve.llm.prompt_tuning import prepare_prompt_table
+from llmserve.llm.request import PromptTuningConfig, Request, Response
 from llmserve.llm.responses import ResponseRouter
 from llmserve.llm.sampling import SamplingParams, make_generator
 from llmserve.llm.scheduler import Scheduler
@@ -93,6 +96,8 @@ class Executor:
         self.lora_cache: LoraCache = lora_cache_for(runner, config.lora_config)
         self.block_manager = BlockManager(num_blocks, self.tokens_per_block,
                                           config.kv_cache_config.enable_block_reuse)
+        self._set_attention_windows()
+        self._attach_host_tier()
         self.kv_events = make_publisher(config.kv_events_config)
         if self.kv_events is not None:
             if not config.kv_cache_config.enable_block_reuse:
@@ -156,13 +161,43 @@ class Executor:
                     num_blocks * per_block / 2**20)
         return num_blocks
 
+    def _set_attention_windows(self) -> None:
+        """KvCacheConfig's windows and sink tokens on top of the checkpoint's windows;
+        blocks that fall out of every layer's window are freed as sequences grow."""
+        kv = self.config.kv_cache_config
+        windows, sink = layer_windows(kv, list(self.runner.arch.layer_windows),
+                                      self.max_seq_len)
+        self.runner.set_attention_windows(windows, sink)
+        widest = widest_window(windows)
+        self.block_manager.set_attention_window(widest, sink if widest else 0)
+        if widest is not None:
+            logger.info("attention window of at most %d tokens (%d sink tokens): blocks "
+                        "outside it are freed", widest, sink)
+
+    def _attach_host_tier(self) -> None:
+        """KvCacheConfig.host_cache_size bytes of host memory for reusable blocks evicted
+        from the device cache (TensorRT-LLM's KV cache offloading)."""
+        kv = self.config.kv_cache_config
+        if not kv.host_cache_size:
+            return
+        if not kv.enable_block_reuse:
+            logger.warning("ExecutorConfig: kv_cache_config.host_cache_size has no effect "
+                           "without enable_block_reuse (only reusable blocks are offloaded)")
+            return
+        per_block = self.runner.kv_cache_bytes_per_block(self.tokens_per_block)
+        slots = int(kv.host_cache_size) // per_block
+        if slots < 1:
+            logger.warning("kv_cache_config.host_cache_size %d is less than one KV block "
+                           "(%d bytes): no host tier", kv.host_cache_size, per_block)
+            return
+        self.runner.allocate_host_kv_cache(slots)
+        self.block_manager.host = HostTier(slots, self.runner.offload_block,
+                                           self.runner.onboard_block)
+        logger.info("KV cache host tier: %d blocks (%.1f MiB)", slots,
+                    slots * per_block / 2**20)
+
     def _warn_ineffective(self, config: ExecutorConfig) -> None:
-        kv = config.kv_cache_config
         ignored = {
-            "kv_cache_config.host_cache_size (no host offload)": kv.host_cache_size,
-            "kv_cache_config.max_attention_window (the checkpoint's windows apply)":
-                kv.max_attention_window is not None,
-            "kv_cache_config.sink_token_length": kv.sink_token_length is not None,
             "speculative_decoding_config.fast_logits (draft logits travel with the request)":
                 config.speculative_decoding_config is not None
                 and config.speculative_decoding_config.fast_logits,
@@ -180,7 +215,7 @@ class Executor:
     def enqueue_request(self, request: Request) -> int:
         """Queue request and return its id; raises InvalidArgument for a bad request,
         Unavailable when the queue is full or the executor is shut down."""
-        params, stop, num_seqs, failure = self._validate(request)
+        params, stop, num_seqs, failure, tuning = self._validate(request)
         with self._cond:
             self._check_accepting()
             limit = self.config.max_queue_size
@@ -195,6 +230,8 @@ class Executor:
         # the router is never called with self._cond held: a response callback may call
         # back into the executor (cancel_request) while the loop thread delivers
         state = RequestState(request_id, request, params, stop, num_seqs)
+        if tuning is not None:
+            state.prompt_table = tuning.embedding_table  # on the engine's device
         if request.sampling_config.beam_width > 1:
             state.beam = BeamSearch.for_request(state)
         if failure is None and request.lora_config is not None:
@@ -229,12 +266,18 @@ class Executor:
     def enqueue_requests(self, requests: list[Request]) -> list[int]:
         return [self.enqueue_request(r) for r in requests]
 
-    def _validate(self, req: Request) -> tuple[SamplingParams, StopCriteria, int, str | None]:
+    def _validate(self, req: Request) -> tuple[SamplingParams, StopCriteria, int, str | None,
+                                               PromptTuningConfig | None]:
         prompt = [int(t) for t in req.input_token_ids]
         if len(prompt) == 0:
             raise InvalidArgument("input_token_ids must not be empty")
-        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+        tuning = req.prompt_tuning_config
+        if min(prompt) < 0 or (tuning is None and max(prompt) >= self.vocab_size):
             raise InvalidArgument(f"input_token_ids must be in [0, {self.vocab_size})")
+        if tuning is not None:
+            arch = self.runner.arch
+            tuning = prepare_prompt_table(tuning, prompt, self.vocab_size, arch.hidden_size,
+                                          arch.dtype, arch.device)
         max_tokens = int(req.max_tokens)
         if max_tokens < 1:
             raise InvalidArgument(f"max_tokens must be >= 1, got {max_tokens}")
@@ -275,7 +318,11 @@ class Executor:
         # sampled siblings may each copy the shared partial block; beams at most hold
         # one full table each (a copy replaces a shared block)
         extra = 1 if num_seqs > 1 and sc.beam_width == 1 else 0
-        need = (bm.blocks_for(total + num_draft) + extra) * num_seqs
+        per_seq = bm.blocks_for(total + num_draft)
+        if sc.beam_width == 1:  # an attention window bounds the blocks held at once
+            per_seq = bm.max_blocks_held(total + num_draft,
+                                         min(total, self.max_num_tokens) + num_draft)
+        need = (per_seq + extra) * num_seqs
         if need > bm.num_blocks:
             raise InvalidArgument(
                 f"request needs up to {need} KV cache blocks but the cache has only "
@@ -301,7 +348,7 @@ class Executor:
         if not 0.0 <= float(req.priority) <= 1.0:
             raise InvalidArgument(f"Request priority must be in [0, 1], got {req.priority}")
         self._warn_request_fields(req)
-        return params, stop, num_seqs, None
+        return params, stop, num_seqs, None, tuning
 
     def _fit_output_len(self, prompt_len: int, max_tokens: int, num_draft: int) -> int:
         """max_tokens lowered to fit max_seq_len with the step's draft tokens, with a

@@ -111,17 +111,33 @@ def test_requests_it_cannot_serve_get_error_responses(make):
     bad = [
         request(guided_decoding_params=trtllm.GuidedDecodingParams(
             trtllm.GuidedDecodingParams.GuideType.JSON)),
-        request(prompt_tuning_config=trtllm.PromptTuningConfig(torch.zeros(2, 64))),
+        request(mrope_config=trtllm.MropeConfig(torch.zeros(2, 64))),
         request(sampling_config=trtllm.SamplingConfig(beam_width=2)),  # > max_beam_width
     ]
     ids = ex.enqueue_requests([bad[0], request(), bad[1], bad[2]])
     assert len(set(ids)) == 4
     out = finish(ex, ids)
     errors = [out[i][0].error_msg for i in (ids[0], ids[2], ids[3])]
-    assert "guided decoding" in errors[0] and "prompt tuning" in errors[1]
+    assert "guided decoding" in errors[0] and "mrope_config" in errors[1]
     assert "max_beam_width" in errors[2]
     assert len(out[ids[1]][-1].result.output_token_ids[0]) == 4  # its neighbours unharmed
     ex.cancel_request(ids[0])  # an answered request: nothing to cancel, no error
+
+
+def test_prompt_tuning_table_rows_stand_for_fake_ids(make, runner):
+    """ids past the vocabulary embed as rows of the request's table: a table holding the
+    embeddings of PROMPT's first three tokens gives PROMPT's output."""
+    vocab = runner.arch.vocab_size
+    table = runner.model.embed[PROMPT[:3]].clone()
+    tuned = trtllm.Request(input_token_ids=[vocab, vocab + 1, vocab + 2] + PROMPT[3:],
+                           max_tokens=4, prompt_tuning_config=trtllm.PromptTuningConfig(
+                               table, input_token_extra_ids=[1, 1, 1, 0, 0]),
+                           output_config=trtllm.OutputConfig(exclude_input_from_output=True))
+    ex = make(kv_cache_config=trtllm.KvCacheConfig(max_tokens=1024, enable_block_reuse=True))
+    ids = ex.enqueue_requests([tuned, request()])
+    out = finish(ex, ids)
+    tokens = [out[i][-1].result.output_token_ids[0] for i in ids]
+    assert tokens[0] == tokens[1] and len(tokens[0]) == 4
 
 
 def test_decoding_mode_restricts_sampling(make):

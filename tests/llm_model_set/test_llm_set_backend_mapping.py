@@ -159,7 +159,7 @@ def test_build_request_errors():
     (item,) = rm.split_batch(_batch(streaming=[True]), True)
     with pytest.raises(InvalidArgument, match="decoupled mode"):
         rm.build_request(item, 0, decoupled=False, default_exclude_input=False)
-    (item,) = rm.split_batch(_batch(prompt_vocab_size=[3]), True)
+    (item,) = rm.split_batch(_batch(encoder_output_lengths=[3]), True)
     with pytest.raises(Unsupported):
         rm.build_request(item, 0, decoupled=True, default_exclude_input=False)
     (item,) = rm.split_batch(_batch(input_lengths=[9]), True)
@@ -167,6 +167,33 @@ def test_build_request_errors():
         rm.build_request(item, 0, decoupled=True, default_exclude_input=False)
     with pytest.raises(InvalidArgument, match="batch size"):
         rm.split_batch(_batch(temperature=[1.0, 1.0]), True)
+
+
+def test_window_sink_and_host_memory_parameters(tmp_path):
+    raw = {"gpt_model_path": str(tmp_path), "max_attention_window_size": "64,128",
+           "sink_token_length": "4", "kv_cache_host_memory_bytes": "1000000",
+           "kv_cache_onboard_blocks": "true"}
+    s = P.read_settings(raw)
+    kv = s.executor_config.kv_cache_config
+    assert kv.max_attention_window == [64, 128] and kv.sink_token_length == 4
+    assert kv.host_cache_size == 1000000 and s.warnings == []
+    raw["max_attention_window_size"] = "32"
+    assert P.read_settings(raw).executor_config.kv_cache_config.max_attention_window == 32
+
+
+def test_prompt_tuning_inputs_map_to_the_request():
+    table = np.arange(12, dtype=np.float16).reshape(1, 1, 3, 4)
+    (item,) = rm.split_batch(_batch(prompt_embedding_table=table, prompt_vocab_size=[3],
+                                    prompt_table_extra_ids=np.array([[7, 7, 0, 5]], np.uint64)),
+                             True)
+    req, _ = rm.build_request(item, 0, decoupled=True, default_exclude_input=False)
+    ptc = req.prompt_tuning_config
+    assert ptc.embedding_table.shape == (3, 4) and ptc.embedding_table[2, 3] == 11
+    assert ptc.input_token_extra_ids == [7, 7, 0]  # cut to input_lengths, as upstream
+    (item,) = rm.split_batch(_batch(prompt_table_extra_ids=np.array([[1, 1, 1]], np.uint64)),
+                             True)
+    req, _ = rm.build_request(item, 0, decoupled=True, default_exclude_input=False)
+    assert req.prompt_tuning_config is None  # extra ids mean nothing without a table
 
 
 def test_decoding_mode_restricts_sampling():

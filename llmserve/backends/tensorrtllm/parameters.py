@@ -48,7 +48,8 @@ INEFFECTIVE_PARAMETERS: dict[str, str] = {
     "executor_worker_path": "no separate executor worker process is spawned",
     "FORCE_CPU_ONLY_INPUT_TENSORS": "input tensors are always host numpy arrays",
     "cross_kv_cache_fraction": "encoder-decoder models are not supported",
-    "kv_cache_onboard_blocks": "no host KV offload tier to onboard blocks from",
+    "kv_cache_onboard_blocks": "offloaded KV blocks are always copied back (onboarded) "
+                               "before reuse; attention never reads host memory",
     "gpu_weights_percent": "weights are never streamed from host memory",
     "lookahead_window_size": "lookahead decoding is not implemented",
     "lookahead_ngram_size": "lookahead decoding is not implemented",

@@ -108,7 +108,10 @@ class TritonPythonModel:
         ]
         extra = _input(request, "PROMPT_TABLE_EXTRA_ID")
         if extra is not None:
-            ids = np.repeat(np.asarray(extra, np.uint64).reshape(batch, 1), input_id.shape[1], axis=1)
+            # p-tuning's extra id marks the prompt-table ids (past the vocabulary); ordinary
+            # tokens get 0, so their KV blocks stay shareable (as upstream)
+            per_request = np.asarray(extra, np.uint64).reshape(batch, 1)
+            ids = np.where(input_id >= self.vocab_size, per_request, 0).astype(np.uint64)
             outputs.append(pb_utils.Tensor("OUT_PROMPT_TABLE_EXTRA_IDS", ids))
         return outputs
 
