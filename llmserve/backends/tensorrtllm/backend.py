@@ -23,7 +23,7 @@ from llmserve.backends.tensorrtllm import request_mapping as rm
 from llmserve.backends.tensorrtllm.metrics import LlmMetrics
 from llmserve.backends.tensorrtllm.parameters import BackendSettings, read_settings
 from llmserve.backends.tensorrtllm.response_mapping import add_batch_dim, result_tensors
-from llmserve.backends.tensorrtllm.text import Utf8HoldBack, load_tokenizer
+from llmserve.backends.tensorrtllm.text import Utf8HoldBack, incomplete_token_ids, load_tokenizer
 from llmserve.core import datatypes
 from llmserve.core.errors import Cancelled, InternalError, InvalidArgument, ServerError, Unavailable
 from llmserve.core.types import Tensor
@@ -111,6 +111,7 @@ class TensorRTLLMModel:
         self.executor = Executor(s.engine_dir, ModelType.DECODER_ONLY, s.executor_config)
         if s.tokenizer_dir is not None:
             self.tokenizer = load_tokenizer(s.tokenizer_dir)
+            incomplete_token_ids(self.tokenizer)  # at load, not on the first stream
         for target, name in ((self._dispatch_loop, "responses"), (self._stats_loop, "stats")):
             t = threading.Thread(target=target, name=f"trtllm-{self.name}-{name}", daemon=True)
             t.start()
