@@ -55,6 +55,7 @@ class _Item:
     finals: list = field(default_factory=list)  # non-decoupled: final Results per sequence
     last_token_s: dict[int, float] = field(default_factory=dict)
     arrival_s: float = field(default_factory=time.monotonic)
+    wanted: frozenset[str] | None = None  # output names to build, set on the first response
 
 
 def _parameters(config) -> dict[str, str]:
@@ -339,20 +340,21 @@ class TensorRTLLMModel:
         return n
 
     def _tensors(self, item: _Item, result, output_ids=None) -> list[Tensor]:
+        if item.wanted is None:  # the config's outputs the request asked for (all when none)
+            asked = getattr(item.group.sched, "output_names", None)
+            item.wanted = frozenset(n for n in self._dtypes if not asked or n in asked)
         raw = result_tensors(
             result,
             item.options,
+            wanted=item.wanted,
             output_ids=output_ids,
             pad_id=item.pad_id,
             num_output_tokens=item.generated.get(result.sequence_index, 0),
         )
         if self.batched:
             raw = add_batch_dim(raw)
-        wanted = getattr(item.group.sched, "output_names", None)
         out = []
         for name, value in raw.items():
-            if name not in self._dtypes or (wanted and name not in wanted):
-                continue
             api, dtype = self._dtypes[name]
             out.append(Tensor(name, api, np.ascontiguousarray(value, dtype=dtype)))
         return out
