@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from llmserve.core.errors import InvalidArgument, ServerError, Unavailable, Unsupported
+from llmserve.core.errors import InvalidArgument, QueueFull, ServerError, Unavailable, Unsupported
 from llmserve.llm.attention_window import layer_windows, widest_window
 from llmserve.llm.beam_search import BeamSearch
 from llmserve.llm.block_manager import BlockManager
@@ -220,7 +220,7 @@ class Executor:
             self._check_accepting()
             limit = self.config.max_queue_size
             if limit is not None and limit > 0 and self._num_queued >= limit:
-                raise Unavailable(
+                raise QueueFull(
                     f"Maximum queue size of {limit} has been reached, please try again later"
                 )
             request_id = self._next_id

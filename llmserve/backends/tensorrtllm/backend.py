@@ -25,7 +25,14 @@ from llmserve.backends.tensorrtllm.parameters import BackendSettings, read_setti
 from llmserve.backends.tensorrtllm.response_mapping import add_batch_dim, result_tensors
 from llmserve.backends.tensorrtllm.text import Utf8HoldBack, incomplete_token_ids, load_tokenizer
 from llmserve.core import datatypes
-from llmserve.core.errors import Cancelled, InternalError, InvalidArgument, ServerError, Unavailable
+from llmserve.core.errors import (
+    Cancelled,
+    InternalError,
+    InvalidArgument,
+    QueueFull,
+    ServerError,
+    Unavailable,
+)
 from llmserve.core.types import Tensor
 
 logger = logging.getLogger(__name__)
@@ -170,10 +177,11 @@ class TensorRTLLMModel:
         for request, options in built:
             try:
                 rid = self.executor.enqueue_request(request)
-            except ServerError as e:
+            except QueueFull:
                 self._abort_group(group)
-                if "queue" in str(e).lower():
-                    raise Unavailable(QUEUE_FULL) from None
+                raise Unavailable(QUEUE_FULL) from None
+            except ServerError:
+                self._abort_group(group)
                 raise
             item = _Item(
                 group=group,
