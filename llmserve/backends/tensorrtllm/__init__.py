@@ -46,7 +46,8 @@ class _Model(BackendModel):
     def __init__(self, spec: ModelSpec):
         registry = getattr(spec.server, "metrics_registry", None)
         self.model = TensorRTLLMModel(
-            spec.config, spec.model_dir, spec.version, metrics_registry=registry
+            spec.config, spec.model_dir, spec.version, metrics_registry=registry,
+            on_fatal=spec.on_fatal,
         )
         self.model.load()
 

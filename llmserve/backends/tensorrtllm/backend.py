@@ -72,8 +72,11 @@ def _output_dtypes(config) -> dict[str, tuple[str, np.dtype]]:
 class TensorRTLLMModel:
     """One loaded tensorrt_llm model version (one instance: the executor owns the device)."""
 
-    def __init__(self, config, model_dir: Path, version: int = 1, metrics_registry=None):
+    def __init__(self, config, model_dir: Path, version: int = 1, metrics_registry=None,
+                 on_fatal=None):
+        """on_fatal(reason): the engine process died; the model cannot serve any more."""
         self.config = config
+        self._on_fatal = on_fatal
         self.name = config.name
         self.decoupled = bool(config.model_transaction_policy.decoupled)
         self.batched = int(config.max_batch_size) > 0
@@ -108,7 +111,14 @@ class TensorRTLLMModel:
         prewarm_transformers()
 
         s = self.settings
-        self.executor = Executor(s.engine_dir, ModelType.DECODER_ONLY, s.executor_config)
+        if s.engine_process:
+            from llmserve.llm.engine_process import EngineProcessExecutor
+
+            self.executor = EngineProcessExecutor(
+                s.engine_dir, ModelType.DECODER_ONLY, s.executor_config, name=self.name,
+                on_death=self._on_fatal)
+        else:
+            self.executor = Executor(s.engine_dir, ModelType.DECODER_ONLY, s.executor_config)
         if s.tokenizer_dir is not None:
             self.tokenizer = load_tokenizer(s.tokenizer_dir)
         for target, name in ((self._dispatch_loop, "responses"), (self._stats_loop, "stats")):
