@@ -9,6 +9,7 @@ is paid per token.
 from __future__ import annotations
 
 import enum
+import operator
 import struct
 from dataclasses import dataclass, field, fields
 from pathlib import PurePath
@@ -240,17 +241,25 @@ _HOT = ("is_final", "output_token_ids", "finish_reasons", "sequence_index",
         "is_sequence_final", "decoding_iter")
 # the rest (log probs, logits, perf metrics, fields added later) travel only when set
 _COLD = tuple(f.name for f in fields(rq.Result) if f.name not in _HOT)
+_cold_of = operator.attrgetter(*_COLD)
+_REASON_VALUES = {r: r.value for r in rq.FinishReason}
 _REASONS = {r.value: r for r in rq.FinishReason}
 
 
-def encode_response(r: rq.Response) -> list:
+def encode_response(r: rq.Response) -> tuple:
+    """A Response as a tuple; the cost is per response per step, so no generic walk."""
     res = r.result
     if res is None:
-        return [r.request_id, r.client_id, r.error_msg]
-    cold = [getattr(res, n) for n in _COLD]
-    return [r.request_id, r.client_id, r.error_msg, res.is_final, res.output_token_ids,
-            [f.value for f in res.finish_reasons], res.sequence_index, res.is_sequence_final,
-            res.decoding_iter, cold if any(v is not None for v in cold) else None]
+        return (r.request_id, r.client_id, r.error_msg)
+    cold = _cold_of(res)
+    for value in cold:
+        if value is not None:
+            break
+    else:
+        cold = None
+    return (r.request_id, r.client_id, r.error_msg, res.is_final, res.output_token_ids,
+            [_REASON_VALUES[f] for f in res.finish_reasons], res.sequence_index,
+            res.is_sequence_final, res.decoding_iter, cold)
 
 
 def decode_response(w: list) -> rq.Response:
