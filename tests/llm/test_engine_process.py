@@ -1,6 +1,6 @@
 """The executor in an engine process (llmserve/llm/engine_process): the same responses as
-the in-process Executor (greedy, streaming, beams, sequences, logits, drafts, n-gram
-speculation), cancellation freeing blocks, LoRA weights once then by task id, stats,
+the in-process Executor (greedy, streaming, beams, sequences, logits, request drafts, a
+draft model inside the engine), cancellation freeing blocks, LoRA weights once then by task id, stats,
 queue limits, errors raised with their type, load errors, and no orphan process."""
 
 from __future__ import annotations
@@ -45,13 +45,16 @@ P = prompt(11, 7)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def engine_config() -> ExecutorConfig:
+def engine_config(ckpt: Path) -> ExecutorConfig:
+    """Beams, LoRA, request stats and a draft model inside the engine (the checkpoint
+    drafts for itself: speculation never changes greedy output)."""
     return ExecutorConfig(
         kv_cache_config=KvCacheConfig(max_tokens=2048), tokens_per_block=8, max_beam_width=2,
         max_batch_size=4, max_queue_size=64, request_stats_max_iterations=50,
         lora_config=PeftCacheConfig(),
         speculative_decoding_config=SpeculativeDecodingConfig(
-            mode=SpeculativeDecodingMode.PROMPT_LOOKUP))
+            mode=SpeculativeDecodingMode.DRAFT_MODEL, draft_model_path=str(ckpt),
+            num_draft_tokens=3))
 
 
 def gone(pid: int) -> bool:
@@ -77,7 +80,8 @@ def engine(exec_ckpt):
     old = os.environ.get("LLMSERVE_ENGINE_THREADS")
     os.environ["LLMSERVE_ENGINE_THREADS"] = "1"  # tiny model on a shared 2-core box
     try:
-        ex = EngineProcessExecutor(exec_ckpt, ModelType.DECODER_ONLY, engine_config(), name="t")
+        ex = EngineProcessExecutor(exec_ckpt, ModelType.DECODER_ONLY, engine_config(exec_ckpt),
+                                   name="t")
     finally:
         if old is None:
             os.environ.pop("LLMSERVE_ENGINE_THREADS")
@@ -91,7 +95,7 @@ def engine(exec_ckpt):
 
 @pytest.fixture(scope="module")
 def local(exec_ckpt, exec_runner):
-    ex = Executor(exec_ckpt, ModelType.DECODER_ONLY, engine_config(), runner=exec_runner)
+    ex = Executor(exec_ckpt, ModelType.DECODER_ONLY, engine_config(exec_ckpt), runner=exec_runner)
     yield ex
     ex.shutdown()
 
@@ -159,7 +163,8 @@ def test_responses_equal_the_in_process_executor(engine, local, exec_hf):
                 x, y = getattr(a.result, field), getattr(b.result, field)
                 assert (x is None) == (y is None) and (x is None or torch.allclose(x, y)), name
         if name == "streaming":
-            assert len(remote) == 16 and tokens_of(remote) == ref
+            # the draft model's accepted tokens arrive several per step
+            assert tokens_of(remote) == ref and len(remote) < 16
     assert engine.vocab_size == local.vocab_size and engine.max_seq_len == local.max_seq_len
     wait_idle(engine)
 

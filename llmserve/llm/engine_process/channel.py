@@ -34,29 +34,29 @@ def _endpoint(folder: Path, name: str) -> str:
     return f"ipc://{folder / name}"
 
 
-def server_sockets(ctx: zmq.Context, folder: Path) -> tuple[zmq.Socket, zmq.Socket]:
-    """(push to the worker, pull from the worker), bound before the worker starts."""
+def _sockets(ctx: zmq.Context, folder: Path, push_to: str, pull_from: str,
+             server: bool) -> tuple[zmq.Socket, zmq.Socket]:
     push = ctx.socket(zmq.PUSH)
     pull = ctx.socket(zmq.PULL)
-    for sock in (push, pull):
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
+    for sock, name in ((push, push_to), (pull, pull_from)):
+        sock.setsockopt(zmq.SNDHWM, 0)  # never block or drop: the peer drains at once
         sock.setsockopt(zmq.RCVHWM, 0)
-    push.bind(_endpoint(folder, TO_WORKER))
-    pull.bind(_endpoint(folder, FROM_WORKER))
+        if server:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(_endpoint(folder, name))
+        else:
+            sock.connect(_endpoint(folder, name))
     return push, pull
+
+
+def server_sockets(ctx: zmq.Context, folder: Path) -> tuple[zmq.Socket, zmq.Socket]:
+    """(push to the worker, pull from the worker), bound before the worker starts."""
+    return _sockets(ctx, folder, TO_WORKER, FROM_WORKER, server=True)
 
 
 def worker_sockets(ctx: zmq.Context, folder: Path) -> tuple[zmq.Socket, zmq.Socket]:
     """(push to the server, pull from the server), for the worker."""
-    push = ctx.socket(zmq.PUSH)
-    pull = ctx.socket(zmq.PULL)
-    for sock in (push, pull):
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-    push.connect(_endpoint(folder, FROM_WORKER))
-    pull.connect(_endpoint(folder, TO_WORKER))
-    return push, pull
+    return _sockets(ctx, folder, FROM_WORKER, TO_WORKER, server=False)
 
 
 def describe_exit(code: int | None) -> str:
