@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -125,6 +126,20 @@ def test_ensemble_streams_through_the_engine_process(served):
             break
         time.sleep(0.1)
     assert found and int(found.group(1)) > 0, "iteration stats never reached the metrics"
+
+
+def test_concurrent_requests_all_answered(served):
+    """Replies and first tokens race across the channel: none may be lost."""
+    want = served.greedy_text(4)
+
+    def one(_):
+        r = served.http.post("/v2/models/ensemble/generate",
+                             json={"text_input": PROMPT, "max_tokens": 4})
+        return r.status_code, r.json().get("text_output")
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(32)))
+    assert results == [(200, want)] * 32
 
 
 def test_dropped_stream_frees_kv_blocks(served):

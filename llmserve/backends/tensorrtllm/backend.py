@@ -176,13 +176,6 @@ class TensorRTLLMModel:
             built.append((request, options))
         group = _Group(sched)
         for request, options in built:
-            try:
-                rid = self.executor.enqueue_request(request)
-            except ServerError as e:
-                self._abort_group(group)
-                if "queue" in str(e).lower():
-                    raise Unavailable(QUEUE_FULL) from None
-                raise
             item = _Item(
                 group=group,
                 options=options,
@@ -190,11 +183,25 @@ class TensorRTLLMModel:
                 exclude_input=request.output_config.exclude_input_from_output,
                 pad_id=request.pad_id if request.pad_id is not None else 0,
             )
+            # enqueued and recorded under the lock _on_response takes, so no response can
+            # be handled before its id is known (TensorRT-LLM's backend does the same);
+            # with an engine process the first tokens may come back within microseconds
             with self._lock:
-                self._items[rid] = item
-                group.remaining.add(rid)
-                if sched.request.id:
-                    self._by_triton_id.setdefault(sched.request.id, set()).add(rid)
+                try:
+                    rid = self.executor.enqueue_request(request)
+                except ServerError as e:
+                    failed = e
+                else:
+                    failed = None
+                    self._items[rid] = item
+                    group.remaining.add(rid)
+                    if sched.request.id:
+                        self._by_triton_id.setdefault(sched.request.id, set()).add(rid)
+            if failed is not None:
+                self._abort_group(group)
+                if "queue" in str(failed).lower():
+                    raise Unavailable(QUEUE_FULL) from None
+                raise failed
         sched.request.cancel.add_callback(lambda: self._cancel_group(group))
 
     def _fit_bias(self, bias):

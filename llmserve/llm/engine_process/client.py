@@ -36,6 +36,15 @@ _RUNNING, _STOPPING, _GONE = "running", "stopping", "gone"
 _DRAIN_S = 0.05  # after the engine exits: how long to wait for messages still in flight
 
 
+class _Call(Future):
+    """A caller waiting for the reply to message `id`."""
+
+    def __init__(self, call_id: int, client_ids: list) -> None:
+        super().__init__()
+        self.id = call_id
+        self.client_ids = client_ids  # enqueue: the requests' client ids, in order
+
+
 class EngineProcessExecutor(RoutedResponses):
     def __init__(self, model_path: str | Path | None,
                  model_type: ModelType = ModelType.DECODER_ONLY,
@@ -51,7 +60,7 @@ class EngineProcessExecutor(RoutedResponses):
         self._on_death = on_death
         self._router = ResponseRouter()
         self._lock = threading.Lock()  # state, calls and the push socket
-        self._calls: dict[int, Future] = {}
+        self._calls: dict[int, _Call] = {}  # call id -> waiting caller
         self._call_ids = itertools.count(1)
         self._live: dict[int, int | None] = {}  # request id -> client id, until final
         self._state = _RUNNING
@@ -154,7 +163,11 @@ class EngineProcessExecutor(RoutedResponses):
             if self._state == _RUNNING:
                 self._state = _STOPPING
                 future = self._register_call()
-                self._send(m.Shutdown(future.call, wait_for_requests, timeout_seconds(timeout)))
+                try:
+                    self._send(m.Shutdown(future.id, wait_for_requests,
+                                          timeout_seconds(timeout)))
+                except Unavailable:
+                    pass  # already gone: the receiver fails the call and the requests
         if future is not None:
             try:
                 future.result()
@@ -171,13 +184,11 @@ class EngineProcessExecutor(RoutedResponses):
 
     # -- calls ----------------------------------------------------------------------------
 
-    def _register_call(self, client_ids: list | None = None) -> Future:
+    def _register_call(self, client_ids: list | None = None) -> _Call:
         """A future for the reply, with self._lock held."""
-        future: Future = Future()
-        future.call = next(self._call_ids)  # type: ignore[attr-defined]
-        future.client_ids = client_ids  # type: ignore[attr-defined]
-        self._calls[future.call] = future  # type: ignore[attr-defined]
-        return future
+        call = _Call(next(self._call_ids), client_ids or [])
+        self._calls[call.id] = call
+        return call
 
     def _send(self, message) -> None:
         """With self._lock held."""
@@ -195,9 +206,9 @@ class EngineProcessExecutor(RoutedResponses):
                                   "Executor is shut down and does not accept requests")
             future = self._register_call(client_ids)
             try:
-                self._send(make(future.call))
+                self._send(make(future.id))
             except Unavailable:
-                self._calls.pop(future.call, None)
+                self._calls.pop(future.id, None)
                 raise
         return future.result()
 
@@ -255,7 +266,7 @@ class EngineProcessExecutor(RoutedResponses):
         with self._lock:
             future = self._calls.pop(msg.call, None)
         if isinstance(msg, m.EnqueueReply):
-            clients = getattr(future, "client_ids", None) or []
+            clients = future.client_ids if future is not None else []
             for i, rid in enumerate(msg.ids):
                 self._router.register(rid)  # before any of its responses is handled
                 self._live[rid] = clients[i] if i < len(clients) else None
