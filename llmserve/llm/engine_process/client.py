@@ -46,6 +46,8 @@ class _Call(Future):
 
 
 class EngineProcessExecutor(RoutedResponses):
+    """Executor's public API; the executor itself runs in an engine process."""
+
     def __init__(self, model_path: str | Path | None,
                  model_type: ModelType = ModelType.DECODER_ONLY,
                  executor_config: ExecutorConfig | None = None, *, name: str = "llm",
@@ -66,7 +68,7 @@ class EngineProcessExecutor(RoutedResponses):
         self._state = _RUNNING
         self._exit_reason = ""
         init = m.Init(None if model_path is None else str(model_path), model_type, config)
-        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        level = str(logging.getLogger().getEffectiveLevel())  # the server's, as a number
         self._proc = WorkerProcess(
             WORKER_MODULE, name, ["--log-level", level], files={m.INIT_FILE: m.encode(init)},
             env={"LLMSERVE_ENGINE_THREADS": str(engine_num_threads())})

@@ -144,7 +144,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lifeline", type=int, required=True)
     p.add_argument("--alive", type=int, required=True)
     p.add_argument("--name", default="llm")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", type=int, default=logging.INFO)
     return p.parse_args(argv)
 
 
