@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llmserve.core import prometheus_text
 from llmserve.core.errors import ServerError
 from llmserve.frontends.errors import (
     BodyTooLarge,
@@ -24,6 +25,7 @@ from llmserve.frontends.errors import (
 from llmserve.frontends.http_common import BodyLimitMiddleware
 from llmserve.frontends.http_generate import generate_router
 from llmserve.frontends.http_kserve import kserve_router
+from llmserve.frontends.load_metrics import LoadMetricsMiddleware
 from llmserve.frontends.openai import openai_router
 from llmserve.options import ServerOptions
 
@@ -54,11 +56,12 @@ def build_http_app(
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
     app.add_exception_handler(Exception, on_server_error)
     app.add_middleware(BodyLimitMiddleware, limit=options.http_max_body_bytes)
+    app.add_middleware(LoadMetricsMiddleware, registry=server.metrics_registry)
     return app
 
 
 def build_metrics_app(server: Any) -> Starlette:
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(server.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(prometheus_text.render(server.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[Route("/metrics", metrics, methods=["GET"])])

@@ -16,6 +16,7 @@ from llmserve.llm.config import (
     SpeculativeDecodingMode,
 )
 from llmserve.llm.executor import Executor
+from llmserve.llm.kv_events import KvEventsConfig
 from llmserve.llm.request import (
     ExternalDraftTokensConfig,
     FinishReason,
@@ -49,6 +50,7 @@ __all__ = [
     "InflightBatchingStats",
     "IterationStats",
     "KvCacheConfig",
+    "KvEventsConfig",
     "KvCacheMetrics",
     "KvCacheStats",
     "LoraConfig",

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
+from llmserve.llm.kv_events import all_blocks_cleared, block_removed, block_stored
 from llmserve.llm.sequence import Sequence
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class BlockManager:
         self.cached: dict[int, int] = {}  # block hash -> block id
         self.total_reused = 0  # blocks handed out again from the prefix cache, ever
         self.total_new = 0
+        # KV cache events (kv_events.py) since the last take, when someone listens
+        self.events: list[dict] | None = None
 
     # -- queries ---------------------------------------------------------------
 
@@ -130,6 +133,7 @@ class BlockManager:
             return
         bs = self.block_size
         full = seq.num_computed // bs
+        stored: list[Block] = []
         for i in range(len(seq.block_hashes), full):
             parent = seq.block_hashes[i - 1] if i else None
             tokens = tuple(seq.token_ids[i * bs : (i + 1) * bs])
@@ -140,6 +144,9 @@ class BlockManager:
                 continue  # already cached (shared block) or the same content lives elsewhere
             block.block_hash, block.tokens, block.parent_hash = h, tokens, parent
             self.cached[h] = block.block_id
+            stored.append(block)
+        if stored and self.events is not None:
+            self._stored_events(stored, extra)
 
     def fork(self, parent: Sequence, child: Sequence) -> None:
         """child shares all of parent's blocks (copy-on-write at the next partial write)."""
@@ -168,8 +175,34 @@ class BlockManager:
         seq.num_computed = 0
 
     def reset_prefix_cache(self) -> None:
+        events, self.events = self.events, None  # one AllBlocksCleared, not a removal each
         for block_id in list(self.cached.values()):
             self._uncache(self.blocks[block_id])
+        self.events = events
+        if self.events is not None:
+            self.events.append(all_blocks_cleared())
+
+    def take_events(self) -> list[dict]:
+        """The events since the last take (none when nobody listens)."""
+        if not self.events:
+            return []
+        events, self.events = self.events, []
+        return events
+
+    def _stored_events(self, stored: list[Block], extra: tuple) -> None:
+        """One BlockStored per run of blocks that chain onto each other."""
+        assert self.events is not None
+        lora_id = int(extra[0]) if extra else None
+        run: list[Block] = []
+        for block in stored + [None]:  # type: ignore[list-item]
+            if block is not None and run and block.parent_hash == run[-1].block_hash:
+                run.append(block)
+                continue
+            if run:
+                self.events.append(block_stored(
+                    [b.block_hash for b in run], run[0].parent_hash,  # type: ignore[misc]
+                    [t for b in run for t in b.tokens], self.block_size, lora_id))
+            run = [block] if block is not None else []
 
     # -- internals -------------------------------------------------------------
 
@@ -204,4 +237,6 @@ class BlockManager:
     def _uncache(self, block: Block) -> None:
         if block.block_hash is not None and self.cached.get(block.block_hash) == block.block_id:
             del self.cached[block.block_hash]
+            if self.events is not None:
+                self.events.append(block_removed([block.block_hash]))
         block.block_hash, block.tokens, block.parent_hash = None, (), None

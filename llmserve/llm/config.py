@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 from llmserve.core.errors import InvalidArgument
+from llmserve.llm.kv_events import KvEventsConfig
 
 
 class ModelType(enum.Enum):
@@ -130,8 +131,13 @@ class ExecutorConfig:
     speculative_decoding_config: SpeculativeDecodingConfig | None = None
     iter_stats_max_iterations: int = 1000
     request_stats_max_iterations: int = 0
-    normalize_log_probs: bool = True
+    # True: TensorRT-LLM's normalised log probs, log P(token | the top-k/top-p set it was
+    # sampled from) (0.0 for greedy); False or None (llmserve's default): log P(token |
+    # vocabulary), the value OpenAI reports. TensorRT-LLM defaults to True.
+    normalize_log_probs: bool | None = None
     tokens_per_block: int = 32
+    # KV cache events for KV-aware routers (vLLM's format; needs enable_block_reuse)
+    kv_events_config: KvEventsConfig | None = None
     # Engine placement (TensorRT-LLM fixes these at engine build time).
     device: str | None = None  # None: "cuda" when available, else "cpu"
     dtype: str = "auto"

@@ -28,6 +28,7 @@ from llmserve.llm.config import (
 )
 from llmserve.llm.draft_model import draft_model_proposer
 from llmserve.llm.engine_thread import EngineWorker
+from llmserve.llm.kv_events import make_publisher
 from llmserve.llm.lora_cache import LoraCache, lora_cache_for
 from llmserve.llm.outputs import error_response
 from llmserve.llm.request import Request
@@ -83,6 +84,12 @@ class Executor(RoutedResponses):
         self.lora_cache: LoraCache = lora_cache_for(runner, config.lora_config)
         self.block_manager = BlockManager(num_blocks, self.tokens_per_block,
                                           config.kv_cache_config.enable_block_reuse)
+        self.kv_events = make_publisher(config.kv_events_config)
+        if self.kv_events is not None:
+            if not config.kv_cache_config.enable_block_reuse:
+                logger.warning("KV cache events are on but block reuse is off: no block is "
+                               "ever cached, so no event is published")
+            self.block_manager.events = []
         self.scheduler = Scheduler(self.block_manager, config.effective_policy,
                                    self.max_batch_size, self.max_num_tokens,
                                    config.enable_chunked_context)
@@ -150,8 +157,6 @@ class Executor(RoutedResponses):
             "speculative_decoding_config.fast_logits (draft logits travel with the request)":
                 config.speculative_decoding_config is not None
                 and config.speculative_decoding_config.fast_logits,
-            "normalize_log_probs=False (log probs are always normalised)":
-                not config.normalize_log_probs,
         }
         for name, set_ in ignored.items():
             if set_:
@@ -224,11 +229,10 @@ class Executor(RoutedResponses):
         max_tokens = int(req.max_tokens)
         if max_tokens < 1:
             raise InvalidArgument(f"max_tokens must be >= 1, got {max_tokens}")
-        total = len(prompt) + max_tokens
-        if total > self.max_seq_len:
+        max_input_len = self.max_seq_len - 1  # room for at least one output token
+        if len(prompt) > max_input_len:
             raise InvalidArgument(
-                f"prompt length ({len(prompt)}) + max_tokens ({max_tokens}) = {total} "
-                f"exceeds max_seq_len ({self.max_seq_len})"
+                f"Prompt length ({len(prompt)}) exceeds maximum input length ({max_input_len})."
             )
         sc = req.sampling_config
         sc.validate()
@@ -256,6 +260,8 @@ class Executor(RoutedResponses):
         num_draft = len(draft.tokens) if draft is not None and num_seqs == 1 else 0
         if num_draft:
             self._check_draft(draft)
+        max_tokens = self._fit_output_len(len(prompt), max_tokens, num_draft)
+        total = len(prompt) + max_tokens
         bm = self.block_manager
         # sampled siblings may each copy the shared partial block; beams at most hold
         # one full table each (a copy replaces a shared block)
@@ -280,10 +286,31 @@ class Executor(RoutedResponses):
         end_id = int(req.end_id) if req.end_id is not None and req.end_id >= 0 else None
         params = SamplingParams.from_config(
             sc, end_id=end_id, bad_words=req.bad_words, embedding_bias=bias,
-            return_log_probs=req.output_config.return_log_probs)
+            return_log_probs=req.output_config.return_log_probs,
+            log_probs_over_kept=bool(self.config.normalize_log_probs))
         stop = StopCriteria.build(max_tokens, end_id, req.stop_words)
+        if not 0.0 <= float(req.priority) <= 1.0:
+            raise InvalidArgument(f"Request priority must be in [0, 1], got {req.priority}")
         self._warn_request_fields(req)
         return params, stop, num_seqs, None
+
+    def _fit_output_len(self, prompt_len: int, max_tokens: int, num_draft: int) -> int:
+        """max_tokens lowered to fit max_seq_len with the step's draft tokens, with a
+        warning, as TensorRT-LLM's request validation does (it is not an error there)."""
+        if prompt_len + max_tokens + num_draft <= self.max_seq_len:
+            return max_tokens
+        fitted = self.max_seq_len - prompt_len - num_draft
+        if fitted < 1:
+            raise InvalidArgument(
+                f"Prompt length + number of draft tokens ({prompt_len} + {num_draft}) leaves no "
+                f"room for output tokens in the maximum sequence length ({self.max_seq_len})."
+            )
+        logger.warning(
+            "Prompt length + number of requested output tokens + draft tokens per step "
+            "(%d + %d + %d) exceeds maximum sequence length (%d). Number of requested output "
+            "tokens is changed to (%d).",
+            prompt_len, max_tokens, num_draft, self.max_seq_len, fitted)
+        return fitted
 
     def _check_draft(self, draft) -> None:
         if any(not 0 <= int(t) < self.vocab_size for t in draft.tokens):
@@ -299,7 +326,6 @@ class Executor(RoutedResponses):
     def _warn_request_fields(self, req: Request) -> None:
         draft = req.external_draft_tokens_config
         notes = {
-            "priority (requests are served first come, first served)": req.priority != 0.5,
             "external draft tokens with beam_width > 1 (beam search runs without drafts)":
                 draft is not None and bool(draft.tokens) and req.sampling_config.beam_width > 1,
             "sampling (top_k / top_p) with beam_width > 1 (beam search is deterministic)":
@@ -390,6 +416,8 @@ class Executor(RoutedResponses):
                      or (deadline is not None and time.monotonic() > deadline)):
             stepper.cancel_all()
             self._flush()
+            if self.kv_events is not None:
+                self.kv_events.shutdown()
             self._engine.unregister(self)
             self._stopped.set()
             return True
@@ -429,6 +457,10 @@ class Executor(RoutedResponses):
             return True
         if stats is None:
             return False
+        if self.kv_events is not None:
+            events = self.block_manager.take_events()
+            if events:
+                self.kv_events.publish(events)
         with self._stats_lock:
             if self.config.iter_stats_max_iterations > 0:
                 self._iter_stats.append(stats)

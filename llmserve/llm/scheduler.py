@@ -1,7 +1,7 @@
 """The per-step scheduler: which sequences run, with how many tokens, under which policy.
 
 Each step spends a token budget (max_num_tokens) on running sequences first (decode
-tokens and unfinished prefill chunks), then admits waiting ones in arrival order
+tokens and unfinished prefill chunks), then admits waiting ones by priority, then arrival order
 (inflight batching). The capacity policy decides admission and what happens when KV
 blocks run out: GUARANTEED_NO_EVICT reserves each request's worst case, MAX_UTILIZATION
 admits greedily and preempts the newest sequence (recomputed later), STATIC_BATCH admits
@@ -60,7 +60,17 @@ class Scheduler:
     # -- bookkeeping -------------------------------------------------------------
 
     def add(self, state: RequestState) -> None:
-        self.waiting.append(state.seqs[0])
+        """Queue a new request: after every waiting request of at least its priority
+        (TensorRT-LLM's Request.priority, higher first), so equal priorities stay FIFO."""
+        seq = state.seqs[0]
+        priority = state.request.priority
+        if not self.waiting or self.waiting[-1].state.request.priority >= priority:
+            self.waiting.append(seq)
+            return
+        index = next(i for i, w in enumerate(self.waiting)
+                     if w.status is not SequenceStatus.PREEMPTED
+                     and w.state.request.priority < priority)
+        self.waiting.insert(index, seq)
 
     def add_forked(self, child: Sequence) -> None:
         child.status = SequenceStatus.RUNNING

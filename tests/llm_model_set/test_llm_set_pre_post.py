@@ -39,7 +39,7 @@ def test_preprocessing_tokenizes_and_passes_through(pre, tok):
         pb_utils,
         QUERY=np.array([[b"The quick brown fox"], [b"Hello"]], dtype=object),
         REQUEST_OUTPUT_LEN=np.array([[7], [3]], np.int32),
-        STOP_WORDS_DICT=np.array([[b"dog,fox"], [b""]], dtype=object),
+        STOP_WORDS_DICT=np.array([[b"dog", b"fox"], [b"", b""]], dtype=object),
     )
     (resp,) = pre.execute([req])
     out = outputs(resp)

@@ -9,6 +9,10 @@ that runs later in the model's own code, in initialize or execute (`import helpe
 `from lib.util import f`, relative imports inside its packages), is served from that
 table, or imported into it with the folder on sys.path. Imports made by any other code
 go through Python's import unchanged.
+
+A model's imports of a package llmserve stands in for (`tensorrt_llm`, when the real one
+is not installed; llmserve/compat/modules.py) are answered from the stand-in, for that
+model's code only: no top-level module of that name ever enters sys.modules.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from llmserve.backends.hf_imports import prewarm_transformers
+from llmserve.compat.modules import provided_modules
 
 T = TypeVar("T")
 _lock = threading.RLock()
@@ -101,13 +106,26 @@ def _model_import(name: str, globals: dict | None = None, locals: Any = None,
                   fromlist: Any = (), level: int = 0) -> ModuleType:
     ref = _OWNERS.get(id(globals)) if globals is not None else None
     table = ref() if ref is not None else None
-    if table is None or (level == 0 and not table.owns(name.partition(".")[0])):
+    if table is None:
         return _builtin_import(name, globals, locals, fromlist, level)
+    if level == 0 and not table.owns(top := name.partition(".")[0]):
+        provided = provided_modules(top)
+        if provided is None:
+            return _builtin_import(name, globals, locals, fromlist, level)
+        return _stand_in(provided, name, fromlist)
     if level == 0:
         module = table.cached(name, fromlist)
         if module is not None:
             return module
     return table.run(lambda: _builtin_import(name, globals, locals, fromlist, level))
+
+
+def _stand_in(provided: dict[str, ModuleType], name: str, fromlist: Any) -> ModuleType:
+    """What `import name` / `from name import ...` gives from a stand-in package."""
+    module = provided.get(name)
+    if module is None:
+        raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+    return module if fromlist else provided[name.partition(".")[0]]
 
 
 def _install() -> None:

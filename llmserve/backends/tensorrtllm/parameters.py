@@ -334,7 +334,7 @@ def read_settings(
         speculative_decoding_config=_speculative(p, model_dir),
         iter_stats_max_iterations=p.as_int("iter_stats_max_iterations", 1000),
         request_stats_max_iterations=p.as_int("request_stats_max_iterations", 0),
-        normalize_log_probs=p.as_bool("normalize_log_probs", True),
+        normalize_log_probs=p.as_bool("normalize_log_probs", None),
         tokens_per_block=p.as_int("engine_kv_block_size", 32),
         device=_device(p),
         dtype=p.get("engine_dtype") or "auto",

@@ -7,7 +7,6 @@ vocab-sized bias, and streaming detokenization that never splits a UTF-8 charact
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,17 +30,11 @@ def as_text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def split_words(elements: Sequence) -> list[str]:
-    """Word strings of one batch item: each element is a CSV list ("a,b" is two words,
-    '"a,b"' one), as tensorrtllm_backend's clients send them."""
-    words: list[str] = []
-    for element in elements:
-        text = as_text(element)
-        if not text:
-            continue
-        for row in csv.reader([text]):
-            words.extend(w for w in row if w)
-    return words
+def word_list(elements: Sequence) -> list[str]:
+    """Word strings of one batch item: each BYTES element is one word, commas and all,
+    as tensorrtllm_backend's preprocessing (_to_word_list_format) and BLS take them;
+    empty elements are skipped."""
+    return [text for text in map(as_text, elements) if text]
 
 
 def words_to_ids_offsets(tokenizer, batch: Sequence[Sequence] | None, batch_size: int) -> np.ndarray:
@@ -53,7 +46,7 @@ def words_to_ids_offsets(tokenizer, batch: Sequence[Sequence] | None, batch_size
         elements = [] if batch is None else list(np.asarray(batch[i], dtype=object).reshape(-1))
         ids: list[int] = []
         ends: list[int] = []
-        for word in split_words(elements):
+        for word in word_list(elements):
             word_ids = tokenizer.encode(word, add_special_tokens=False)
             if word_ids:
                 ids.extend(int(t) for t in word_ids)

@@ -23,6 +23,7 @@ from llmserve.core import errors
 from llmserve.llm import config as cfg
 from llmserve.llm import request as rq
 from llmserve.llm import stats as st
+from llmserve.llm.kv_events import KvEventsConfig
 
 INIT_FILE = "init.msgpack"  # the Init message, in the channel folder
 
@@ -152,7 +153,7 @@ _DATACLASSES: list[type] = [
     rq.ExternalDraftTokensConfig, rq.Response, rq.Result, rq.RequestPerfMetrics,
     rq.TimingMetrics, rq.KvCacheMetrics, rq.SpeculativeDecodingMetrics,
     cfg.ExecutorConfig, cfg.SchedulerConfig, cfg.KvCacheConfig, cfg.PeftCacheConfig,
-    cfg.SpeculativeDecodingConfig, cfg.PromptLookupConfig,
+    cfg.SpeculativeDecodingConfig, cfg.PromptLookupConfig, KvEventsConfig,
     st.IterationStats, st.KvCacheStats, st.InflightBatchingStats,
     st.RequestStatsPerIteration, st.RequestStats,
 ]

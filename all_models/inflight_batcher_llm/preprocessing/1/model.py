@@ -1,7 +1,7 @@
 """preprocessing: text to token ids for the tensorrt_llm model.
 
 QUERY -> INPUT_ID / REQUEST_INPUT_LEN with the tokenizer of tokenizer_dir (local files
-only); BAD_WORDS_DICT / STOP_WORDS_DICT (CSV lists) -> [batch, 2, L] ids/offsets;
+only); BAD_WORDS_DICT / STOP_WORDS_DICT (one word per element) -> [batch, 2, L] ids/offsets;
 EMBEDDING_BIAS_WORDS/WEIGHTS -> a vocab-sized bias; OUT_END_ID / OUT_PAD_ID from the
 tokenizer unless END_ID / PAD_ID are given; REQUEST_OUTPUT_LEN passes through.
 """

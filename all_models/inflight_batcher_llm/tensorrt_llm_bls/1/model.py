@@ -146,7 +146,7 @@ class TritonPythonModel:
             )
         pre = self._preprocess(inputs)
         llm_inputs = self._llm_inputs(inputs, pre)
-        stop_words = text.split_words(np.asarray(inputs.get("stop_words", [[]])).reshape(-1))
+        stop_words = text.word_list(np.asarray(inputs.get("stop_words", [[]])).reshape(-1))
         num_draft = int(_scalar(inputs, "num_draft_tokens", 0) or 0)
         if num_draft > 0:
             yield from self._speculate(inputs, llm_inputs, num_draft, stop_words)
