@@ -17,6 +17,7 @@ from llmserve.llm import (
     FinishReason,
     IterationStats,
     KvCacheMetrics,
+    KvEventsConfig,
     LoraConfig,
     ModelType,
     OutputConfig,
@@ -89,7 +90,8 @@ def test_requests_configs_and_stats_survive():
         client_id=77, priority=0.9)
     config = ExecutorConfig(max_beam_width=2, lora_config=PeftCacheConfig(max_adapter_size=8),
                             speculative_decoding_config=SpeculativeDecodingConfig(
-                                mode=SpeculativeDecodingMode.PROMPT_LOOKUP))
+                                mode=SpeculativeDecodingMode.PROMPT_LOOKUP),
+                            kv_events_config=KvEventsConfig(True, topic="kv"))
     stats = [IterationStats(timestamp="t", iter=3, num_tokens=7),
              RequestStatsPerIteration(3, [RequestStats(1, RequestStage.QUEUED, scheduled=True)])]
     for message in (m.EnqueueRequests(1, [request]), m.Init("/x", ModelType.DECODER_ONLY, config),

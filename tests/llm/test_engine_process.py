@@ -15,9 +15,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 import torch
+import zmq
 from executor_helpers import TIMEOUT, collect, greedy_request, hf_reference, prompt, tokens_of
 from lora_fixtures import lora_tensors, make_peft_adapter, merged_model
 
@@ -29,6 +31,7 @@ from llmserve.llm import (
     FinishReason,
     IterationStats,
     KvCacheConfig,
+    KvEventsConfig,
     LoraConfig,
     ModelType,
     OutputConfig,
@@ -45,16 +48,19 @@ P = prompt(11, 7)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def engine_config(ckpt: Path) -> ExecutorConfig:
-    """Beams, LoRA, request stats and a draft model inside the engine (the checkpoint
-    drafts for itself: speculation never changes greedy output)."""
+def engine_config(ckpt: Path, events: str | None = None) -> ExecutorConfig:
+    """Beams, LoRA, request stats, KV block reuse and a draft model inside the engine (the
+    checkpoint drafts for itself: speculation never changes greedy output); KV cache
+    events published on the ipc:// endpoint `events`."""
     return ExecutorConfig(
-        kv_cache_config=KvCacheConfig(max_tokens=2048), tokens_per_block=8, max_beam_width=2,
-        max_batch_size=4, max_queue_size=64, request_stats_max_iterations=50,
-        lora_config=PeftCacheConfig(),
+        kv_cache_config=KvCacheConfig(max_tokens=2048, enable_block_reuse=True),
+        tokens_per_block=8, max_beam_width=2, max_batch_size=4, max_queue_size=64,
+        request_stats_max_iterations=50, lora_config=PeftCacheConfig(),
         speculative_decoding_config=SpeculativeDecodingConfig(
             mode=SpeculativeDecodingMode.DRAFT_MODEL, draft_model_path=str(ckpt),
-            num_draft_tokens=3))
+            num_draft_tokens=3),
+        kv_events_config=None if events is None else KvEventsConfig(
+            enable_kv_cache_events=True, endpoint=events, topic="kv"))
 
 
 def gone(pid: int) -> bool:
@@ -75,13 +81,18 @@ def wait_gone(pid: int, timeout: float = 30) -> bool:
 
 
 @pytest.fixture(scope="module")
-def engine(exec_ckpt):
+def events_endpoint(tmp_path_factory) -> str:
+    return f"ipc://{tmp_path_factory.mktemp('kv_events')}/events"
+
+
+@pytest.fixture(scope="module")
+def engine(exec_ckpt, events_endpoint):
     """One engine process for the module (starting one imports torch: seconds)."""
     old = os.environ.get("LLMSERVE_ENGINE_THREADS")
     os.environ["LLMSERVE_ENGINE_THREADS"] = "1"  # tiny model on a shared 2-core box
     try:
-        ex = EngineProcessExecutor(exec_ckpt, ModelType.DECODER_ONLY, engine_config(exec_ckpt),
-                                   name="t")
+        ex = EngineProcessExecutor(exec_ckpt, ModelType.DECODER_ONLY,
+                                   engine_config(exec_ckpt, events_endpoint), name="t")
     finally:
         if old is None:
             os.environ.pop("LLMSERVE_ENGINE_THREADS")
@@ -207,17 +218,34 @@ def test_lora_weights_once_then_task_id(engine, exec_ckpt, exec_hf, tmp_path):
 def test_stats_and_errors_cross_the_process(engine):
     engine.get_latest_iteration_stats()
     engine.get_latest_request_stats()
-    run_alone(engine, Request(P, 4))
+    fresh = prompt(11, 4242)  # no cached prefix to reuse
+    run_alone(engine, Request(fresh, 4))
     iters = engine.get_latest_iteration_stats()
     assert iters and all(isinstance(s, IterationStats) for s in iters)
-    assert iters[0].num_tokens == len(P) and iters[0].kv_cache_stats.alloc_new_blocks == 2
+    assert iters[0].num_tokens == len(fresh) and iters[0].kv_cache_stats.alloc_new_blocks == 2
     assert engine.get_latest_iteration_stats() == []  # drained, as in-process
     per_request = engine.get_latest_request_stats()
     assert per_request[0].request_stats[0].stage is RequestStage.GENERATION_IN_PROGRESS
-    with pytest.raises(InvalidArgument, match="max_seq_len"):
-        engine.enqueue_request(Request(P, 1000))
+    with pytest.raises(InvalidArgument, match="exceeds maximum input length"):
+        engine.enqueue_request(Request(prompt(300, 1), 4))
     with pytest.raises(InvalidArgument, match="max_beam_width"):
         engine.enqueue_request(Request(P, 4, sampling_config=SamplingConfig(beam_width=3)))
+
+
+def test_kv_cache_events_come_from_the_engine_process(engine, events_endpoint):
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"kv")
+    sub.connect(events_endpoint)
+    try:
+        time.sleep(0.3)  # a SUB socket misses what is published before it has joined
+        run_alone(engine, Request(prompt(20, 99), 2))
+        stored = []
+        while not stored and sub.poll(10_000):
+            _topic, _seq, payload = sub.recv_multipart()
+            stored = [e for e in msgpack.unpackb(payload)["events"] if e["type"] == "BlockStored"]
+        assert stored and stored[0]["block_size"] == 8
+    finally:
+        sub.close(linger=0)
 
 
 def test_full_queue_raises_unavailable(engine):
