@@ -13,6 +13,7 @@ every PACE_MS like a busy engine.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import struct
 import subprocess
@@ -84,6 +85,7 @@ def server_side(batch: int, steps: int, pace_ms: float) -> dict[str, float]:
             router.await_responses(None, 0)  # drain, as the backend's dispatcher does
     child.wait()
     ctx.destroy(linger=0)
+    shutil.rmtree(folder, ignore_errors=True)
     latencies.sort()
     return {"engine_cpu_us": engine_cpu * 1e6, "server_cpu_us": cpu / steps * 1e6,
             "latency_p50_us": statistics.median(latencies),

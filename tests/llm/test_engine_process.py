@@ -273,7 +273,8 @@ def test_load_error_is_the_engines(tmp_path):
 
 
 def test_engine_exits_when_its_server_is_killed(exec_ckpt, tmp_path):
-    """SIGKILL of the server process: the engine notices its lifeline and exits."""
+    """SIGKILL of the server process: the engine notices its lifeline, removes its channel
+    folder and exits."""
     script = textwrap.dedent(f"""
         import os, sys, time
         from llmserve.llm import ExecutorConfig, KvCacheConfig
@@ -291,9 +292,13 @@ def test_engine_exits_when_its_server_is_killed(exec_ckpt, tmp_path):
         assert line.strip().isdigit(), f"no engine pid from the server process: {line!r}"
         engine_pid = int(line)
         assert not gone(engine_pid)
+        argv = Path(f"/proc/{engine_pid}/cmdline").read_text().split("\0")
+        channel = Path(argv[argv.index("--channel") + 1])
+        assert channel.is_dir()
         server.send_signal(signal.SIGKILL)
         server.wait(30)
         assert wait_gone(engine_pid, 15), "an orphan engine process survived its server"
+        assert not channel.exists(), "the engine left its channel folder behind"
     finally:
         server.kill()
         server.wait()

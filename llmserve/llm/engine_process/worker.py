@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -157,12 +158,14 @@ def main(argv: list[str] | None = None) -> None:
                         format=f"%(asctime)s %(levelname).1s engine[{args.name}] "
                                "%(name)s] %(message)s")
 
+    folder = Path(args.channel)
+
     def parent_gone() -> None:
         logger.warning("the server process is gone; the engine process exits")
+        shutil.rmtree(folder, ignore_errors=True)  # the server could not
         os._exit(0)
 
     watch_parent(args.lifeline, parent_gone)
-    folder = Path(args.channel)
     ctx = zmq.Context()
     push, pull = worker_sockets(ctx, folder)
     outbox = Outbox(push)
