@@ -7,13 +7,11 @@ ResponseRouter (await_responses, callbacks, or asyncio queues via subscribe()).
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import torch
@@ -36,8 +34,9 @@ from llmserve.llm.kv_events import make_publisher
 from llmserve.llm.lora_cache import LoraCache, lora_cache_for
 from llmserve.llm.outputs import error_response
 from llmserve.llm.prompt_tuning import prepare_prompt_table
-from llmserve.llm.request import PromptTuningConfig, Request, Response
-from llmserve.llm.responses import ResponseRouter
+from llmserve.llm.request import PromptTuningConfig, Request
+from llmserve.llm.responses import ResponseRouter, RoutedResponses
+from llmserve.llm.responses import timeout_seconds as _seconds
 from llmserve.llm.sampling import SamplingParams, make_generator
 from llmserve.llm.scheduler import Scheduler
 from llmserve.llm.sequence import RequestState
@@ -48,15 +47,7 @@ from llmserve.llm.stop import StopCriteria
 
 logger = logging.getLogger(__name__)
 
-def _seconds(timeout: datetime.timedelta | float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, datetime.timedelta):
-        return timeout.total_seconds()
-    return float(timeout)
-
-
-class Executor:
+class Executor(RoutedResponses):
     def __init__(self, model_path: str | Path | None,
                  model_type: ModelType = ModelType.DECODER_ONLY,
                  executor_config: ExecutorConfig | None = None, *, runner=None) -> None:
@@ -395,47 +386,6 @@ class Executor:
             if present and note not in self._warned:
                 self._warned.add(note)
                 logger.warning("Request field %s is accepted but has no effect", note)
-
-    # -- responses ------------------------------------------------------------------------
-
-    def await_responses(
-        self,
-        id: int | list[int] | datetime.timedelta | None = None,  # noqa: A002 (TRT-LLM name)
-        timeout: datetime.timedelta | float | None = None,
-    ) -> list[Response] | list[list[Response]]:
-        """Responses ready for one id (list), several ids (list of lists, waits for any)
-        or all requests (id None). Waits up to timeout (None: until one is ready)."""
-        if isinstance(id, datetime.timedelta):
-            id, timeout = None, id
-        return self._router.await_responses(id, _seconds(timeout))
-
-    def get_num_responses_ready(self, id: int | None = None) -> int:  # noqa: A002
-        return self._router.num_ready(id)
-
-    def add_response_callback(self, request_id: int,
-                              callback: Callable[[Response], None]) -> None:
-        """Deliver request_id's responses to callback (on the executor thread; keep it
-        quick) instead of buffering them for await_responses."""
-        self._router.add_callback(request_id, callback)
-
-    def subscribe(self, request_id: int,
-                  loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Queue[Response]:
-        """An asyncio.Queue (on loop, default the running one) fed with the responses."""
-        return self._router.subscribe(request_id, loop)
-
-    async def iter_responses(self, request_id: int) -> AsyncIterator[Response]:
-        """Async iterator over a request's responses, ending after the final one.
-        Leaving it early (break, aclose, task cancel) cancels the request."""
-        queue = self.subscribe(request_id)
-        final = False
-        try:
-            while not final:
-                response = await queue.get()
-                final = response.is_final
-                yield response
-        finally:
-            if not final:
-                self.cancel_request(request_id)
 
     # -- control --------------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ HONOURED = {
                                               .prompt_lookup.max_matching_ngram_size == 4),
     "prompt_lookup_min_matching_ngram_size": ("2", lambda s, c: c.speculative_decoding_config
                                               .prompt_lookup.min_matching_ngram_size == 2),
+    "engine_process": ("true", lambda s, c: s.engine_process),
 }
 # Read, but checked elsewhere (or not honoured on purpose): every other parameter
 # read_settings consults must be in HONOURED.

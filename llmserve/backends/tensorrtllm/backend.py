@@ -80,8 +80,11 @@ def _output_dtypes(config) -> dict[str, tuple[str, np.dtype]]:
 class TensorRTLLMModel:
     """One loaded tensorrt_llm model version (one instance: the executor owns the device)."""
 
-    def __init__(self, config, model_dir: Path, version: int = 1, metrics_registry=None):
+    def __init__(self, config, model_dir: Path, version: int = 1, metrics_registry=None,
+                 on_fatal=None):
+        """on_fatal(reason): the engine process died; the model cannot serve any more."""
         self.config = config
+        self._on_fatal = on_fatal
         self.name = config.name
         self.decoupled = bool(config.model_transaction_policy.decoupled)
         self.batched = int(config.max_batch_size) > 0
@@ -116,7 +119,14 @@ class TensorRTLLMModel:
         prewarm_transformers()
 
         s = self.settings
-        self.executor = Executor(s.engine_dir, ModelType.DECODER_ONLY, s.executor_config)
+        if s.engine_process:
+            from llmserve.llm.engine_process import EngineProcessExecutor
+
+            self.executor = EngineProcessExecutor(
+                s.engine_dir, ModelType.DECODER_ONLY, s.executor_config, name=self.name,
+                on_death=self._on_fatal)
+        else:
+            self.executor = Executor(s.engine_dir, ModelType.DECODER_ONLY, s.executor_config)
         if s.tokenizer_dir is not None:
             self.tokenizer = load_tokenizer(s.tokenizer_dir)
             incomplete_token_ids(self.tokenizer)  # at load, not on the first stream
@@ -175,14 +185,6 @@ class TensorRTLLMModel:
             built.append((request, options))
         group = _Group(sched)
         for request, options in built:
-            try:
-                rid = self.executor.enqueue_request(request)
-            except QueueFull:
-                self._abort_group(group)
-                raise Unavailable(QUEUE_FULL) from None
-            except ServerError:
-                self._abort_group(group)
-                raise
             item = _Item(
                 group=group,
                 options=options,
@@ -190,11 +192,25 @@ class TensorRTLLMModel:
                 exclude_input=request.output_config.exclude_input_from_output,
                 pad_id=request.pad_id if request.pad_id is not None else 0,
             )
+            # enqueued and recorded under the lock _on_response takes, so no response can
+            # be handled before its id is known (TensorRT-LLM's backend does the same);
+            # with an engine process the first tokens may come back within microseconds
             with self._lock:
-                self._items[rid] = item
-                group.remaining.add(rid)
-                if sched.request.id:
-                    self._by_triton_id.setdefault(sched.request.id, set()).add(rid)
+                try:
+                    rid = self.executor.enqueue_request(request)
+                except ServerError as e:
+                    failed = e
+                else:
+                    failed = None
+                    self._items[rid] = item
+                    group.remaining.add(rid)
+                    if sched.request.id:
+                        self._by_triton_id.setdefault(sched.request.id, set()).add(rid)
+            if failed is not None:
+                self._abort_group(group)
+                if isinstance(failed, QueueFull):
+                    raise Unavailable(QUEUE_FULL) from None
+                raise failed
         sched.request.cancel.add_callback(lambda: self._cancel_group(group))
 
     def _fit_bias(self, bias):
