@@ -21,10 +21,12 @@ from llmserve.backends.python.metrics import CustomMetrics
 from llmserve.core.errors import InternalError, ServerError, Unavailable
 from llmserve.core.types import InferenceRequest, InferenceResponse
 from llmserve.models import ModelManager, ModelState, ModelVersion
-from llmserve.models.metrics import ModelMetricsCollector
+from llmserve.models.metrics import CacheMetricsCollector, ModelMetricsCollector
 from llmserve.options import ServerOptions
 from llmserve.scheduling.ensemble import EnsembleRun
+from llmserve.scheduling.rate_limiter import RateLimiter
 from llmserve.scheduling.request import now_ns
+from llmserve.scheduling.response_cache import ResponseCache, cache_size
 from llmserve.scheduling.validate import dtype_api_name, requested_output_names, validate_request
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,12 @@ class InferenceServer:
         self.custom_metrics = CustomMetrics()
         self.metrics_registry.register(ModelMetricsCollector(self._metric_rows))
         self.metrics_registry.register(self.custom_metrics)
+        size = cache_size(options.cache_config)  # raises for a bad --cache-config
+        self.response_cache = ResponseCache(size) if size is not None else None
+        if self.response_cache is not None:
+            self.metrics_registry.register(CacheMetricsCollector(self.response_cache))
+        self.rate_limiter = (RateLimiter(options.rate_limit_resources)
+                             if options.rate_limit == "execution_count" else None)
         self.models = ModelManager(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._live = False
@@ -217,7 +225,8 @@ class InferenceServer:
         for v in self.models.all_versions():
             if v.state in (ModelState.READY, ModelState.UNLOADING):
                 pending = v.queue.pending_count() if v.queue is not None else 0
-                yield v.name, v.version, v.stats.to_json(v.name, v.version), pending
+                yield (v.name, v.version, v.stats.to_json(v.name, v.version), pending,
+                       v.cache is not None)
 
     # -- inference ----------------------------------------------------------------------
     async def infer(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
@@ -230,7 +239,12 @@ class InferenceServer:
         inner = self.infer_internal(request)
         try:
             async for resp in inner:
+                if resp.error is not None:
+                    _log_failure(request, resp.error, logging.INFO)
                 yield resp
+        except ServerError as exc:  # refused before its first response (validation, queue)
+            _log_failure(request, exc, logging.INFO)
+            raise
         finally:
             await inner.aclose()  # runs its cleanup now, not when garbage collected
             self._inflight -= 1
@@ -245,18 +259,27 @@ class InferenceServer:
         finished = False
         try:
             if mv.is_ensemble:
-                inputs, _ = validate_request(mv.config, request)
+                inputs, batch_size = validate_request(mv.config, request)
                 names = requested_output_names(mv.config, request)
                 run = EnsembleRun(self, mv.config, mv.version, request, inputs, names)
                 stream = run.responses()
+                if mv.cache is not None and not run.streaming:  # never a decoupled ensemble
+                    stream = mv.cache.ensemble(request, stream)
+                ok = False
                 try:
                     async for resp in stream:
                         finished = resp.final
+                        ok = finished and resp.error is None
                         yield resp
                         if finished:
                             return
                 finally:
                     await stream.aclose()
+                    # Triton counts an ensemble request like any other: success or failure
+                    # with its duration, and one execution of its batch
+                    mv.stats.request_done(ok, now_ns() - request.arrival_ns)
+                    if ok and not getattr(stream, "hit", False):  # a cache hit runs nothing
+                        mv.stats.executed(batch_size, 1, 0, 0, 0)
                 return
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[InferenceResponse] = asyncio.Queue()
@@ -272,12 +295,31 @@ class InferenceServer:
             while True:
                 resp = await queue.get()
                 finished = resp.final
+                if resp.error is not None:
+                    _log_failure(request, resp.error, logging.DEBUG)
                 yield resp
                 if finished:
                     return
         finally:
             if not finished:
                 request.cancel.cancel()
+
+
+def _log_failure(request: InferenceRequest, error: BaseException, level: int) -> None:
+    """A failed request in the log, as Triton logs it: model, request id and the error
+    (INFO for a client's request, verbose for an ensemble step or BLS call)."""
+    if not log.isEnabledFor(level):
+        return
+    message = error.message if isinstance(error, ServerError) else str(error)
+    log.log(level, "request failed: model '%s' version %s, request id '%s': %s",
+            _printable(request.model_name), request.model_version or "latest",
+            _printable(request.id) or "<id_unknown>", _printable(message))
+
+
+def _printable(text: object) -> str:
+    """Client-chosen text with control characters escaped, so it cannot forge log lines."""
+    s = str(text)
+    return s if s.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
 
 
 # -- process entry point ---------------------------------------------------------------
