@@ -53,17 +53,6 @@ def test_malformed_text_is_a_client_error(llm, path, body):
         assert c.get("/v2/health/live").status_code == 200
 
 
-def _word_lists_are_csv() -> bool:
-    """True while preprocessing still splits each word-list element as CSV (whose 128 KiB
-    field limit made this a 500); the change that makes every element one word, as the
-    real tensorrtllm_backend does, is another branch's (issue 16 leaves it to it)."""
-    from llmserve.backends.tensorrtllm import text
-
-    split = getattr(text, "split_words", None)
-    return split is not None and split(["a,b"]) == ["a", "b"]
-
-
-@pytest.mark.skipif(_word_lists_are_csv(), reason="word lists are still parsed as CSV here")
 def test_stop_word_of_200_kib_is_not_a_server_error(llm):
     with llm.client() as c:
         r = c.post(GEN, json={**HI, "stop_words": ["x" * 204800]})
