@@ -6,6 +6,7 @@ a model's completed configuration as the HTTP config endpoint returns it.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -14,6 +15,12 @@ from pathlib import Path
 
 from llmserve.core.errors import ServerError
 from llmserve.options import ServerOptions
+from llmserve.restrictions import (
+    GRPC_HEADER_PREFIX,
+    HTTP_GROUPS,
+    TRITON_GROUPS,
+    parse_restriction,
+)
 
 log = logging.getLogger("llmserve")
 
@@ -27,7 +34,7 @@ IGNORED_FLAGS = (
     "--min-supported-compute-capability", "--id", "--backend-directory",
     "--repoagent-directory", "--buffer-manager-thread-count", "--trace-config",
     "--metrics-interval-ms", "--metrics-config", "--http-thread-count",
-    "--grpc-infer-allocation-pool-size", "--host-policy", "--response-cache-byte-size",
+    "--grpc-infer-allocation-pool-size",
     "--model-namespacing", "--log-format",
 )
 
@@ -80,6 +87,42 @@ def parse_backend_config(text: str) -> tuple[str, str, str]:
     if not key.strip():
         raise argparse.ArgumentTypeError(f"--backend-config '{text}' has an empty setting name")
     return backend.strip(), key.strip(), value
+
+
+def parse_host_policy(text: str) -> tuple[str, str, str]:
+    """'NAME,KEY=VALUE' -> (name, key, value), KEY one of numa-node, cpu-cores."""
+    from llmserve.scheduling.host_policy import KEYS, parse_cpu_list
+
+    name, _, setting = text.partition(",")
+    key, _, value = setting.partition("=")
+    key, value = key.strip(), value.strip()
+    try:
+        if not name.strip() or key not in KEYS or not value:
+            raise ValueError
+        if key == "cpu-cores":
+            parse_cpu_list(value)
+        elif int(value) < 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--host-policy expects NAME,KEY=VALUE with KEY one of {', '.join(KEYS)} "
+            f"(numa-node=N, cpu-cores=A-B,C), got '{text}'") from None
+    return name.strip(), key, value
+
+
+def _kv_events(text: str) -> dict:
+    import json
+
+    from llmserve.llm.kv_events import KvEventsConfig
+
+    try:
+        values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError("expected a JSON object")
+        KvEventsConfig.from_dict(values)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(f"--kv-events-config: {e}") from None
+    return values
 
 
 def parse_rate_limit_resource(text: str) -> tuple[str, int, int | None]:
@@ -137,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=_port, default=8002)
     serve.add_argument("--http-max-input-size", type=_positive_int, default=64 * 1024 * 1024,
                        help="largest HTTP request body in bytes")
+    serve.add_argument("--http-restricted-api", action="append", default=[],
+                       metavar="API[,API...]:HEADER=VALUE",
+                       help="calls to these API groups need the header with this value "
+                            f"(groups: {', '.join(HTTP_GROUPS)})")
+    serve.add_argument("--grpc-restricted-protocol", action="append", default=[],
+                       metavar="PROTOCOL[,PROTOCOL...]:KEY=VALUE",
+                       help="calls to these gRPC groups need the metadata "
+                            f"'{GRPC_HEADER_PREFIX}KEY' with this value")
+    serve.add_argument("--openai-api-key", metavar="KEY",
+                       help="the OpenAI routes need 'Authorization: Bearer KEY'")
     serve.add_argument("--log-verbose", type=_positive_int, default=0)
     for flag in ("--log-info", "--log-warning", "--log-error"):
         serve.add_argument(flag, type=parse_bool, nargs="?", const=True, default=True,
@@ -144,9 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-file", type=Path, help="also write the log to this file")
     serve.add_argument("--cache-config", action="append", default=[],
                        metavar="CACHE,KEY=VALUE", help="e.g. local,size=1048576")
+    serve.add_argument("--cache-directory", metavar="PATH",
+                       help="accepted; llmserve's local cache is built in, no library is loaded")
+    serve.add_argument("--response-cache-byte-size", type=_positive_int, metavar="BYTES",
+                       help="deprecated tritonserver spelling of --cache-config local,size=BYTES")
     serve.add_argument("--rate-limit", choices=["off", "execution_count"], default="off")
     serve.add_argument("--rate-limit-resource", action="append", default=[],
                        type=parse_rate_limit_resource, metavar="NAME:COUNT[:DEVICE]")
+    serve.add_argument("--host-policy", action="append", default=[], type=parse_host_policy,
+                       metavar="NAME,KEY=VALUE", help="e.g. cpu,cpu-cores=0-3 or gpu_0,numa-node=0")
+    serve.add_argument("--kv-events-config", type=_kv_events, default=None, metavar="JSON",
+                       help='vLLM-format KV cache events of LLM models, e.g. '
+                            '\'{"enable_kv_cache_events": true, "endpoint": "tcp://*:5557"}\'')
     serve.add_argument("--model-load-thread-count", type=_positive_int, default=4)
     serve.add_argument("--exit-timeout-secs", type=_seconds, default=30.0)
     for flag in IGNORED_FLAGS:
@@ -162,7 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_cache_config(items: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+def _parse_cache_config(args: argparse.Namespace, parser: argparse.ArgumentParser
+                        ) -> dict[str, str]:
+    from llmserve.scheduling.response_cache import cache_size
+
+    items = list(args.cache_config)
+    if args.response_cache_byte_size is not None:
+        if items:  # as tritonserver
+            parser.error("Incompatible flags --response-cache-byte-size and --cache-config "
+                         "both provided. Please provide one or the other.")
+        log.warning("--response-cache-byte-size is deprecated; use --cache-config "
+                    "local,size=%d", args.response_cache_byte_size)
+        items = [f"local,size={args.response_cache_byte_size}"]
     out: dict[str, str] = {}
     for item in items:
         cache, comma, setting = item.partition(",")
@@ -173,6 +246,10 @@ def _parse_cache_config(items: list[str], parser: argparse.ArgumentParser) -> di
             parser.error(f"--cache-config names two caches: {out['cache']} and {cache}")
         out["cache"] = cache
         out[key] = value
+    try:
+        cache_size(out)
+    except ServerError as e:
+        parser.error(f"--cache-config: {e}")
     return out
 
 
@@ -225,12 +302,29 @@ def _serve_options(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     options.allow_http, options.allow_grpc = args.allow_http, args.allow_grpc
     options.allow_metrics = args.allow_metrics
     options.log_verbose = args.log_verbose
-    options.cache_config = _parse_cache_config(args.cache_config, parser)
+    options.cache_config = _parse_cache_config(args, parser)
+    options.cache_directory = args.cache_directory
     options.rate_limit = args.rate_limit
     options.rate_limit_resources = list(args.rate_limit_resource)
+    options.kv_events_config = args.kv_events_config
+    for name, key, value in args.host_policy:
+        options.host_policies.setdefault(name, {})[key] = value
     options.model_load_thread_count = max(1, args.model_load_thread_count)
     options.exit_timeout_secs = args.exit_timeout_secs
     options.http_max_body_bytes = args.http_max_input_size
+    flags = (("--http-restricted-api", args.http_restricted_api, HTTP_GROUPS, "api",
+              options.http_restricted_apis, ""),
+             ("--grpc-restricted-protocol", args.grpc_restricted_protocol, TRITON_GROUPS,
+              "protocol", options.grpc_restricted_protocols, GRPC_HEADER_PREFIX))
+    for flag, values, groups, what, into, prefix in flags:
+        for text in values:
+            try:
+                parse_restriction(text, groups, what, into, header_prefix=prefix)
+            except ValueError as exc:
+                parser.error(f"{flag}: {exc}")
+    if args.openai_api_key is not None and not args.openai_api_key:
+        parser.error("--openai-api-key must not be empty")
+    options.openai_api_key = args.openai_api_key
     return options
 
 
@@ -272,12 +366,20 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             flag = "--" + name[len("ignored_"):].replace("_", "-")
             log.warning("%s is accepted for tritonserver compatibility and has no effect in "
                         "llmserve", flag)
+    if options.cache_directory is not None:
+        log.warning("--cache-directory has no effect: llmserve's 'local' response cache is "
+                    "built in and no cache library is loaded")
     if options.load_models and options.model_control_mode != "explicit":
         log.warning("--load-model only applies with --model-control-mode=explicit; ignored")
     reserve_frontend_cpu()
     from llmserve.server import run_server
 
-    return int(run_server(options) or 0)
+    code = int(run_server(options) or 0)
+    # The server has stopped and finalized its models; what is left is the interpreter's
+    # teardown, whose last garbage collection over torch's and transformers' objects
+    # took seconds on top of --exit-timeout-secs. Frozen objects are left to the OS.
+    gc.freeze()
+    return code
 
 
 def _config_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

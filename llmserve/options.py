@@ -29,11 +29,18 @@ class ServerOptions:
     allow_metrics: bool = True
     log_verbose: int = 0
     cache_config: dict[str, str] = field(default_factory=dict)  # --cache-config local,size=N
+    cache_directory: str | None = None  # --cache-directory (cache libraries are not loaded)
     rate_limit: str = "off"  # off | execution_count
     rate_limit_resources: list[tuple[str, int, int | None]] = field(default_factory=list)
+    host_policies: dict[str, dict[str, str]] = field(default_factory=dict)  # --host-policy
+    kv_events_config: dict | None = None  # --kv-events-config (vLLM's keys), LLM models
     model_load_thread_count: int = 4
     exit_timeout_secs: float = 30.0
     http_max_body_bytes: int = 64 * 1024 * 1024
+    # --http-restricted-api / --grpc-restricted-protocol: group -> (header, value)
+    http_restricted_apis: dict[str, tuple[str, str]] = field(default_factory=dict)
+    grpc_restricted_protocols: dict[str, tuple[str, str]] = field(default_factory=dict)
+    openai_api_key: str | None = None  # OpenAI routes need "Authorization: Bearer KEY"
 
     def default_max_batch_size(self) -> int:
         value = self.backend_config.get("", {}).get("default-max-batch-size", "4")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator
 
@@ -20,13 +21,17 @@ from llmserve.backends.python.metrics import CustomMetrics
 from llmserve.core.errors import InternalError, ServerError, Unavailable
 from llmserve.core.types import InferenceRequest, InferenceResponse
 from llmserve.models import ModelManager, ModelState, ModelVersion
-from llmserve.models.metrics import ModelMetricsCollector
+from llmserve.models.metrics import CacheMetricsCollector, ModelMetricsCollector
 from llmserve.options import ServerOptions
 from llmserve.scheduling.ensemble import EnsembleRun
+from llmserve.scheduling.rate_limiter import RateLimiter
 from llmserve.scheduling.request import now_ns
+from llmserve.scheduling.response_cache import ResponseCache, cache_size
 from llmserve.scheduling.validate import dtype_api_name, requested_output_names, validate_request
 
 log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL_S = 0.0005
 
 EXTENSIONS = [
     "classification", "sequence", "model_repository", "model_repository(unload_dependents)",
@@ -47,6 +52,12 @@ class InferenceServer:
         self.custom_metrics = CustomMetrics()
         self.metrics_registry.register(ModelMetricsCollector(self._metric_rows))
         self.metrics_registry.register(self.custom_metrics)
+        size = cache_size(options.cache_config)  # raises for a bad --cache-config
+        self.response_cache = ResponseCache(size) if size is not None else None
+        if self.response_cache is not None:
+            self.metrics_registry.register(CacheMetricsCollector(self.response_cache))
+        self.rate_limiter = (RateLimiter(options.rate_limit_resources)
+                             if options.rate_limit == "execution_count" else None)
         self.models = ModelManager(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._live = False
@@ -57,6 +68,11 @@ class InferenceServer:
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         """Scan and load per the control mode. With exit_on_error a failed model raises."""
+        # The frontends' event loop shares the interpreter lock with the engine thread,
+        # which holds it for its Python work between torch calls: with the default 5 ms
+        # switch interval every loop wake-up could wait 5 ms, and a 503 under overload
+        # took hundreds of ms. A waiting thread now gets the lock within 0.5 ms.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.loop = asyncio.get_running_loop()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -128,18 +144,21 @@ class InferenceServer:
         mv = self._version(name, version)
         entry = self.models.entries[name]
         config = mv.config
-        lead = [-1] if config.max_batch_size > 0 else []
-
-        def tensors(items) -> list[dict]:
-            return [{"name": t.name, "datatype": dtype_api_name(t.data_type),
-                     "shape": lead + [int(d) for d in t.dims]} for t in items]
-
+        # the tensor lists follow from the version's fixed config: built once (every
+        # generate request reads them, and an LLM model set declares dozens of inputs)
+        tensors = mv.__dict__.get("_metadata_tensors")
+        if tensors is None:
+            lead = [-1] if config.max_batch_size > 0 else []
+            tensors = mv.__dict__["_metadata_tensors"] = tuple(
+                [{"name": t.name, "datatype": dtype_api_name(t.data_type),
+                  "shape": lead + [int(d) for d in t.dims]} for t in items]
+                for items in (config.input, config.output))
         return {
             "name": name,
             "versions": [str(v.version) for v in entry.ready_versions()],
             "platform": config.platform or config.backend,
-            "inputs": tensors(config.input),
-            "outputs": tensors(config.output),
+            "inputs": tensors[0],
+            "outputs": tensors[1],
         }
 
     def model_ready(self, name: str, version: str = "") -> bool:
@@ -160,7 +179,10 @@ class InferenceServer:
         try:
             from llmserve.repository import scan_repositories
 
-            for name in sorted(set(scan_repositories(self.models.roots)) - known):
+            def skipped(problem: ServerError) -> None:
+                log.warning("repository index: %s", problem)
+
+            for name in sorted(set(scan_repositories(self.models.roots, skipped)) - known):
                 rows.append({"name": name, "version": "", "state": "", "reason": ""})
         except ServerError as exc:
             log.warning("repository index: %s", exc)
@@ -203,7 +225,8 @@ class InferenceServer:
         for v in self.models.all_versions():
             if v.state in (ModelState.READY, ModelState.UNLOADING):
                 pending = v.queue.pending_count() if v.queue is not None else 0
-                yield v.name, v.version, v.stats.to_json(v.name, v.version), pending
+                yield (v.name, v.version, v.stats.to_json(v.name, v.version), pending,
+                       v.cache is not None)
 
     # -- inference ----------------------------------------------------------------------
     async def infer(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
@@ -216,7 +239,12 @@ class InferenceServer:
         inner = self.infer_internal(request)
         try:
             async for resp in inner:
+                if resp.error is not None:
+                    _log_failure(request, resp.error, logging.INFO)
                 yield resp
+        except ServerError as exc:  # refused before its first response (validation, queue)
+            _log_failure(request, exc, logging.INFO)
+            raise
         finally:
             await inner.aclose()  # runs its cleanup now, not when garbage collected
             self._inflight -= 1
@@ -231,18 +259,27 @@ class InferenceServer:
         finished = False
         try:
             if mv.is_ensemble:
-                inputs, _ = validate_request(mv.config, request)
+                inputs, batch_size = validate_request(mv.config, request)
                 names = requested_output_names(mv.config, request)
                 run = EnsembleRun(self, mv.config, mv.version, request, inputs, names)
                 stream = run.responses()
+                if mv.cache is not None and not run.streaming:  # never a decoupled ensemble
+                    stream = mv.cache.ensemble(request, stream)
+                ok = False
                 try:
                     async for resp in stream:
                         finished = resp.final
+                        ok = finished and resp.error is None
                         yield resp
                         if finished:
                             return
                 finally:
                     await stream.aclose()
+                    # Triton counts an ensemble request like any other: success or failure
+                    # with its duration, and one execution of its batch
+                    mv.stats.request_done(ok, now_ns() - request.arrival_ns)
+                    if ok and not getattr(stream, "hit", False):  # a cache hit runs nothing
+                        mv.stats.executed(batch_size, 1, 0, 0, 0)
                 return
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[InferenceResponse] = asyncio.Queue()
@@ -258,12 +295,31 @@ class InferenceServer:
             while True:
                 resp = await queue.get()
                 finished = resp.final
+                if resp.error is not None:
+                    _log_failure(request, resp.error, logging.DEBUG)
                 yield resp
                 if finished:
                     return
         finally:
             if not finished:
                 request.cancel.cancel()
+
+
+def _log_failure(request: InferenceRequest, error: BaseException, level: int) -> None:
+    """A failed request in the log, as Triton logs it: model, request id and the error
+    (INFO for a client's request, verbose for an ensemble step or BLS call)."""
+    if not log.isEnabledFor(level):
+        return
+    message = error.message if isinstance(error, ServerError) else str(error)
+    log.log(level, "request failed: model '%s' version %s, request id '%s': %s",
+            _printable(request.model_name), request.model_version or "latest",
+            _printable(request.id) or "<id_unknown>", _printable(message))
+
+
+def _printable(text: object) -> str:
+    """Client-chosen text with control characters escaped, so it cannot forge log lines."""
+    s = str(text)
+    return s if s.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
 
 
 # -- process entry point ---------------------------------------------------------------

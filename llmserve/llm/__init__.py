@@ -16,12 +16,14 @@ from llmserve.llm.config import (
     SpeculativeDecodingMode,
 )
 from llmserve.llm.executor import Executor
+from llmserve.llm.kv_events import KvEventsConfig
 from llmserve.llm.request import (
     ExternalDraftTokensConfig,
     FinishReason,
     KvCacheMetrics,
     LoraConfig,
     OutputConfig,
+    PromptTuningConfig,
     Request,
     RequestPerfMetrics,
     Response,
@@ -49,6 +51,7 @@ __all__ = [
     "InflightBatchingStats",
     "IterationStats",
     "KvCacheConfig",
+    "KvEventsConfig",
     "KvCacheMetrics",
     "KvCacheStats",
     "LoraConfig",
@@ -56,6 +59,7 @@ __all__ = [
     "OutputConfig",
     "PeftCacheConfig",
     "PromptLookupConfig",
+    "PromptTuningConfig",
     "Request",
     "RequestPerfMetrics",
     "RequestStage",

@@ -1,12 +1,13 @@
 """Request and response types of the executor API, mirroring TensorRT-LLM's bindings.
 
 Request carries the prompt, SamplingConfig, OutputConfig and optional stop/bad words,
-embedding bias, LoRA and draft tokens; Response carries either an error or a Result.
+embedding bias, LoRA, a p-tuning prompt table and draft tokens; Response carries either an error or a Result.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import InitVar, dataclass, field
 
 import torch
@@ -52,6 +53,12 @@ class SamplingConfig:
             self.seed = random_seed
 
     def validate(self) -> None:
+        # NaN fails every range check below only by luck of comparison order, and an
+        # infinite value passes some; neither means anything to the sampler.
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise InvalidArgument(f"{name} must be a finite number, got {value}")
         if self.beam_width < 1:
             raise InvalidArgument(f"beam_width must be >= 1, got {self.beam_width}")
         if self.top_k is not None and self.top_k < 0:
@@ -80,6 +87,11 @@ class SamplingConfig:
             raise InvalidArgument(
                 f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"
             )
+
+
+_FLOAT_FIELDS = ("top_p", "top_p_min", "top_p_decay", "temperature",
+                 "beam_search_diversity_rate", "repetition_penalty", "presence_penalty",
+                 "frequency_penalty", "length_penalty")
 
 
 def _get_random_seed(self: SamplingConfig) -> int | None:
@@ -120,6 +132,17 @@ class ExternalDraftTokensConfig:
 
 
 @dataclass(slots=True)
+class PromptTuningConfig:
+    """p-tuning: prompt token ids at or past the vocabulary size (vocab_size + i) embed as
+    row i of embedding_table [rows, hidden] instead of a vocabulary row. With block reuse,
+    input_token_extra_ids (one per prompt token; 0 for ordinary tokens, the same value
+    for the same table) take part in the block hash, as in TensorRT-LLM."""
+
+    embedding_table: torch.Tensor
+    input_token_extra_ids: list[int] | None = None
+
+
+@dataclass(slots=True)
 class Request:
     input_token_ids: list[int]
     max_tokens: int
@@ -133,6 +156,7 @@ class Request:
     embedding_bias: torch.Tensor | None = None  # [vocab_size] added to the logits
     external_draft_tokens_config: ExternalDraftTokensConfig | None = None
     lora_config: LoraConfig | None = None
+    prompt_tuning_config: PromptTuningConfig | None = None
     client_id: int | None = None
     priority: float = 0.5
 

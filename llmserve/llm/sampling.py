@@ -39,12 +39,16 @@ class SamplingParams:
     embedding_bias: torch.Tensor | None = None
     seed: int | None = None
     return_log_probs: bool = False
+    # log probs over the kept top-k/top-p set (TensorRT-LLM's normalize_log_probs) rather
+    # than over the vocabulary
+    log_probs_over_kept: bool = False
 
     @classmethod
     def from_config(cls, cfg: SamplingConfig, *, end_id: int | None = None,
                     bad_words: list[list[int]] | None = None,
                     embedding_bias: torch.Tensor | None = None,
-                    return_log_probs: bool = False) -> SamplingParams:
+                    return_log_probs: bool = False,
+                    log_probs_over_kept: bool = False) -> SamplingParams:
         top_k = cfg.top_k or 0
         top_p = cfg.top_p if cfg.top_p is not None else 0.0
         temperature = cfg.temperature if cfg.temperature is not None else 1.0
@@ -69,6 +73,7 @@ class SamplingParams:
             embedding_bias=embedding_bias,
             seed=cfg.seed,
             return_log_probs=return_log_probs,
+            log_probs_over_kept=log_probs_over_kept,
         )
 
 
@@ -123,6 +128,7 @@ def sample(logits: torch.Tensor, rows: Seq[SampleRow],
         return SampleOutput(tokens.tolist(), None)  # all greedy: the common fast path
     temps = torch.tensor([p.temperature for p in params], device=device)
     scaled = logits / temps.unsqueeze(1)
+    sub = None
     if sample_idx:
         idx = torch.tensor(sample_idx, device=device)
         sub = scaled.index_select(0, idx)
@@ -139,7 +145,19 @@ def sample(logits: torch.Tensor, rows: Seq[SampleRow],
     if want_log_probs:
         lp = torch.log_softmax(scaled, dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
         log_probs = lp.tolist()
+        for i, p in enumerate(params):
+            if p.log_probs_over_kept:
+                log_probs[i] = _log_prob_over_kept(i, int(tokens[i]), sample_idx, sub)
     return SampleOutput(tokens.tolist(), log_probs)
+
+
+def _log_prob_over_kept(row: int, token: int, sample_idx: list[int],
+                        kept: torch.Tensor | None) -> float:
+    """TensorRT-LLM's normalised log prob: of the token within the set it was sampled
+    from. A greedy pick is the top-1 set, so 0.0."""
+    if row not in sample_idx or kept is None:
+        return 0.0
+    return float(torch.log_softmax(kept[sample_idx.index(row)], dim=-1)[token])
 
 
 def apply_logits_processors(logits: torch.Tensor, rows: Seq[SampleRow],
@@ -161,7 +179,8 @@ def _apply_bias_and_penalties(logits: torch.Tensor, rows: Seq[SampleRow],
         # repetition penalty looks at prompt and output tokens
         seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device)
         for i in rep_rows:
-            seen[i, torch.tensor(rows[i].token_ids, device=device)] = True
+            ids = torch.tensor(rows[i].token_ids, device=device)
+            seen[i, ids[ids < vocab]] = True  # (p-tuning ids past the vocabulary: no logit)
         rep = torch.tensor([p.repetition_penalty for p in params], device=device).unsqueeze(1)
         penalized = torch.where(logits > 0, logits / rep, logits * rep)
         logits.copy_(torch.where(seen, penalized, logits))

@@ -83,7 +83,8 @@ def model_file_path(model_dir: Path, version: int, config: mc.ModelConfig,
         return inner
     if not path.is_file():
         raise _missing(path, config, version, "the model file")
-    if backend == pf.OPENVINO and not path.with_suffix(".bin").is_file():
+    if (backend == pf.OPENVINO and path.suffix == ".xml"
+            and not path.with_suffix(".bin").is_file()):
         raise _missing(path.with_suffix(".bin"), config, version, "the OpenVINO weights")
     return path
 

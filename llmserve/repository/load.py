@@ -17,7 +17,9 @@ from llmserve.config.autocomplete_onnx import (
     needs_auto_complete,
     run_onnx_auto_complete,
 )
+from llmserve.config.autocomplete_openvino import run_openvino_auto_complete
 from llmserve.config.autocomplete_python import run_python_auto_complete
+from llmserve.config.autocomplete_tensorflow import run_tensorflow_auto_complete
 from llmserve.config.complete import (
     drop_duplicate_outputs,
     enable_default_dynamic_batching,
@@ -100,6 +102,22 @@ def _complete(config: mc.ModelConfig, model_dir: Path, options: ServerOptions,
         if versions and needs_auto_complete(config):
             model_file = model_file_path(model_dir, versions[-1], config)
             run_onnx_auto_complete(config, model_file, default_max_batch_size(options))
+        enable_default_dynamic_batching(config)
+    elif backend == pf.OPENVINO:
+        versions = apply_version_policy([int(v) for v in version_names], config)
+        if versions:
+            model_file = model_file_path(model_dir, versions[-1], config)
+            run_openvino_auto_complete(config, model_file,
+                                       default_max_batch_size(options, pf.OPENVINO))
+    elif backend == pf.TENSORFLOW:
+        versions = apply_version_policy([int(v) for v in version_names], config)
+        if versions and config.platform == pf.TENSORFLOW_SAVEDMODEL:
+            model_path = model_file_path(model_dir, versions[-1], config)
+            run_tensorflow_auto_complete(config, model_path,
+                                         default_max_batch_size(options, pf.TENSORFLOW))
+        elif generated or (len(config.input) == 0 and len(config.output) == 0):
+            log.warning("model '%s': a TensorFlow GraphDef cannot describe itself; declare "
+                        "max_batch_size, input and output in config.pbtxt", model_name)
         enable_default_dynamic_batching(config)
     elif backend in _DYNAMIC_BATCHING_BACKENDS:
         if generated or (len(config.input) == 0 and len(config.output) == 0):

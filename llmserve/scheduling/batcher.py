@@ -123,6 +123,10 @@ class RequestQueue:
         with self._cond:
             return sum(len(q) for q in self._main.values()) + sum(len(q) for q in self._delayed.values())
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
     def stop(self) -> list[SchedRequest]:
         """No more batches; returns what was still queued (the caller fails them)."""
         with self._cond:

@@ -6,8 +6,8 @@ import asyncio
 import numpy as np
 import pytest
 from inproc_server import collect, make_request
-from prometheus_client import generate_latest
 
+from llmserve.core import prometheus_text
 from llmserve.core.errors import ErrorCode
 
 
@@ -45,7 +45,8 @@ def test_decoupled_zero_responses(backend_server):
 
 def test_bls_sync_async_and_decoupled(backend_server):
     x = np.array([1, 2, 3, 4], np.float32)
-    for mode in ("sync", "async"):
+    # bytes_*: the target named by a numpy bytes element, as Triton's bls example does
+    for mode in ("sync", "async", "bytes_sync", "bytes_async"):
         [resp] = backend_server.run(collect(backend_server, make_request("bls", {"MODE": np.array([mode]), "X": x})))
         assert resp.error is None, resp.error
         np.testing.assert_array_equal(resp.output("Y").data, x * 2)
@@ -55,10 +56,35 @@ def test_bls_sync_async_and_decoupled(backend_server):
     np.testing.assert_array_equal(resp.output("Y").data, [5, 6])
 
 
+def test_bls_async_exec_decoupled_walks_with_plain_for(backend_server):
+    x = np.array([1, 2, 3, 4], np.float32)
+    req = make_request("bls", {"MODE": np.array(["decoupled_for"]), "X": x})
+    [resp] = backend_server.run(collect(backend_server, req))
+    assert resp.error is None, resp.error
+    np.testing.assert_array_equal(resp.output("Y").data, x)
+
+
 def test_bls_error_surfaces_as_response_error(backend_server):
     x = np.ones(4, np.float32)
     [resp] = backend_server.run(collect(backend_server, make_request("bls", {"MODE": np.array(["missing"]), "X": x})))
-    assert resp.error is not None and "no_such_model" in resp.error.message
+    assert resp.error is not None
+    assert resp.error.message == "Failed for execute the inference request. Model 'no_such_model' is not ready."
+
+
+def test_custom_counter_keeps_its_exact_name(backend_server):
+    import triton_python_backend_utils as pb_utils
+
+    family = pb_utils.MetricFamily("test_latency_ns", "time spent", pb_utils.MetricFamily.COUNTER)
+    family.Metric(labels={"model": "m", "version": "1"}).increment(7)
+    gauge = pb_utils.MetricFamily("test_depth", "queue depth", pb_utils.MetricFamily.GAUGE)
+    gauge.Metric(labels={"model": "m"}).set(3)
+    text = prometheus_text.render(backend_server.metrics_registry).decode()
+    assert "# HELP test_latency_ns time spent\n# TYPE test_latency_ns counter\n" in text
+    assert 'test_latency_ns{model="m",version="1"} 7.0' in text
+    assert "test_latency_ns_total" not in text
+    assert "# TYPE test_depth gauge\n" in text and 'test_depth{model="m"} 3.0' in text
+    # Triton's own per-model counters print the same way
+    assert "# TYPE nv_inference_request_success counter\n" in text
 
 
 def test_auto_complete_config(backend_server):
@@ -115,12 +141,32 @@ def test_cancellation_reaches_model(backend_server):
         assert first.output("Y") is not None
         await gen.aclose()  # the consumer goes away -> request.cancel
         assert req.cancel.is_cancelled()
-        for _ in range(200):
-            text = generate_latest(backend_server.metrics_registry).decode()
-            if 'test_cancelled_total{model="wait_cancel"} 1.0' in text:
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError("the model never saw is_cancelled()")
+        await _metric_shows(backend_server, 'test_cancelled_total{model="wait_cancel"} 1.0',
+                            "the model never saw is_cancelled()")
+
+    backend_server.run(run())
+
+
+async def _metric_shows(server, line: str, failure: str, tries: int = 200) -> None:
+    for _ in range(tries):
+        if line in prometheus_text.render(server.metrics_registry).decode():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(failure)
+
+
+def test_client_gone_cancels_a_decoupled_bls_call(backend_server):
+    """The model never checks is_cancelled(): once its only request is cancelled, its
+    decoupled BLS call to wait_cancel (which would stream for 10 s) is cancelled too and
+    the iteration ends quietly."""
+    async def run():
+        req = make_request("bls_forward", {"X": np.array([1], np.int32)})
+        gen = backend_server.infer(req)
+        first = await gen.__anext__()
+        assert first.error is None and first.output("Y") is not None
+        await gen.aclose()
+        await _metric_shows(backend_server, 'test_bls_forward_ended_total{model="bls_forward"} 1.0',
+                            "the BLS call kept running after its request was cancelled", 150)
 
     backend_server.run(run())
 
@@ -184,3 +230,20 @@ def test_bad_inputs_raise_before_first_response(backend_server):
         backend_server.run(collect(backend_server, make_request("add_sub", {"INPUT0": a.astype(np.float64), "INPUT1": a})))
     with pytest.raises(InvalidArgument, match="unknown model"):
         backend_server.run(collect(backend_server, make_request("nope", {"INPUT0": a})))
+
+
+def test_a_models_namespace_package_stays_in_its_table(tmp_path):
+    """A `lib/` folder without __init__.py (tensorrtllm_backend's tensorrt_llm_bls has one)
+    is a namespace package with no __file__: it must join the model's table and leave
+    sys.modules, or the next model's `lib` imports would find it."""
+    import sys
+
+    from llmserve.backends.python.loader import import_model_module
+
+    folder = tmp_path / "ns_model" / "1"
+    (folder / "lib").mkdir(parents=True)
+    (folder / "lib" / "tools.py").write_text("VALUE = 'mine'\n")
+    (folder / "model.py").write_text("from lib.tools import VALUE\n")
+    module = import_model_module(folder / "model.py", "ns_model", 1)
+    assert module.VALUE == "mine"
+    assert "lib" not in sys.modules and "lib.tools" not in sys.modules

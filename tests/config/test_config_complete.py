@@ -52,7 +52,8 @@ def test_ensemble_gets_no_instance_group():
     assert groups('platform: "ensemble"', (0,)) == []
 
 
-def test_host_policy_names():
+def test_default_host_policy_names_by_kind():
+    """Names only; pinning by policy: tests/e2e/test_e2e_rate_limit_host_policy.py."""
     config = parse_config_text('instance_group [ { kind: KIND_CPU }, { kind: KIND_GPU }, '
                                '{ kind: KIND_MODEL }, { kind: KIND_CPU host_policy: "p0" } ]')
     cpu, gpu, model, named = config.instance_group
@@ -112,6 +113,8 @@ def test_default_dynamic_batching(text, enabled):
 
 
 def test_default_max_batch_size():
+    # what ONNX auto-complete applies to a model whose tensors batch (test_autocomplete_onnx
+    # drives it through load_model_config and --backend-config)
     config = parse_config_text("")
     apply_default_max_batch_size(config, 4, supports_batching=True)
     assert config.max_batch_size == 4 and config.HasField("dynamic_batching")

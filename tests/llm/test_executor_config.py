@@ -88,3 +88,21 @@ def test_failed_step_fails_its_requests_and_executor_keeps_serving(exec_ckpt, ex
         assert ex.get_kv_cache_stats().used_num_blocks == 0
         (ok,) = run(ex, [greedy_request(p, 5)])
         assert tokens_of(ok) == hf_reference(exec_hf, p, 5)
+
+
+@pytest.mark.parametrize("normalize", [None, False, True])
+def test_normalize_log_probs_follows_tensorrt_llm(make_executor, normalize):
+    """Unset or false: log P(token | vocabulary) (negative for a tiny random model);
+    true: over the set each token was sampled from, so 0.0 for greedy picks."""
+    from llmserve.llm import OutputConfig
+
+    ex = make_executor(normalize_log_probs=normalize)
+    req = greedy_request(prompt(6, 3), 4, output_config=OutputConfig(
+        exclude_input_from_output=True, return_log_probs=True))
+    [responses] = run(ex, [req])
+    log_probs = [lp for r in responses for lp in (r.result.log_probs or [[]])[0]]
+    assert len(log_probs) == 4
+    if normalize:
+        assert log_probs == [0.0] * 4
+    else:
+        assert all(lp < 0.0 for lp in log_probs)

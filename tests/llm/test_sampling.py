@@ -23,7 +23,7 @@ class Row:
 
 def params(**kw) -> SamplingParams:
     extra = {k: kw.pop(k) for k in ("end_id", "bad_words", "embedding_bias",
-                                    "return_log_probs") if k in kw}
+                                    "return_log_probs", "log_probs_over_kept") if k in kw}
     return SamplingParams.from_config(SamplingConfig(**kw), **extra)
 
 
@@ -46,6 +46,24 @@ def test_greedy_picks_argmax_and_returns_log_prob():
     assert out.tokens == [int(logits.argmax())]
     expected = torch.log_softmax(logits, -1)[out.tokens[0]].item()
     assert out.log_probs[0] == pytest.approx(expected, abs=1e-6)
+
+
+def test_normalized_log_probs_are_over_the_kept_set_as_in_tensorrt_llm():
+    """normalize_log_probs: log P(token | top-k set) for sampled rows, 0.0 for greedy ones
+    (the top-1 set); without it, log P(token | vocabulary)."""
+    logits = torch.randn(V)
+    greedy = one(logits, params(return_log_probs=True, log_probs_over_kept=True))
+    assert greedy.log_probs == [0.0]
+    p = params(top_k=3, seed=4, temperature=0.5, return_log_probs=True, log_probs_over_kept=True)
+    out = one(logits, p)
+    top3 = torch.topk(logits / 0.5, 3)
+    kept = dict(zip(top3.indices.tolist(), torch.log_softmax(top3.values, -1).tolist(),
+                    strict=True))
+    assert out.log_probs[0] == pytest.approx(kept[out.tokens[0]], abs=1e-5)
+    p.log_probs_over_kept = False
+    out = one(logits, p)
+    full = torch.log_softmax(logits / 0.5, -1)[out.tokens[0]].item()
+    assert out.log_probs[0] == pytest.approx(full, abs=1e-5)
 
 
 def test_top_k_samples_only_within_top_k():

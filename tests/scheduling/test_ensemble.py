@@ -37,3 +37,46 @@ def test_stream_keeps_its_order_through_a_multi_instance_step(sched_server):
     assert [int(r.output("OUT").data[0]) for r in data] == [10, 20, 30, 40, 50]
     assert [int(r.output("IDX").data[0]) for r in data] == [0, 1, 2, 3, 4]
     assert resps[-1].final and resps[-1].error is None
+
+
+def test_a_step_runs_without_an_optional_input_that_upstream_did_not_produce(sched_server):
+    """partial_out declares EXTRA but makes it only for negative X; opt_in takes it as an
+    optional input. As in Triton, the missing tensor is absent: opt_in still runs, and the
+    ensemble's response leaves EXTRA out."""
+    [resp] = sched_server.run(collect(sched_server, make_request("ens_optional", {"X": np.array([4], np.int32)})))
+    assert resp.error is None and resp.final
+    assert int(resp.output("OUT").data[0]) == 50
+    assert resp.output("EXTRA") is None
+    [resp] = sched_server.run(collect(sched_server, make_request("ens_optional", {"X": np.array([-2], np.int32)})))
+    assert int(resp.output("OUT").data[0]) == -10 - 200
+    assert int(resp.output("EXTRA").data[0]) == -200
+
+
+def test_ensemble_requests_are_counted_in_its_statistics(sched_server):
+    def counts():
+        [stats] = sched_server.statistics("ens", "")["model_stats"]
+        return (stats["inference_stats"]["success"]["count"], stats["inference_stats"]["fail"]["count"],
+                stats["inference_count"], stats["execution_count"])
+
+    before = counts()
+    a = np.array([[1, 2, 3, 4]], np.float32)
+    sched_server.run(collect(sched_server, make_request("ens", {"A": a, "B": a})))
+    success, fail, inferences, executions = counts()
+    assert (success, inferences, executions) == (before[0] + 1, before[2] + 1, before[3] + 1)
+    assert fail == before[1]
+    [resp] = sched_server.run(collect(sched_server, make_request("ens_fail", {"IN": np.array([1], np.int32)})))
+    [stats] = sched_server.statistics("ens_fail", "")["model_stats"]
+    assert stats["inference_stats"]["fail"]["count"] >= 1 and stats["inference_stats"]["fail"]["ns"] > 0
+
+
+def test_a_failed_request_is_logged_with_model_id_and_error(sched_server, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="llmserve.server")
+    request = make_request("ens_fail", {"IN": np.array([1], np.int32)})
+    request.id = "req-42\r\nforged"
+    sched_server.run(collect(sched_server, request))
+    lines = [r.getMessage() for r in caplog.records if "request failed" in r.getMessage()]
+    assert any("'ens_fail'" in line and "req-42\\r\\nforged" in line and "step exploded" in line
+               for line in lines), lines
+    assert all("\n" not in line for line in lines)

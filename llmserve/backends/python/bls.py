@@ -6,6 +6,7 @@ thread (sync) or the calling event loop (async).
 from __future__ import annotations
 
 import asyncio
+import collections
 import queue
 import threading
 from typing import Any
@@ -62,60 +63,111 @@ def _convert(item: Any) -> InferenceResponse:
 
 
 class ResponseIterator:
-    """Responses of a decoupled BLS call; iterate with `for` or `async for`.
-    The final (possibly empty) response ends the iteration."""
+    """Responses of a decoupled BLS call, from exec or async_exec alike; walk them with
+    `for` (blocking, as Triton's iterator does) or with `async for`. The final (possibly
+    empty) response ends the walk; walking again after the end replays the responses.
 
-    def __init__(self, server: Any, request: CoreRequest, loop: asyncio.AbstractEventLoop | None):
+    parents: cancellation tokens of the requests the calling execute serves. When all of
+    them are cancelled (their clients went away) the call is cancelled and its walk ends
+    quietly, so a model that never checks is_cancelled() (tensorrtllm_backend's own BLS)
+    does not leave a generation running to max_tokens for nobody."""
+
+    def __init__(self, server: Any, request: CoreRequest, loop: asyncio.AbstractEventLoop | None,
+                 parents: tuple[CancellationToken, ...] = ()):
         self._cancel: CancellationToken = request.cancel
+        self._lock = threading.Condition()
+        self._buffer: collections.deque[Any] = collections.deque()
+        self._responses: list[InferenceResponse] = []
+        self._idx = 0
         self._done = False
-        if loop is None:
-            self._queue: Any = queue.Queue()
-            put = self._queue.put
-        else:
-            self._queue = asyncio.Queue()
-            q = self._queue
+        self._orphaned = False
+        if parents:
+            def orphan() -> None:
+                if all(p.is_cancelled() for p in parents):
+                    self._orphaned = True
+                    self._cancel.cancel()
 
-            def put(item: Any) -> None:
-                try:
-                    loop.call_soon_threadsafe(q.put_nowait, item)
-                except RuntimeError:  # the caller's loop is gone
-                    pass
+            for parent in parents:
+                parent.add_callback(orphan)
+        # async_exec's caller waits on this event in its own loop instead of blocking it
+        self._loop = loop
+        self._arrived = asyncio.Event() if loop is not None else None
+        _start(server, request, self._put)
 
-        _start(server, request, put)
+    def _put(self, item: Any) -> None:
+        with self._lock:
+            self._buffer.append(item)
+            self._lock.notify_all()
+        if self._loop is not None and self._arrived is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._arrived.set)
+            except RuntimeError:  # the caller's loop is gone; `for` still works
+                pass
 
     def cancel(self) -> None:
-        self._cancel.cancel()
+        if not self._done:
+            self._cancel.cancel()
 
     def __iter__(self) -> ResponseIterator:
+        self._rewind()
         return self
 
     def __next__(self) -> InferenceResponse:
         if self._done:
-            raise StopIteration
-        if isinstance(self._queue, asyncio.Queue):
-            raise TypeError("use 'async for' on responses of async_exec")
-        item = self._queue.get()
+            return self._replay(StopIteration)
+        with self._lock:
+            while not self._buffer:
+                self._lock.wait()
+            item = self._buffer.popleft()
         return self._step(item, StopIteration)
 
     def __aiter__(self) -> ResponseIterator:
+        self._rewind()
         return self
 
     async def __anext__(self) -> InferenceResponse:
         if self._done:
-            raise StopAsyncIteration
-        if isinstance(self._queue, asyncio.Queue):
-            item = await self._queue.get()
-        else:
-            item = await asyncio.get_running_loop().run_in_executor(None, self._queue.get)
+            return self._replay(StopAsyncIteration)
+        while True:
+            with self._lock:
+                if self._buffer:
+                    item = self._buffer.popleft()
+                    break
+            if self._arrived is not None and asyncio.get_running_loop() is self._loop:
+                await self._arrived.wait()
+                self._arrived.clear()
+            else:  # an iterator of exec() walked from some event loop: wait off it
+                await asyncio.get_running_loop().run_in_executor(None, self._wait_item)
         return self._step(item, StopAsyncIteration)
 
+    def _wait_item(self) -> None:
+        with self._lock:
+            while not self._buffer:
+                self._lock.wait()
+
+    def _rewind(self) -> None:
+        if self._done and self._idx >= len(self._responses):
+            self._idx = 0
+
+    def _replay(self, stop: type[Exception]) -> InferenceResponse:
+        if self._idx < len(self._responses):
+            self._idx += 1
+            return self._responses[self._idx - 1]
+        raise stop
+
     def _step(self, item: Any, stop: type[Exception]) -> InferenceResponse:
-        if item is _END:
-            self._done = True
+        if item is _END or self._orphaned:
+            self._finish()
             raise stop
+        response = _convert(item)
+        self._responses.append(response)
         if isinstance(item, BaseException) or item.final:
-            self._done = True
-        return _convert(item)
+            self._finish()
+        return response
+
+    def _finish(self) -> None:
+        self._done = True
+        self._idx = len(self._responses)
 
 
 def exec_sync(server: Any, request: CoreRequest) -> InferenceResponse:

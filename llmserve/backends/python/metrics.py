@@ -11,11 +11,10 @@ from prometheus_client.metrics_core import Metric as PromMetric
 
 from llmserve.backends.python import context
 from llmserve.backends.python.errors import TritonModelException
+from llmserve.core.prometheus_text import ExactCounter
 
 COUNTER, GAUGE, HISTOGRAM = 0, 1, 2
-# prometheus_client renames counter families to NAME_total; Triton's names have no
-# suffix, so counters are exposed untyped under their exact name.
-_KIND_NAMES = {COUNTER: "unknown", GAUGE: "gauge", HISTOGRAM: "histogram"}
+_KIND_NAMES = {COUNTER: "counter", GAUGE: "gauge", HISTOGRAM: "histogram"}
 
 
 class CustomMetrics:
@@ -139,7 +138,10 @@ class MetricFamily:
             return metric
 
     def _export(self) -> Any:
-        prom = PromMetric(self._name, self._description, _KIND_NAMES[self._kind])
+        if self._kind == COUNTER:  # Triton keeps the family's exact name (no _total)
+            prom: PromMetric = ExactCounter(self._name, self._description)
+        else:
+            prom = PromMetric(self._name, self._description, _KIND_NAMES[self._kind])
         with self._lock:
             metrics = list(self._metrics.values())
         for m in metrics:

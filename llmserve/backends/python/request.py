@@ -14,6 +14,7 @@ from llmserve.backends.python.response import (
     _params_dict,
 )
 from llmserve.backends.python.tensor import Tensor
+from llmserve.core.errors import ServerError
 from llmserve.core.types import CancellationToken, RequestedOutput
 from llmserve.core.types import InferenceRequest as CoreRequest
 from llmserve.scheduling.request import SchedRequest
@@ -45,10 +46,10 @@ class InferenceRequest:
         for t in inputs:
             if not isinstance(t, Tensor):
                 raise TritonModelException("inputs must be a list of pb_utils.Tensor")
-        self._model_name = model_name
+        self._model_name = _as_str(model_name, "model_name")
         self._inputs = list(inputs)
-        self._requested = list(requested_output_names or [])
-        self._request_id = request_id
+        self._requested = [_as_str(n, "requested_output_names") for n in requested_output_names or []]
+        self._request_id = _as_str(request_id, "request_id")
         self._correlation_id = correlation_id
         self._model_version = int(model_version)
         self._flags = int(flags)
@@ -133,8 +134,12 @@ class InferenceRequest:
     def _check_decoupled(self, server: Any, decoupled: bool) -> InferenceResponse | None:
         try:
             model_decoupled = server.is_decoupled(self._model_name, _version_str(self._model_version))
+        except ServerError:
+            # unknown, unloaded or loading: Triton's BLS checks readiness first, in these words
+            return InferenceResponse(error=TritonError(
+                f"Failed for execute the inference request. Model '{self._model_name}' is not ready."))
         except Exception:
-            return None  # let the inference path report unknown models
+            return None  # let the inference path report it
         if model_decoupled and not decoupled:
             return InferenceResponse(error=TritonError(
                 f"Model '{self._model_name}' is using the decoupled transaction policy; "
@@ -145,7 +150,7 @@ class InferenceRequest:
         ctx = context.require_execute("BLS exec")
         refused = self._check_decoupled(ctx.server, decoupled)
         if decoupled:
-            return bls.ResponseIterator(ctx.server, self._core_request(), None)
+            return bls.ResponseIterator(ctx.server, self._core_request(), None, ctx.parents)
         return refused or bls.exec_sync(ctx.server, self._core_request())
 
     def async_exec(self, decoupled: bool = False) -> Any:
@@ -157,7 +162,8 @@ class InferenceRequest:
             import asyncio
 
             if decoupled:
-                return bls.ResponseIterator(ctx.server, core, asyncio.get_running_loop())
+                return bls.ResponseIterator(ctx.server, core, asyncio.get_running_loop(),
+                                            ctx.parents)
             if refused is not None:
                 return refused
             return await bls.exec_async(ctx.server, core)
@@ -175,6 +181,19 @@ class InferenceRequest:
         req._sreq = sreq
         req._cancel = r.cancel
         return req
+
+
+def _as_str(value: Any, what: str) -> str:
+    """Triton's binding takes str or bytes (numpy's str_/bytes_ included) where it wants a
+    string, so a name read straight out of a BYTES tensor works."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TypeError(f"InferenceRequest {what} is not valid UTF-8: {value!r}") from exc
+    raise TypeError(f"InferenceRequest {what} must be a str or bytes, not {type(value).__name__}")
 
 
 def _version_str(version: int) -> str:
