@@ -1,16 +1,18 @@
 """Memory soak: serve a filled model-set repository with `llmserve serve` in a subprocess,
-stream OpenAI chat requests at it in rounds, and read the server's resident memory
-(/proc/PID/status VmRSS) after each round (issue 18).
+stream OpenAI chat requests at it in rounds, and read the resident memory (/proc VmRSS)
+of the server and of its engine processes after each round (issue 18).
 
     python scripts/soak_memory.py [--model ensemble] [--concurrency 16] [--rounds 10]
         [--requests 300] [--minutes M] [--isl 128] [--osl 64] [--repository DIR]
-        [--checkpoint DIR] [--json OUT] [--env KEY=VALUE ...]
+        [--checkpoint DIR] [--engine-process true|false] [--cancel-every K] [--json OUT]
+        [--env KEY=VALUE ...]
 
-Without --repository it fills the demo model's repository (models/demo-llm, as `make
-serve` does) into build/soak_repository. --minutes runs rounds until that much time has
+Without --repository it fills the demo model's repository (models/demo-llm, with engine
+processes, as `make serve` does) into build/soak_repository. --minutes runs rounds until that much time has
 passed instead of --rounds. Every prompt is different (random words, seeded), so the
-prefix cache keeps seeing new blocks as it does under aiperf. Prints one line per round
-and, with --json, writes every round's numbers.
+prefix cache keeps seeing new blocks as it does under aiperf. --cancel-every K drops
+every K-th request after its first streamed piece (a client that disconnects). Prints
+one line per round and, with --json, writes every round's numbers.
 """
 
 from __future__ import annotations
@@ -52,9 +54,11 @@ WORDS = (
 class Round:
     served: int
     seconds: float
-    rss_mb: float
+    rss_mb: float  # the server and its engine processes together
+    server_rss_mb: float
     tokens: int
     errors: int
+    cancelled: int = 0
 
 
 @dataclass
@@ -65,6 +69,7 @@ class SoakResult:
     osl: int
     env: dict[str, str]
     start_rss_mb: float
+    start_server_rss_mb: float
     rounds: list[Round] = field(default_factory=list)
 
 
@@ -80,6 +85,34 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def descendants(pid: int) -> list[int]:
+    """pid's child processes, theirs, and so on (engine processes are the server's)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # the fields after the parenthesised command name: state, ppid, ...
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        out += children
+        todo += children
+    return out
+
+
+def tree_rss_mb(pid: int) -> float:
+    total = rss_mb(pid)
+    for child in descendants(pid):
+        try:
+            total += rss_mb(child)
+        except (OSError, RuntimeError):
+            pass  # ended meanwhile
+    return total
 
 
 def make_prompt(rng: random.Random, words: int) -> str:
@@ -131,8 +164,10 @@ class Server:
         self.log.close()
 
 
-async def stream_chat(client: httpx.AsyncClient, model: str, prompt: str, osl: int) -> int:
-    """One streamed chat completion; returns the completion tokens the server counted."""
+async def stream_chat(client: httpx.AsyncClient, model: str, prompt: str, osl: int,
+                      cancel: bool = False) -> int:
+    """One streamed chat completion; returns the completion tokens the server counted.
+    cancel: disconnect after the first streamed piece (returns 0)."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}],
             "max_tokens": osl, "stream": True, "ignore_eos": True,
             "stream_options": {"include_usage": True}}
@@ -144,6 +179,8 @@ async def stream_chat(client: httpx.AsyncClient, model: str, prompt: str, osl: i
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
+            if cancel:
+                return 0  # leaving the block closes the connection mid-stream
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
@@ -151,19 +188,21 @@ async def stream_chat(client: httpx.AsyncClient, model: str, prompt: str, osl: i
 
 
 async def run_round(url: str, model: str, n: int, concurrency: int, prompts: list[str],
-                    osl: int) -> tuple[int, int]:
-    """n streamed requests, at most `concurrency` in flight; returns (tokens, errors)."""
-    queue = iter(prompts[:n])
+                    osl: int, cancel_every: int = 0) -> tuple[int, int]:
+    """n streamed requests, at most `concurrency` in flight, every cancel_every-th one
+    dropped after its first piece; returns (tokens, errors)."""
+    queue = iter(enumerate(prompts[:n]))
     totals = [0, 0]
 
     async def worker(client: httpx.AsyncClient) -> None:
-        for prompt in queue:
+        for i, prompt in queue:
+            cancel = cancel_every > 0 and i % cancel_every == cancel_every - 1
             try:
-                tokens = await stream_chat(client, model, prompt, osl)
+                tokens = await stream_chat(client, model, prompt, osl, cancel)
                 totals[0] += tokens  # not `+= await`: that reads totals[0] before awaiting
-            except (httpx.HTTPError, RuntimeError) as e:
+            except Exception as e:  # noqa: BLE001 - any failure counts, the others go on
                 totals[1] += 1
-                print(f"  request failed: {e}", file=sys.stderr)
+                print(f"  request failed: {type(e).__name__}: {e!r}", file=sys.stderr)
 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
@@ -173,14 +212,16 @@ async def run_round(url: str, model: str, n: int, concurrency: int, prompts: lis
 
 def soak(repository: Path, model: str, *, concurrency: int, requests: int, rounds: int | None,
          minutes: float | None, isl: int, osl: int, env: dict[str, str], log_path: Path,
-         seed: int = 0, on_round=None) -> SoakResult:  # noqa: ANN001
+         seed: int = 0, cancel_every: int = 0, on_round=None) -> SoakResult:  # noqa: ANN001
     """Serve repository, stream rounds of `requests` chat requests at `model`, and return
     the server's RSS after each round. on_round(result) is called after every round."""
     rng = random.Random(seed)
     server = Server(repository, env, log_path)
     try:
         server.wait_ready()
-        result = SoakResult(model, concurrency, isl, osl, env, rss_mb(server.proc.pid))
+        pid = server.proc.pid
+        result = SoakResult(model, concurrency, isl, osl, env, round(tree_rss_mb(pid), 1),
+                            round(rss_mb(pid), 1))
         deadline = time.monotonic() + minutes * 60 if minutes else None
         served = 0
         while (deadline is None and len(result.rounds) < (rounds or 0)) or (
@@ -190,10 +231,12 @@ def soak(repository: Path, model: str, *, concurrency: int, requests: int, round
             prompts = [make_prompt(rng, max(1, isl * 3 // 4)) for _ in range(requests)]
             start = time.monotonic()
             tokens, errors = asyncio.run(run_round(server.url, model, requests, concurrency,
-                                                   prompts, osl))
+                                                   prompts, osl, cancel_every))
             served += requests
+            cancelled = requests // cancel_every if cancel_every else 0
             result.rounds.append(Round(served, round(time.monotonic() - start, 2),
-                                       round(rss_mb(server.proc.pid), 1), tokens, errors))
+                                       round(tree_rss_mb(pid), 1), round(rss_mb(pid), 1),
+                                       tokens, errors, cancelled))
             if on_round is not None:
                 on_round(result)
         return result
@@ -214,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--isl", type=int, default=128, help="prompt length, about, in tokens")
     parser.add_argument("--osl", type=int, default=64, help="output tokens per request")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine-process", choices=["true", "false"], default="true",
+                        help="fill the repository with engine processes (without --repository)")
+    parser.add_argument("--cancel-every", type=int, default=0, metavar="K",
+                        help="drop every K-th request after its first piece (0: none)")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment of the server (repeatable)")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -225,13 +272,17 @@ def main(argv: list[str] | None = None) -> int:
         draft = fill_demo_repository.DEFAULT_DRAFT  # as `make serve` fills it
         repository = fill_demo_repository.fill_repository(
             ROOT / "build" / "soak_repository", args.checkpoint, force=True,
-            draft_dir=draft if (draft / "config.json").is_file() else None)
+            draft_dir=draft if (draft / "config.json").is_file() else None,
+            engine_process=args.engine_process == "true")
     args.log.parent.mkdir(parents=True, exist_ok=True)
+    # `kill` ends the run like Ctrl-C: the server is stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     def report(result: SoakResult) -> None:
         r = result.rounds[-1]
-        print(f"served {r.served:>7,}  rss {r.rss_mb:8.1f} MB  round {r.seconds:6.1f} s  "
-              f"tokens {r.tokens:>7,}  errors {r.errors}", flush=True)
+        print(f"served {r.served:>7,}  rss {r.rss_mb:8.1f} MB (server {r.server_rss_mb:.1f})  "
+              f"round {r.seconds:6.1f} s  "
+              f"tokens {r.tokens:>7,}  errors {r.errors}  cancelled {r.cancelled}", flush=True)
         if args.json:
             args.json.write_text(json.dumps(asdict(result), indent=1) + "\n")
 
@@ -239,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.osl}, env {env or '{}'}", flush=True)
     result = soak(repository, args.model, concurrency=args.concurrency, requests=args.requests,
                   rounds=args.rounds, minutes=args.minutes, isl=args.isl, osl=args.osl,
-                  env=env, log_path=args.log, seed=args.seed, on_round=report)
-    print(f"rss at start {result.start_rss_mb:.1f} MB")
+                  env=env, log_path=args.log, seed=args.seed,
+                  cancel_every=args.cancel_every, on_round=report)
+    print(f"rss at start {result.start_rss_mb:.1f} MB (server {result.start_server_rss_mb:.1f})")
     return 1 if any(r.errors for r in result.rounds) else 0
 
 
