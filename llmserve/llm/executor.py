@@ -102,8 +102,8 @@ class Executor:
         if config.guided_decoding_config is not None:
             try:
                 self._guides.warm_up()
-            except Unsupported as exc:  # unguided requests still work
-                logger.warning("guided decoding is configured but unavailable: %s", exc)
+            except ServerError as exc:  # unguided requests still work; guided ones say why
+                logger.warning("guided decoding is unavailable: %s", exc.message)
         self._compiling: dict[int, RequestState] = {}  # waiting for their guide's grammar
         self._cancelled_compiling: set[int] = set()
 

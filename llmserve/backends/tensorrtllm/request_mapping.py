@@ -16,6 +16,7 @@ import torch
 from llmserve.core.errors import InvalidArgument, Unsupported
 from llmserve.llm.request import (
     ExternalDraftTokensConfig,
+    GuidedDecodingParams,
     LoraConfig,
     OutputConfig,
     Request,
@@ -51,7 +52,7 @@ HANDLED_INPUTS = frozenset({
     "return_context_logits", "return_generation_logits", "return_kv_cache_reuse_stats",
     "return_perf_metrics", "return_num_input_tokens", "return_num_output_tokens",
     "exclude_input_in_output", "streaming", "stop", "num_return_sequences", "lora_task_id",
-    "lora_weights", "lora_config",
+    "lora_weights", "lora_config", "guided_decoding_guide_type", "guided_decoding_guide",
 })
 IGNORED_INPUTS = frozenset({"decoder_input_ids", "decoder_input_lengths"})
 
@@ -194,6 +195,28 @@ def _lora(item: dict[str, np.ndarray]) -> LoraConfig | None:
     )
 
 
+def _text(item: dict[str, np.ndarray], name: str) -> str | None:
+    value = item.get(name)
+    if value is None or np.asarray(value).size == 0:
+        return None
+    first = np.asarray(value).reshape(-1)[0]
+    text = first.decode("utf-8") if isinstance(first, bytes) else str(first)
+    return text if text.strip() else None  # an empty string (a client filling every
+    # input) counts as absent
+
+
+def guided_params(item: dict[str, np.ndarray]) -> GuidedDecodingParams | None:
+    """guided_decoding_guide_type ("json", "json_schema", "regex", "ebnf_grammar",
+    "structural_tag") and guided_decoding_guide, as TensorRT-LLM reads them."""
+    kind, guide = _text(item, "guided_decoding_guide_type"), _text(item, "guided_decoding_guide")
+    if kind is None:
+        if guide is not None:
+            raise InvalidArgument("input 'guided_decoding_guide' needs "
+                                  "'guided_decoding_guide_type'")
+        return None
+    return GuidedDecodingParams(kind, guide)
+
+
 def build_request(
     item: dict[str, np.ndarray],
     batch_index: int,
@@ -262,6 +285,7 @@ def build_request(
         embedding_bias=bias_t,
         external_draft_tokens_config=_draft(item, fast_logits),
         lora_config=_lora(item),
+        guided_decoding_params=guided_params(item),
     )
     options.beam_width = request.sampling_config.beam_width
     return request, options

@@ -147,6 +147,7 @@ class GuideCompiler:
                 self._cache.move_to_end(key)
                 return cached
         xgr = import_xgrammar()
+        self._grammar_compiler()  # the tokenizer view: its errors are this caller's
         grammar = parse_guide(xgr, params, any_whitespace=self.any_whitespace)
         with self._lock:
             cached = self._cache.get(key)
