@@ -8,17 +8,28 @@ the guided sequences of a batch in one go; unguided rows are not touched.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from llmserve.llm.guided.closing import Closer
 
-# Token budget left from which the closing path is looked at each step, and the margins
-# of the two steering zones (see GuideMatcher.allowed).
+# Token budget left from which the closing path is looked at each step, and the spare
+# tokens (budget left minus the path) below which tokens are limited (see allowed()).
 WATCH = 64
-EXACT_MARGIN = 8
-SINGLE_MARGIN = 16
+EXACT_SPARE = 8
+SHORT_SPARE = 24
+BYTES_PER_PATH_TOKEN = 3  # a token of n bytes lengthens the closing path by < 3n tokens
+
+
+@dataclass(slots=True)
+class Limit:
+    """Tokens a guided row may take now, within its grammar's: those of at most
+    max_bytes bytes, plus `also`; max_bytes 0: only `also`."""
+
+    max_bytes: int
+    also: list[int]
 
 
 class GuideMatcher:
@@ -50,14 +61,14 @@ class GuideMatcher:
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
         self.matcher.fill_next_token_bitmask(bitmask, row)
 
-    def allowed(self) -> list[int] | None:
-        """None: the grammar's own mask is enough. Otherwise the only tokens to allow now
-        (within the grammar's), so that the grammar can still end within the budget:
-        - the closing path leaves fewer than EXACT_MARGIN spare tokens: one-character
-          tokens after which it still fits (or the stop tokens, when it may end now and
-          nothing else fits);
-        - fewer than EXACT_MARGIN + SINGLE_MARGIN: one-character tokens and stop tokens,
-          whose effect on the path is small enough for the exact zone to catch."""
+    def limit(self) -> Limit | None:
+        """None: the grammar's own mask is enough. Otherwise a Limit that keeps the
+        closing path (closing.py) within the budget:
+        - spare < SHORT_SPARE: tokens short enough that one cannot lengthen the path past
+          the spare, the path's next token and the stop tokens;
+        - spare <= EXACT_SPARE: only tokens after which the path is checked to fit (the
+          path's next token and one-character ones), and the stop tokens where the
+          grammar may end."""
         remaining = self.budget - self.accepted
         if self.closer is None or remaining > WATCH:
             return None
@@ -65,18 +76,29 @@ class GuideMatcher:
         if path is None:  # cannot end within the budget any more, or no walk found
             return None
         spare = remaining - len(path)
-        if spare > EXACT_MARGIN + SINGLE_MARGIN:
+        if spare >= SHORT_SPARE:
             return None
-        if spare > EXACT_MARGIN:
-            return sorted(self.closer.single | self.stop_tokens)
+        stops = sorted(self.stop_tokens) if self.matcher.is_completed() else []
+        if spare > EXACT_SPARE:
+            max_bytes = max(1, (spare - EXACT_SPARE) // BYTES_PER_PATH_TOKEN)
+            return Limit(max_bytes, [*path[:1], *stops])
         fitting = self.closer.fitting(self.matcher, remaining)
-        if self.matcher.is_completed():
-            fitting += sorted(self.stop_tokens)
-        return fitting or list(path[:1])
+        return Limit(0, (fitting + stops) or list(path[:1]))
 
 
 def guided_rows(rows: Sequence[Any]) -> list[int]:
     return [i for i, r in enumerate(rows) if getattr(r, "guide", None) is not None]
+
+
+def _apply_limit(row: torch.Tensor, limit: Limit, closer: Closer) -> None:
+    vocab = row.shape[0]
+    keep = torch.zeros(vocab, dtype=torch.bool, device=row.device)
+    if limit.max_bytes:
+        keep |= closer.token_bytes(vocab, row.device) <= limit.max_bytes
+    also = [t for t in limit.also if t < vocab]
+    if also:
+        keep[torch.tensor(also, dtype=torch.long, device=row.device)] = True
+    row.masked_fill_(~keep, float("-inf"))
 
 
 def apply_guides(logits: torch.Tensor, rows: Sequence[Any], idx: list[int],
@@ -88,24 +110,20 @@ def apply_guides(logits: torch.Tensor, rows: Sequence[Any], idx: list[int],
 
     batch, vocab = len(idx), logits.shape[1]
     bitmask = xgr.allocate_token_bitmask(batch, vocab)
-    keeps: list[tuple[int, list[int]]] = []
+    limits: list[tuple[int, Limit, Closer]] = []
     for k, i in enumerate(idx):
-        guide = rows[i].guide
+        guide: GuideMatcher = rows[i].guide
         guide.fill(bitmask, k)
-        keep = guide.allowed()
-        if keep is not None:
-            keeps.append((k, keep))
+        limit = guide.limit()
+        if limit is not None and guide.closer is not None:
+            limits.append((k, limit, guide.closer))
     sub = logits[idx]
     xgr.apply_token_bitmask_inplace(sub, bitmask.to(sub.device, non_blocking=True))
-    for k, keep in keeps:
-        ids = torch.tensor(keep, dtype=torch.long, device=sub.device)
-        ids = ids[ids < vocab]
-        masked = torch.full_like(sub[k], float("-inf"))
-        masked[ids] = sub[k, ids]
-        sub[k] = masked
+    for k, limit, closer in limits:
+        _apply_limit(sub[k], limit, closer)
     if before is not None:
-        dead = torch.isinf(sub).all(dim=1) if batch else None
-        if dead is not None and bool(dead.any()):
+        dead = torch.isinf(sub).all(dim=1)
+        if bool(dead.any()):
             redo = before[dead].clone()
             xgr.apply_token_bitmask_inplace(redo, bitmask[dead.cpu()].to(redo.device))
             sub[dead] = redo
