@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from llmserve.llm.guided.matcher import apply_guides, guided_rows
+from llmserve.llm.guided.matcher import apply_guides, check_guided, guided_rows
 from llmserve.llm.request import SamplingConfig
 
 
@@ -126,7 +126,10 @@ def sample(logits: torch.Tensor, rows: Seq[SampleRow],
     tokens = logits.argmax(dim=-1)
     sample_idx = [i for i, p in enumerate(params) if not p.greedy]
     want_log_probs = any(p.return_log_probs for p in params)
+    guided = guided_rows(rows)
     if not sample_idx and not want_log_probs:
+        if guided:
+            check_guided(tokens, rows, guided)
         return SampleOutput(tokens.tolist(), None)  # all greedy: the common fast path
     temps = torch.tensor([p.temperature for p in params], device=device)
     scaled = logits / temps.unsqueeze(1)
@@ -143,6 +146,8 @@ def sample(logits: torch.Tensor, rows: Seq[SampleRow],
             for i in sample_idx
         ]).to(device)
         tokens.index_copy_(0, idx, (probs / noise).argmax(dim=-1))
+    if guided:
+        check_guided(tokens, rows, guided)
     log_probs = None
     if want_log_probs:
         lp = torch.log_softmax(scaled, dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)

@@ -129,4 +129,6 @@ def test_every_template_input_is_read_rejected_or_ignored_by_design():
     assert len(inputs) > 40 and rm.unused_config_inputs(inputs) == []
     # a newer tensorrtllm_backend input llmserve does not implement: reported for the
     # load-time warning
-    assert rm.unused_config_inputs(inputs + ["guided_decoding_guide"]) == ["guided_decoding_guide"]
+    assert rm.unused_config_inputs(inputs + ["retention_token_range_starts"]) == [
+        "retention_token_range_starts"]
+    assert "guided_decoding_guide" in inputs  # read since guided decoding exists

@@ -6,17 +6,15 @@ needs: from a copy of the matcher it walks a greedy path to a point where the gr
 may end. Text the grammar forces (a required key, an enum's only value) is taken whole,
 in the vocabulary's longest tokens; elsewhere one-character tokens, preferring closers
 (`"` `}` `]` `)`, then short values), opening nothing new and repeating no filler token
-more than a few times. The GuideMatcher uses that path near the end of the token budget
-(matcher.py): first it allows only tokens whose effect on the path is small, then, at
-the end, only those after which the path still fits.
+more than a few times. Near the end of the token budget the GuideMatcher (matcher.py)
+checks each sampled token: when the path after it no longer fits in what is left, the
+path's next token is emitted instead.
 """
 
 from __future__ import annotations
 
 import string
 from typing import Any
-
-import torch
 
 # closers first, openers last: the walk prefers ending what is open
 _CLOSERS = ('"', "}", "]", ")")
@@ -46,18 +44,6 @@ class Closer:
         self.order = [by_text[b] for b in _ORDER_BYTES if b in by_text]
         self.single = frozenset(self.order)
         self.closers = frozenset(by_text[c.encode()] for c in _CLOSERS if c.encode() in by_text)
-        self._lengths = [len(t) for t in decoded_vocab]
-        self._length_tensors: dict[tuple[int, str], torch.Tensor] = {}
-
-    def token_bytes(self, vocab: int, device: torch.device) -> torch.Tensor:
-        """Byte length of each token id below vocab (ids past the tokenizer: very long)."""
-        key = (vocab, str(device))
-        t = self._length_tensors.get(key)
-        if t is None:
-            lengths = (self._lengths + [1 << 20] * vocab)[:vocab]
-            t = self._length_tensors[key] = torch.tensor(lengths, dtype=torch.int32,
-                                                         device=device)
-        return t
 
     def split(self, text: bytes) -> list[int]:
         """text in the vocabulary's longest tokens, left to right ([] if it cannot)."""
@@ -104,17 +90,3 @@ class Closer:
             else:
                 return None
         return walk if len(walk) <= limit else None
-
-    def fitting(self, matcher: Any, room: int, want: int = 8) -> list[int]:
-        """Up to `want` tokens after which the grammar can still end within room - 1
-        more tokens: the first token of forced text, then one-character ones."""
-        out = []
-        for token in [*self.forced(matcher)[:1], *self.order]:
-            m = matcher.fork()
-            if not m.accept_token(token):
-                continue
-            if self.path(m, room - 1) is not None:
-                out.append(token)
-                if len(out) >= want:
-                    break
-        return out

@@ -169,8 +169,7 @@ class GuideCompiler:
         xgr = import_xgrammar()
         self._grammar_compiler()
         stops = [int(end_id)] if end_id is not None else list(self._info.stop_token_ids)
-        m = xgr.GrammarMatcher(compiled, override_stop_tokens=stops or None,
-                               max_rollback_tokens=0)
+        m = xgr.GrammarMatcher(compiled, override_stop_tokens=stops or None)
         return GuideMatcher(m, frozenset(int(t) for t in m.stop_token_ids), budget,
                             self._closer)
 

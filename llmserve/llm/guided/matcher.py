@@ -1,35 +1,23 @@
-"""A guided sequence's grammar state and the sampler's masking step.
+"""A guided sequence's grammar state and the sampler's guided steps.
 
 GuideMatcher wraps one xgrammar GrammarMatcher: the sampler asks it which tokens may
-come next, the stepper tells it which token came. apply_guides() masks the logits rows of
-the guided sequences of a batch in one go; unguided rows are not touched.
+come next and, near the end of the token budget, whether the sampled one still lets the
+grammar end in time; the stepper tells it which token came. apply_guides() masks the
+logits rows of a batch's guided sequences in one go and check_guided() reviews their
+sampled tokens; unguided rows are not touched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from llmserve.llm.guided.closing import Closer
 
-# Token budget left from which the closing path is looked at each step, and the spare
-# tokens (budget left minus the path) below which tokens are limited (see allowed()).
+# Token budget left from which a sampled token is checked against the closing path.
 WATCH = 64
-EXACT_SPARE = 8
-SHORT_SPARE = 24
-BYTES_PER_PATH_TOKEN = 3  # a token of n bytes lengthens the closing path by < 3n tokens
-
-
-@dataclass(slots=True)
-class Limit:
-    """Tokens a guided row may take now, within its grammar's: those of at most
-    max_bytes bytes, plus `also`; max_bytes 0: only `also`."""
-
-    max_bytes: int
-    also: list[int]
 
 
 class GuideMatcher:
@@ -61,44 +49,27 @@ class GuideMatcher:
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
         self.matcher.fill_next_token_bitmask(bitmask, row)
 
-    def limit(self) -> Limit | None:
-        """None: the grammar's own mask is enough. Otherwise a Limit that keeps the
-        closing path (closing.py) within the budget:
-        - spare < SHORT_SPARE: tokens short enough that one cannot lengthen the path past
-          the spare, the path's next token and the stop tokens;
-        - spare <= EXACT_SPARE: only tokens after which the path is checked to fit (the
-          path's next token and one-character ones), and the stop tokens where the
-          grammar may end."""
+    def check(self, token: int) -> int:
+        """The token to emit for `token` (sampled under the grammar's mask) so that the
+        grammar can still end within the budget: token itself when the closing path
+        (closing.py) after it fits in what is left, else the path's next token (a stop
+        token where the grammar may end now)."""
         remaining = self.budget - self.accepted
-        if self.closer is None or remaining > WATCH:
-            return None
+        if self.closer is None or remaining > WATCH or token in self.stop_tokens:
+            return token
+        after = self.matcher.fork()
+        if not after.accept_token(int(token)) or self.closer.path(after, remaining - 1) is not None:
+            return token
         path = self.closer.path(self.matcher, remaining)
-        if path is None:  # cannot end within the budget any more, or no walk found
-            return None
-        spare = remaining - len(path)
-        if spare >= SHORT_SPARE:
-            return None
-        stops = sorted(self.stop_tokens) if self.matcher.is_completed() else []
-        if spare > EXACT_SPARE:
-            max_bytes = max(1, (spare - EXACT_SPARE) // BYTES_PER_PATH_TOKEN)
-            return Limit(max_bytes, [*path[:1], *stops])
-        fitting = self.closer.fitting(self.matcher, remaining)
-        return Limit(0, (fitting + stops) or list(path[:1]))
+        if path is None:  # cannot end within the budget whatever comes next
+            return token
+        if path:
+            return path[0]
+        return min(self.stop_tokens) if self.stop_tokens else token
 
 
 def guided_rows(rows: Sequence[Any]) -> list[int]:
     return [i for i, r in enumerate(rows) if getattr(r, "guide", None) is not None]
-
-
-def _apply_limit(row: torch.Tensor, limit: Limit, closer: Closer) -> None:
-    vocab = row.shape[0]
-    keep = torch.zeros(vocab, dtype=torch.bool, device=row.device)
-    if limit.max_bytes:
-        keep |= closer.token_bytes(vocab, row.device) <= limit.max_bytes
-    also = [t for t in limit.also if t < vocab]
-    if also:
-        keep[torch.tensor(also, dtype=torch.long, device=row.device)] = True
-    row.masked_fill_(~keep, float("-inf"))
 
 
 def apply_guides(logits: torch.Tensor, rows: Sequence[Any], idx: list[int],
@@ -108,19 +79,11 @@ def apply_guides(logits: torch.Tensor, rows: Sequence[Any], idx: list[int],
     takes its guide's tokens from there (the guide wins over the bans)."""
     import xgrammar as xgr
 
-    batch, vocab = len(idx), logits.shape[1]
-    bitmask = xgr.allocate_token_bitmask(batch, vocab)
-    limits: list[tuple[int, Limit, Closer]] = []
+    bitmask = xgr.allocate_token_bitmask(len(idx), logits.shape[1])
     for k, i in enumerate(idx):
-        guide: GuideMatcher = rows[i].guide
-        guide.fill(bitmask, k)
-        limit = guide.limit()
-        if limit is not None and guide.closer is not None:
-            limits.append((k, limit, guide.closer))
+        rows[i].guide.fill(bitmask, k)
     sub = logits[idx]
     xgr.apply_token_bitmask_inplace(sub, bitmask.to(sub.device, non_blocking=True))
-    for k, limit, closer in limits:
-        _apply_limit(sub[k], limit, closer)
     if before is not None:
         dead = torch.isinf(sub).all(dim=1)
         if bool(dead.any()):
@@ -128,3 +91,13 @@ def apply_guides(logits: torch.Tensor, rows: Sequence[Any], idx: list[int],
             xgr.apply_token_bitmask_inplace(redo, bitmask[dead.cpu()].to(redo.device))
             sub[dead] = redo
     logits[idx] = sub
+
+
+def check_guided(tokens: torch.Tensor, rows: Sequence[Any], idx: list[int]) -> None:
+    """Replace (in place) sampled tokens of guided rows that would leave their grammar
+    unable to end within max_tokens (GuideMatcher.check)."""
+    for i in idx:
+        token = int(tokens[i])
+        chosen = rows[i].guide.check(token)
+        if chosen != token:
+            tokens[i] = chosen
