@@ -37,7 +37,7 @@ from llmserve.llm.request import FinishReason, Request, Response
 from llmserve.llm.responses import ResponseRouter
 from llmserve.llm.sampling import SamplingParams, make_generator
 from llmserve.llm.scheduler import Scheduler
-from llmserve.llm.sequence import RequestState
+from llmserve.llm.sequence import RequestState, SequenceStatus
 from llmserve.llm.speculative import PromptLookupProposer, check_draft_logits
 from llmserve.llm.stats import IterationStats, KvCacheStats, RequestStatsPerIteration
 from llmserve.llm.stepper import Stepper
@@ -266,7 +266,7 @@ class Executor:
         self.lora_cache.release(rid)
         if cancelled:
             seq = state.seqs[0]
-            seq.finish_reason = FinishReason.CANCELLED
+            seq.finish_reason, seq.status = FinishReason.CANCELLED, SequenceStatus.FINISHED
             self._router.deliver(build_response(state, seq, is_final=True))
         else:
             self._router.deliver(error_response(state, failure))

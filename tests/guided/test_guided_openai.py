@@ -10,7 +10,7 @@ import json
 
 import openai
 import pytest
-from conftest import CITY, GRAMMAR, PERSON, REGEX, TAG, validate
+from guided_cases import CITY, GRAMMAR, PERSON, REGEX, TAG, validate
 
 N = 50
 MESSAGES = [{"role": "user", "content": "Answer in the format asked."}]

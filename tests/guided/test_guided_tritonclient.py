@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
-from conftest import MODEL_SET_GUIDES, validate
+from guided_cases import MODEL_SET_GUIDES, validate
 from llm_e2e_helpers import grpc_stream, grpc_text_inputs
 from tritonclient.utils import InferenceServerException
 
