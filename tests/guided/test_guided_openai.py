@@ -28,17 +28,24 @@ def test_json_object_sync_chat(client):
         assert isinstance(json.loads(text), dict), text
 
 
-def test_json_schema_async_completions(aclient):
+def _sampled_completions(aclient, model: str, prompt: str, max_tokens: int,
+                         extra_body: dict) -> list[str]:
+    """N completions at temperature 1.0 (seeds 0..N-1), all at once, async client."""
     async def run():
         c = aclient()
-        fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON,
-                                                      "strict": True}}
         rs = await asyncio.gather(*(c.completions.create(
-            model="ensemble", prompt="A person:", temperature=1.0, seed=i, max_tokens=100,
-            extra_body={"response_format": fmt}) for i in range(N)))
+            model=model, prompt=prompt, temperature=1.0, seed=i, max_tokens=max_tokens,
+            extra_body=extra_body) for i in range(N)))
         return [r.choices[0].text for r in rs]
 
-    for text in asyncio.run(run()):
+    return asyncio.run(run())
+
+
+def test_json_schema_async_completions(aclient):
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON,
+                                                  "strict": True}}
+    for text in _sampled_completions(aclient, "ensemble", "A person:", 100,
+                                     {"response_format": fmt}):
         validate("json_schema", text)
 
 
@@ -64,14 +71,8 @@ def test_regex_streamed_chat(aclient):
 
 
 def test_ebnf_grammar_async_completions_bls(aclient):
-    async def run():
-        c = aclient()
-        rs = await asyncio.gather(*(c.completions.create(
-            model="tensorrt_llm_bls", prompt="Sum:", temperature=1.0, seed=i, max_tokens=24,
-            extra_body={"guided_grammar": GRAMMAR}) for i in range(N)))
-        return [r.choices[0].text for r in rs]
-
-    for text in asyncio.run(run()):
+    for text in _sampled_completions(aclient, "tensorrt_llm_bls", "Sum:", 24,
+                                     {"guided_grammar": GRAMMAR}):
         validate("ebnf_grammar", text)
 
 
