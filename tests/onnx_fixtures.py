@@ -75,3 +75,18 @@ def write_onnx(repo: Path, name: str, model: bytes, config: str | None = None,
     if config is not None:
         (model_dir / "config.pbtxt").write_text(config)
     return model_dir
+
+
+def state_accumulator() -> bytes:
+    """An implicit-state model (int32 [batch, 1] tensors): OUTPUT_STATE = INPUT +
+    INPUT_STATE * (1 - START), and OUTPUT the same; READY is taken but unused."""
+    def vi(name):
+        return helper.make_tensor_value_info(name, TensorProto.INT32, ["b", 1])
+
+    one = helper.make_tensor("one", TensorProto.INT32, [], [1])
+    return _model([helper.make_node("Sub", ["one", "START"], ["not_start"]),
+                   helper.make_node("Mul", ["INPUT_STATE", "not_start"], ["kept"]),
+                   helper.make_node("Add", ["kept", "INPUT"], ["OUTPUT_STATE"]),
+                   helper.make_node("Identity", ["OUTPUT_STATE"], ["OUTPUT"])],
+                  [vi("INPUT"), vi("INPUT_STATE"), vi("START"), vi("READY")],
+                  [vi("OUTPUT"), vi("OUTPUT_STATE")], [one])

@@ -34,8 +34,13 @@ def validate_sequence_batching(config: mc.ModelConfig) -> None:
                 _check_boolean_control(control, kind_name, model, ci.name)
             else:
                 _check_corrid_control(control, kind_name, model, ci.name)
+    seen_states: set[str] = set()
     for state in sb.state:
         _check_state(state, config)
+        if state.input_name in seen_states:
+            raise fail(f"State input name '{state.input_name}' specified more than once.",
+                       state.input_name)
+        seen_states.add(state.input_name)
     if sb.HasField("oldest"):
         for size in sb.oldest.preferred_batch_size:
             if size <= 0 or size > config.max_batch_size:
@@ -95,3 +100,36 @@ def _check_state(state, config: mc.ModelConfig) -> None:
             raise fail(f"sequence batching state '{state.input_name}' dimension must be "
                        f"integer >= 1, or -1 to indicate a variable-size dimension for "
                        f"{model}", state.input_name)
+    if state.use_growable_memory and not state.use_same_buffer_for_input_output:
+        raise fail(f"In order to 'use_growable_memory', you must also enable "
+                   f"'use_single_buffer' for state input name '{state.input_name}'.",
+                   state.input_name)
+    if len(state.initial_state) > 1:
+        raise fail(f"initial_state field for state input '{state.input_name}' must contain "
+                   f"exactly one or zero element. Found '{len(state.initial_state)}' elements.",
+                   state.input_name)
+    if len(state.initial_state) == 1:
+        _check_initial_state(state, state.initial_state[0])
+
+
+def _check_initial_state(state: mc.ModelSequenceBatching.State,
+                         init: mc.ModelSequenceBatching.InitialState) -> None:
+    """Triton's GenerateInitialStateData checks (the data file is read at load)."""
+    name = state.input_name
+    if init.data_type != state.data_type:
+        raise fail(f"The data type used for 'initial_state' field of state '{name}' does not "
+                   "match the state data type.", name)
+    if not init.name:
+        raise fail(f"Field 'name' must be set when using initial_state for state input "
+                   f"'{name}'.", name)
+    if len(init.dims) != len(state.dims):
+        raise fail(f"Number of dimensions in 'initial_state' doesn't match the size of 'state' "
+                   f"dimensions for state input '{name}'. {len(init.dims)} != "
+                   f"{len(state.dims)}", name)
+    for init_dim, state_dim in zip(init.dims, state.dims, strict=True):
+        if init_dim == -1:
+            raise fail(f"'initial_state' field for state input name '{name}' contains variable "
+                       "dimensions.", name)
+        if state_dim != -1 and init_dim != state_dim:
+            raise fail(f"'initial_state' dim for input name '{name}' doesn't match 'state' dim "
+                       f"description. {init_dim} != {state_dim}", name)

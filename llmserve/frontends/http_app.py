@@ -25,6 +25,7 @@ from llmserve.frontends.errors import (
 from llmserve.frontends.http_common import BodyLimitMiddleware
 from llmserve.frontends.http_generate import generate_router
 from llmserve.frontends.http_kserve import kserve_router
+from llmserve.frontends.load_metrics import LoadMetricsMiddleware
 from llmserve.frontends.openai import openai_router
 from llmserve.options import ServerOptions
 
@@ -55,6 +56,7 @@ def build_http_app(
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
     app.add_exception_handler(Exception, on_server_error)
     app.add_middleware(BodyLimitMiddleware, limit=options.http_max_body_bytes)
+    app.add_middleware(LoadMetricsMiddleware, registry=server.metrics_registry)
     return app
 
 

@@ -14,7 +14,7 @@ from llmserve.core.datatypes import (
     from_api_name,
     serialize_bytes_tensor,
 )
-from llmserve.core.errors import InvalidArgument
+from llmserve.core.errors import InvalidArgument, Unsupported
 from llmserve.core.types import InferenceRequest, Tensor
 
 # Request parameters the protocol consumes itself instead of passing to the model.
@@ -124,9 +124,7 @@ def apply_parameters(request: InferenceRequest, params: dict[str, Any]) -> None:
     """Set sequence/priority/timeout from reserved parameters; the rest go to the model."""
     for key, value in params.items():
         if key == "sequence_id":
-            if isinstance(value, bool) or not isinstance(value, (int, str)):
-                raise InvalidArgument("parameter 'sequence_id' must be an integer or a string")
-            request.correlation_id = value
+            request.correlation_id = _sequence_id(value)
         elif key == "sequence_start":
             if _flag(key, value):
                 request.flags |= SEQUENCE_START
@@ -144,6 +142,17 @@ def apply_parameters(request: InferenceRequest, params: dict[str, Any]) -> None:
                     f"got {type(value).__name__}"
                 )
             request.parameters[key] = value
+
+
+def _sequence_id(value: Any) -> int | str:
+    """An unsigned 64-bit or string correlation id (Triton caps strings at 128 chars)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidArgument("parameter 'sequence_id' must be an integer or a string")
+    if isinstance(value, int) and not 0 <= value < 2**64:
+        raise InvalidArgument("parameter 'sequence_id' must be an unsigned 64-bit integer")
+    if isinstance(value, str) and len(value) > 128:
+        raise Unsupported("string correlation ID cannot be longer than 128 characters")
+    return value
 
 
 def _flag(key: str, value: Any) -> bool:

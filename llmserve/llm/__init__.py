@@ -17,6 +17,7 @@ from llmserve.llm.config import (
     SpeculativeDecodingMode,
 )
 from llmserve.llm.executor import Executor
+from llmserve.llm.kv_events import KvEventsConfig
 from llmserve.llm.request import (
     ExternalDraftTokensConfig,
     FinishReason,
@@ -24,6 +25,7 @@ from llmserve.llm.request import (
     KvCacheMetrics,
     LoraConfig,
     OutputConfig,
+    PromptTuningConfig,
     Request,
     RequestPerfMetrics,
     Response,
@@ -53,6 +55,7 @@ __all__ = [
     "InflightBatchingStats",
     "IterationStats",
     "KvCacheConfig",
+    "KvEventsConfig",
     "KvCacheMetrics",
     "KvCacheStats",
     "LoraConfig",
@@ -60,6 +63,7 @@ __all__ = [
     "OutputConfig",
     "PeftCacheConfig",
     "PromptLookupConfig",
+    "PromptTuningConfig",
     "Request",
     "RequestPerfMetrics",
     "RequestStage",

@@ -1,8 +1,8 @@
 """Request and response types of the executor API, mirroring TensorRT-LLM's bindings.
 
 Request carries the prompt, SamplingConfig, OutputConfig and optional stop/bad words,
-embedding bias, LoRA, draft tokens and a guide (GuidedDecodingParams); Response carries
-either an error or a Result.
+embedding bias, LoRA, a p-tuning prompt table, draft tokens and a guide
+(GuidedDecodingParams); Response carries either an error or a Result.
 """
 
 from __future__ import annotations
@@ -152,6 +152,17 @@ class GuidedDecodingParams:
 
 
 @dataclass(slots=True)
+class PromptTuningConfig:
+    """p-tuning: prompt token ids at or past the vocabulary size (vocab_size + i) embed as
+    row i of embedding_table [rows, hidden] instead of a vocabulary row. With block reuse,
+    input_token_extra_ids (one per prompt token; 0 for ordinary tokens, the same value
+    for the same table) take part in the block hash, as in TensorRT-LLM."""
+
+    embedding_table: torch.Tensor
+    input_token_extra_ids: list[int] | None = None
+
+
+@dataclass(slots=True)
 class Request:
     input_token_ids: list[int]
     max_tokens: int
@@ -166,6 +177,7 @@ class Request:
     external_draft_tokens_config: ExternalDraftTokensConfig | None = None
     lora_config: LoraConfig | None = None
     guided_decoding_params: GuidedDecodingParams | None = None
+    prompt_tuning_config: PromptTuningConfig | None = None
     client_id: int | None = None
     priority: float = 0.5
 

@@ -23,12 +23,16 @@ from llmserve.backends import (
 from llmserve.core.errors import InternalError, InvalidArgument, ServerError, Unavailable
 from llmserve.core.types import InferenceRequest, InferenceResponse
 from llmserve.models.stats import ModelStats
+from llmserve.models.warmup import warm_up
 from llmserve.repository import backend_of, config_to_json_dict
 from llmserve.scheduling.batcher import RequestQueue
+from llmserve.scheduling.cache_use import ModelCache
 from llmserve.scheduling.host_policy import host_policy_cpus, pin_current_thread
 from llmserve.scheduling.ordering import ResponseOrderer
 from llmserve.scheduling.rate_limiter import Grantee
 from llmserve.scheduling.request import ResponseSink, SchedRequest, now_ns
+from llmserve.scheduling.sequence_batcher import SequenceBatcher
+from llmserve.scheduling.sequence_controls import uses_sequence_batcher
 from llmserve.scheduling.validate import output_transform, requested_output_names, validate_request
 
 log = logging.getLogger(__name__)
@@ -62,18 +66,6 @@ def _group_of(config: mc.ModelConfig, ispec: InstanceSpec) -> mc.ModelInstanceGr
     return mc.ModelInstanceGroup()
 
 
-def _warn_unimplemented(config: mc.ModelConfig) -> None:
-    name = config.name
-    if config.response_cache.enable:
-        log.warning("model '%s': response_cache is accepted but not used (no response cache)", name)
-    if len(config.model_warmup):
-        log.warning("model '%s': model_warmup is accepted but warmup requests are not run", name)
-    sb = config.sequence_batching
-    if config.HasField("sequence_batching") and (len(sb.control_input) or len(sb.state)):
-        log.warning("model '%s': sequence_batching control inputs and implicit state are "
-                    "accepted but not generated", name)
-
-
 class ModelVersion:
     def __init__(self, name: str, version: int, model_dir: Path, config: mc.ModelConfig,
                  server: Any):
@@ -88,7 +80,12 @@ class ModelVersion:
         self.state = ModelState.LOADING
         self.reason = ""
         self.stats = ModelStats()
-        self.queue: RequestQueue | None = None if self.is_ensemble else RequestQueue(config)
+        self.cache = ModelCache.for_model(server, config, version, self.stats)
+        self.queue: RequestQueue | SequenceBatcher | None = None
+        if uses_sequence_batcher(config) and not self.is_ensemble:
+            self.queue = SequenceBatcher(config, len(instance_specs(config)))
+        elif not self.is_ensemble:
+            self.queue = RequestQueue(config)
         preserve = config.HasField("dynamic_batching") and config.dynamic_batching.preserve_ordering
         self.orderer = ResponseOrderer() if preserve else None
         self.sequence_needs_corrid = (config.HasField("sequence_batching")
@@ -99,38 +96,67 @@ class ModelVersion:
         self._grantees: list[Grantee] = []
         self._idle = threading.Condition()
         self._inflight = 0
+        self._release_lock = threading.Lock()  # unload and fail() release instances once
 
     # -- lifecycle ----------------------------------------------------------------------
     def load(self) -> None:
         """Blocking: load the backend and start every instance; raises on failure."""
-        _warn_unimplemented(self.config)
         if self.is_ensemble:
             self.state = ModelState.READY
             return
+        if isinstance(self.queue, SequenceBatcher):
+            self.queue.load_initial_states(self.model_dir)
         spec = ModelSpec(self.name, self.version, self.model_dir, self.config,
                          json.dumps(config_to_json_dict(self.config)), self.server.options,
-                         self.server)
+                         self.server, on_fatal=self.fail)
         self._backend_model = load_backend_model(self.backend, spec)
         try:
             for ispec in instance_specs(self.config):
                 self._instances.append(self._backend_model.create_instance(ispec))
+                warm_up(self, self._instances[-1], ispec.name)  # before the model is READY
         except BaseException:
             self._finalize_instances()
             raise
         limiter = getattr(self.server, "rate_limiter", None)
-        for inst, ispec in zip(self._instances, instance_specs(self.config), strict=False):
+        for index, (inst, ispec) in enumerate(zip(self._instances, instance_specs(self.config),
+                                                  strict=False)):
             group = _group_of(self.config, ispec)
             grantee = limiter.register(ispec.name, group, ispec.device_id) if limiter else None
             if grantee is not None:
                 self._grantees.append(grantee)
             cpus = host_policy_cpus(self.server.options, group, ispec)
-            t = threading.Thread(target=self._worker, args=(inst, grantee, cpus), daemon=True,
+            t = threading.Thread(target=self._worker, args=(inst, index, grantee, cpus),
+                                 daemon=True,
                                  name=f"model-{ispec.name}")
             t.start()
             self._workers.append(t)
         self.state = ModelState.READY
 
+    def fail(self, reason: str) -> None:
+        """What serves this version is lost (its engine process died): it turns
+        UNAVAILABLE with reason, queued requests fail and its instances are released in
+        the background. A load of the model (or a poll that sees a change) replaces it."""
+        if self.state != ModelState.READY:
+            return
+        self.state, self.reason = ModelState.UNAVAILABLE, reason
+        log.error("model '%s' version %d is UNAVAILABLE: %s", self.name, self.version, reason)
+        threading.Thread(target=self._stop_serving, args=(reason,), daemon=True,
+                         name=f"model-{self.name}-failed").start()
+
+    def _stop_serving(self, reason: str) -> None:
+        if self.queue is not None:
+            for sreq in self.queue.stop():
+                sreq.fail(Unavailable(f"model '{self.name}' version {self.version} is "
+                                      f"unavailable: {reason}"))
+        for t in self._workers:
+            t.join(timeout=30)
+        self._finalize_instances()
+
     def _finalize_instances(self) -> None:
+        with self._release_lock:
+            self._finalize_instances_locked()
+
+    def _finalize_instances_locked(self) -> None:
         for inst in self._instances:
             try:
                 inst.finalize()
@@ -210,6 +236,8 @@ class ModelVersion:
         with self._idle:
             self._inflight += 1
         withdraw = self.orderer.register(sreq) if self.orderer is not None else None
+        if self.cache is not None and self.cache.answer(sreq):
+            return  # answered from the response cache
         try:
             self.queue.enqueue(sreq)
         except ServerError:
@@ -220,14 +248,16 @@ class ModelVersion:
                 self._idle.notify_all()
             raise
 
-    def _worker(self, inst: BackendInstance, grantee: Grantee | None,
+    def _worker(self, inst: BackendInstance, index: int, grantee: Grantee | None,
                 cpus: set[int] | None) -> None:
         assert self.queue is not None
         if cpus:
             pin_current_thread(cpus, self.name)
         limiter = getattr(self.server, "rate_limiter", None)
         while True:
-            batch = self.queue.next_batch()
+            # the sequence batcher forms batches per instance (its slots live there)
+            seq = isinstance(self.queue, SequenceBatcher)
+            batch = self.queue.next_batch(index) if seq else self.queue.next_batch()
             if batch is None:
                 return
             if grantee is not None:
@@ -244,9 +274,10 @@ class ModelVersion:
     def _run_batch(self, inst: BackendInstance, batch: list[SchedRequest],
                    release: Callable[[], None] | None = None) -> None:
         start = now_ns()
-        for r in batch:
+        real = [r for r in batch if not r.null_request]  # sequence padding is not counted
+        for r in real:
             self.stats.queued(start - r.enqueue_ns)
-        size = sum(r.batch_size for r in batch)
+        size = sum(r.batch_size for r in real)
         try:
             fut = inst.execute(batch)
         except Exception as exc:
@@ -257,12 +288,12 @@ class ModelVersion:
                                          f"'{self.name}', message: {exc}"))
             fut = None
         if fut is None:
-            self.stats.executed(size, len(batch), 0, now_ns() - start, 0)
+            self.stats.executed(size, len(real), 0, now_ns() - start, 0)
             if release is not None:
                 release()
         else:
             def done(_f: object) -> None:
-                self.stats.executed(size, len(batch), 0, now_ns() - start, 0)
+                self.stats.executed(size, len(real), 0, now_ns() - start, 0)
                 if release is not None:
                     release()
 

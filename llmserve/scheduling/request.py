@@ -71,6 +71,10 @@ class SchedRequest:
     model_version: int = -1
     # applied to every response's outputs: filter to requested, reshape back to client dims
     output_transform: Callable[[list[Tensor]], list[Tensor]] | None = None
+    # sequence batcher: a padding request for an idle slot (its responses are dropped),
+    # and the implicit state (SequenceStates) the backend updates from the outputs
+    null_request: bool = False
+    sequence_states: Any = None
 
     @property
     def model_name(self) -> str:

@@ -34,6 +34,15 @@ def tensor(name="I", dims="[ 4 ]", extra="", kind="input", dtype="TYPE_FP32"):
 
 
 SEQ_START = 'control [ { kind: CONTROL_SEQUENCE_START int32_false_true: [ 0, 1 ] } ]'
+STATE = ('sequence_batching { state [ { input_name: "si" output_name: "so" '
+         'data_type: TYPE_FP32 ')
+
+
+def state_init(dims: str, dtype: str, init_dims: str, name: str = "i") -> str:
+    """A model with one FP32 state and an initial_state of the given type and dims."""
+    named = f'name: "{name}" ' if name else ""
+    return (PY + IO + STATE + f"dims: {dims} initial_state {{ {named}data_type: {dtype} "
+            f"dims: {init_dims} zero_data: true }} }} ] }}")
 
 BAD = [
     ("negative batch", PY + "max_batch_size: -1\n" + IO,
@@ -133,6 +142,28 @@ BAD = [
      '} ] }', "must not specify 'int32_false_true'"),
     ("state dims", PY + IO + 'sequence_batching { state [ { input_name: "si" output_name: "so"'
      ' data_type: TYPE_FP32 dims: [ 0 ] } ] }', "state 'si' dimension must be integer >= 1"),
+    ("initial state type", state_init("[ -1 ]", "TYPE_INT32", "[ 2 ]"),
+     "The data type used for 'initial_state' field of state 'si' does not match the state "
+     "data type."),
+    ("initial state name", state_init("[ -1 ]", "TYPE_FP32", "[ 2 ]", name=""),
+     "Field 'name' must be set when using initial_state for state input 'si'."),
+    ("initial state rank", state_init("[ -1 ]", "TYPE_FP32", "[ 2, 2 ]"),
+     "Number of dimensions in 'initial_state' doesn't match the size of 'state' dimensions "
+     "for state input 'si'. 2 != 1"),
+    ("initial state variable", state_init("[ -1 ]", "TYPE_FP32", "[ -1 ]"),
+     "'initial_state' field for state input name 'si' contains variable dimensions."),
+    ("initial state dim", state_init("[ 3 ]", "TYPE_FP32", "[ 2 ]"),
+     "'initial_state' dim for input name 'si' doesn't match 'state' dim description. 2 != 3"),
+    ("two initial states", PY + IO + STATE + 'dims: [ 1 ] initial_state [ { name: "i" '
+     'data_type: TYPE_FP32 dims: [ 1 ] zero_data: true }, { name: "j" data_type: TYPE_FP32 '
+     'dims: [ 1 ] zero_data: true } ] } ] }',
+     "initial_state field for state input 'si' must contain exactly one or zero element. "
+     "Found '2' elements."),
+    ("growable memory", PY + IO + STATE + 'dims: [ 1 ] use_growable_memory: true } ] }',
+     "In order to 'use_growable_memory', you must also enable 'use_single_buffer' for state "
+     "input name 'si'."),
+    ("state twice", PY + IO + STATE + 'dims: [ 1 ] }, { input_name: "si" output_name: "so2" '
+     'data_type: TYPE_FP32 dims: [ 1 ] } ] }', "State input name 'si' specified more than once."),
     ("no backend", 'default_model_filename: "x.bin"\n' + IO,
      "must specify 'platform' or 'backend' for 'm'"),
     ("unknown platform", 'platform: "caffe2_netdef"\n' + IO,
@@ -148,6 +179,8 @@ BAD = [
     ("decoupled cache", PY + IO + "model_transaction_policy { decoupled: true }\n"
      "response_cache { enable: true }",
      "Response Cache does not currently support model m with 'decoupled' transaction policy"),
+    ("sequence cache", PY + IO + "sequence_batching {}\nresponse_cache { enable: true }",
+     "Response Cache does not currently support model m with sequence batching scheduler"),
 ]
 
 

@@ -19,11 +19,11 @@ from llmserve.backends.onnxruntime.model_check import check_model_io
 from llmserve.backends.onnxruntime.session import session_settings
 from llmserve.config.autocomplete_onnx import tensor_infos
 from llmserve.core import datatypes
-from llmserve.core.errors import InternalError, InvalidArgument, ServerError, Unavailable
-from llmserve.core.types import Tensor
+from llmserve.core.errors import InternalError, InvalidArgument, Unavailable
 from llmserve.repository import model_file_path
-from llmserve.scheduling.batching import concat_inputs, fail_all, live_requests, split_outputs
+from llmserve.scheduling.batching import concat_inputs, run_and_respond, split_outputs
 from llmserve.scheduling.request import SchedRequest
+from llmserve.scheduling.sequence_controls import sequence_input_types, state_output_types
 
 log = logging.getLogger(__name__)
 
@@ -66,29 +66,28 @@ class OnnxInstance(BackendInstance):
                              for t in self.config.input}
         self.output_dtypes = {t.name: datatypes.from_config_name(_dtype_name(t.data_type))
                               for t in self.config.output}
+        # the sequence batcher's control and state inputs; state outputs are always
+        # fetched, they feed the sequence's next request
+        self.input_dtypes.update({n: datatypes.from_config_name(t)
+                                  for n, t in sequence_input_types(self.config).items()})
+        states = state_output_types(self.config)
+        self.state_outputs = list(states)
         self.output_order = [t.name for t in self.config.output]
+        self.output_order += [n for n in states if n not in self.output_dtypes]
+        self.output_dtypes.update({n: datatypes.from_config_name(t) for n, t in states.items()})
         log.info("model '%s': instance %s runs on %s (%s)", self.name, instance.name,
                  settings.device, ", ".join(self.session.get_providers()))
 
     # -- execute ------------------------------------------------------------------------
     def execute(self, batch: list[SchedRequest]) -> concurrent.futures.Future | None:
-        live = live_requests(self.name, batch)
-        if not live:
-            return None
-        try:
-            per_request = self._run(live)
-        except ServerError as e:
-            fail_all(live, e)
-            return None
-        for sreq, outputs in zip(live, per_request, strict=True):
-            sreq.respond([Tensor(n, self.output_dtypes[n].api_name, outputs[n])
-                          for n in sreq.output_names if n in outputs])
+        run_and_respond(self.name, batch, self._run,
+                        {n: d.api_name for n, d in self.output_dtypes.items()})
         return None
 
     def _run(self, live: list[SchedRequest]) -> list[dict[str, np.ndarray]]:
         feeds = {name: self._to_feed(name, array)
                  for name, array in concat_inputs(self.config, live).items()}
-        wanted = {n for sreq in live for n in sreq.output_names}
+        wanted = {n for sreq in live for n in sreq.output_names} | set(self.state_outputs)
         names = [n for n in self.output_order if n in wanted]
         try:
             arrays = self.session.run(names, feeds, self.run_options)
@@ -134,7 +133,7 @@ class OnnxInstance(BackendInstance):
         return array
 
     def _wrong_type(self, name: str, got: np.dtype) -> InternalError:
-        expected = _dtype_name(next(t.data_type for t in self.config.output if t.name == name))
+        expected = datatypes.api_to_config(self.output_dtypes[name].api_name)
         return InternalError(f"unexpected datatype {got} for inference output '{name}' of model "
                              f"'{self.name}', expecting {expected}")
 

@@ -8,6 +8,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from llmserve.config.autocomplete_onnx import OnnxTensorInfo
 from llmserve.core.errors import InvalidArgument
+from llmserve.scheduling.sequence_controls import sequence_input_types, state_output_types
 
 
 def _fmt(shape: list[int]) -> str:
@@ -72,7 +73,9 @@ def check_model_io(config: mc.ModelConfig, inputs: list[OnnxTensorInfo],
                                   f"{', '.join(sorted(allowed))}")
         _check_type(config, "input", tensor, info)
         _check_dims(config, tensor, info)
-    declared = {t.name for t in config.input}
+    sequence_inputs = sequence_input_types(config)
+    _check_sequence_tensors(config, "input", sequence_inputs, model_inputs)
+    declared = {t.name for t in config.input} | set(sequence_inputs)
     missing = [n for n in model_inputs if n not in declared]
     if missing:
         raise InvalidArgument(f"unable to load model '{name}', configuration expects "
@@ -87,3 +90,21 @@ def check_model_io(config: mc.ModelConfig, inputs: list[OnnxTensorInfo],
                                   f"{', '.join(sorted(model_outputs))}")
         _check_type(config, "output", tensor, info)
         _check_dims(config, tensor, info)
+    _check_sequence_tensors(config, "output", state_output_types(config), model_outputs)
+
+
+def _check_sequence_tensors(config: mc.ModelConfig, kind: str, tensors: dict[str, str],
+                            model_tensors: dict[str, OnnxTensorInfo]) -> None:
+    """Control and implicit-state tensors the sequence batcher feeds or reads must exist in
+    the model with the configured data type, as Triton's onnxruntime backend checks."""
+    for tensor_name, type_name in tensors.items():
+        info = model_tensors.get(tensor_name)
+        if info is None:
+            raise InvalidArgument(f"unable to load model '{config.name}': configuration "
+                                  f"specified sequence {kind} '{tensor_name}', but model does "
+                                  f"not provide that {kind}")
+        if info.data_type != type_name:
+            raise InvalidArgument(f"unable to load model '{config.name}', sequence {kind} "
+                                  f"'{tensor_name}': the model expects data-type "
+                                  f"{info.data_type} but the model configuration specifies "
+                                  f"data-type {type_name}")

@@ -150,7 +150,7 @@ class InferenceRequest:
         ctx = context.require_execute("BLS exec")
         refused = self._check_decoupled(ctx.server, decoupled)
         if decoupled:
-            return bls.ResponseIterator(ctx.server, self._core_request(), None)
+            return bls.ResponseIterator(ctx.server, self._core_request(), None, ctx.parents)
         return refused or bls.exec_sync(ctx.server, self._core_request())
 
     def async_exec(self, decoupled: bool = False) -> Any:
@@ -162,7 +162,8 @@ class InferenceRequest:
             import asyncio
 
             if decoupled:
-                return bls.ResponseIterator(ctx.server, core, asyncio.get_running_loop())
+                return bls.ResponseIterator(ctx.server, core, asyncio.get_running_loop(),
+                                            ctx.parents)
             if refused is not None:
                 return refused
             return await bls.exec_async(ctx.server, core)

@@ -1,6 +1,7 @@
 """How config tensors map onto a TorchScript forward(), per the seed's rules for the
 PyTorch backend: forward argument names, `<name>__<index>`, else config order; a single
-Dict(str, Tensor) argument takes inputs by name; the data type table (no BYTES).
+Dict(str, Tensor) argument takes inputs by name; the data type table (no BYTES; FP16 and
+BF16 included).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import torch
 from tritonclient.grpc import model_config_pb2 as mc
 
 from llmserve.core.errors import InternalError, InvalidArgument
+from llmserve.scheduling.sequence_controls import sequence_input_types, state_output_types
 
 log = logging.getLogger(__name__)
 
-# The seed's data type table, PyTorch column.
+# The seed's data type table, PyTorch column, plus FP16 (Triton's PyTorch backend maps it
+# to kHalf) and BF16 (torch.bfloat16; an llmserve addition: Triton's backend refuses it).
 TORCH_TYPES: dict[str, torch.dtype] = {
     "TYPE_BOOL": torch.bool,
     "TYPE_UINT8": torch.uint8,
@@ -25,8 +28,10 @@ TORCH_TYPES: dict[str, torch.dtype] = {
     "TYPE_INT16": torch.int16,
     "TYPE_INT32": torch.int32,
     "TYPE_INT64": torch.int64,
+    "TYPE_FP16": torch.float16,
     "TYPE_FP32": torch.float32,
     "TYPE_FP64": torch.float64,
+    "TYPE_BF16": torch.bfloat16,
 }
 CONFIG_TYPE_OF = {v: k for k, v in TORCH_TYPES.items()}
 DELIMITER = "__"
@@ -88,13 +93,15 @@ def _is_tensor_type(arg_type: Any) -> bool:
 
 
 def _check_types(config: mc.ModelConfig) -> None:
-    for kind, tensors in (("input", config.input), ("output", config.output)):
-        for tensor in tensors:
-            name = mc.DataType.Name(tensor.data_type)
-            if name not in TORCH_TYPES:
-                raise InvalidArgument(f"unable to load model '{config.name}': unsupported "
-                                      f"datatype {name} for {kind} '{tensor.name}' (the PyTorch "
-                                      f"backend supports {', '.join(TORCH_TYPES)})")
+    typed = [("input", t.name, mc.DataType.Name(t.data_type)) for t in config.input]
+    typed += [("output", t.name, mc.DataType.Name(t.data_type)) for t in config.output]
+    typed += [("sequence input", n, t) for n, t in sequence_input_types(config).items()]
+    typed += [("state output", n, t) for n, t in state_output_types(config).items()]
+    for kind, tensor_name, type_name in typed:
+        if type_name not in TORCH_TYPES:
+            raise InvalidArgument(f"unable to load model '{config.name}': unsupported "
+                                  f"datatype {type_name} for {kind} '{tensor_name}' (the "
+                                  f"PyTorch backend supports {', '.join(TORCH_TYPES)})")
 
 
 def _indices(names: list[str], naming: Naming, forward_args: list[str] | None) -> dict[str, int]:
@@ -124,7 +131,8 @@ def map_io(config: mc.ModelConfig, module: Any) -> IOMapping:
     (Triton's ValidateInputs / ValidateOutputs). Raises InvalidArgument."""
     _check_types(config)
     args = forward_arguments(module)
-    input_names = [t.name for t in config.input]
+    # the sequence batcher's control and implicit-state inputs are forward() arguments too
+    input_names = [t.name for t in config.input] + list(sequence_input_types(config))
     if len(args) == 1 and isinstance(args[0].type, torch.DictType):
         input_naming, input_index, num_inputs = Naming.DICT, {}, len(input_names)
     else:
@@ -147,6 +155,7 @@ def map_io(config: mc.ModelConfig, module: Any) -> IOMapping:
         num_inputs = len(args)
         _check_indices(config, "input", input_index, num_inputs)
     output_names = [t.name for t in config.output]
+    output_names += [n for n in state_output_types(config) if n not in output_names]
     output_naming = _naming(output_names, None, "output", config.name)
     output_index = _indices(output_names, output_naming, None)
     _check_indices(config, "output", output_index, None)

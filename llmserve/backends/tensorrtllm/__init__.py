@@ -12,6 +12,7 @@ import threading
 from llmserve.backends.base import BackendInstance, BackendModel, InstanceSpec, ModelSpec
 from llmserve.backends.tensorrtllm.backend import TensorRTLLMModel
 from llmserve.backends.tensorrtllm.parameters import INEFFECTIVE_PARAMETERS
+from llmserve.llm.kv_events import KvEventsConfig
 
 __all__ = ["INEFFECTIVE_PARAMETERS", "TensorRTLLMModel", "load_model"]
 
@@ -46,8 +47,13 @@ class _Model(BackendModel):
     def __init__(self, spec: ModelSpec):
         registry = getattr(spec.server, "metrics_registry", None)
         self.model = TensorRTLLMModel(
-            spec.config, spec.model_dir, spec.version, metrics_registry=registry
+            spec.config, spec.model_dir, spec.version, metrics_registry=registry,
+            on_fatal=spec.on_fatal,
         )
+        events = getattr(spec.options, "kv_events_config", None)
+        if events:
+            self.model.settings.executor_config.kv_events_config = kv_events_for(
+                events, spec.name, spec.version)
         self.model.load()
 
     def create_instance(self, instance: InstanceSpec) -> BackendInstance:
@@ -60,3 +66,29 @@ class _Model(BackendModel):
 def load_model(spec: ModelSpec) -> BackendModel:
     """Load one tensorrt_llm model version: read its parameters, start the executor."""
     return _Model(spec)
+
+
+_EVENT_MODELS: list[tuple[str, int]] = []  # LLM model versions publishing KV events, in order
+
+
+def kv_events_for(values: dict, name: str, version: int) -> KvEventsConfig:
+    """--kv-events-config for one model version. Like vLLM's data-parallel ranks, each
+    further LLM model in the server publishes on the next port (its rank says which)."""
+    config = KvEventsConfig.from_dict(dict(values))
+    key = (name, version)
+    if key not in _EVENT_MODELS:
+        _EVENT_MODELS.append(key)
+    rank = _EVENT_MODELS.index(key)
+    config.data_parallel_rank = rank
+    for field in ("endpoint", "replay_endpoint"):
+        setattr(config, field, _offset(getattr(config, field), rank))
+    return config
+
+
+def _offset(endpoint: str | None, rank: int) -> str | None:
+    if not endpoint or rank == 0:
+        return endpoint
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return f"{endpoint}_dp{rank}"
+    base, _, port = endpoint.rpartition(":")
+    return f"{base}:{int(port) + rank}"
