@@ -2,7 +2,8 @@
 random model ends them well within max_tokens), a validator per guide type, and
 GuidedServer: one live llmserve (HTTP, gRPC) over the inflight_batcher_llm model set
 filled for a tiny random checkpoint whose chat template is the demo model's
-(Hermes-style tools), with room for 64 concurrent sequences."""
+(Hermes-style tools), with room for 64 concurrent sequences, its executor in an engine
+process."""
 
 from __future__ import annotations
 
@@ -84,9 +85,9 @@ class GuidedServer:
         tok.chat_template = CHAT_TEMPLATE
         tok.save_pretrained(str(self.ckpt))
         self.tokenizer = tok
-        repo = fill.fill_repository(base / "repo", self.ckpt, max_batch_size=64, instances=2)
+        # the executor in an engine process, as make serve's demo repository runs it (the
+        # in-process path: tests/llm_model_set/test_llm_set_e2e.py)
+        repo = fill.fill_repository(base / "repo", self.ckpt, max_batch_size=64, instances=2,
+                                    engine_process=True)
         self.live = LiveServer(e2e_options(model_repositories=[repo]))
         self.base_url = f"http://{self.live.http_url}/v1"
-
-    def executor(self):  # noqa: ANN201
-        return self.live.server.models.resolve("tensorrt_llm")._backend_model.model.executor

@@ -301,7 +301,7 @@ class TritonPythonModel:
             raise _exception(
                 "num_draft_tokens needs the tensorrt_llm_draft_model_name parameter", "INVALID_ARG"
             )
-        if _scalar(inputs, "guided_decoding_guide_type", b""):
+        if any(np.asarray(inputs.get("guided_decoding_guide_type", [])).reshape(-1)):
             # each target step is a new tensorrt_llm request: a guide would start over
             raise _exception(
                 "guided decoding with num_draft_tokens is not supported; use the tensorrt_llm "
