@@ -78,6 +78,8 @@ NOT_HERE = {
     "lora_prefetch_dir",  # test_llm_set_lora.py
     "draft_model_dir", "draft_model_num_tokens",  # test_llm_set_speculative.py
     "kv_cache_host_memory_bytes", "sink_token_length",  # README: accepted without effect
+    # test_llm_set_guided.py
+    "guided_decoding_backend", "xgrammar_tokenizer_info_path", "guided_decoding_json_whitespace",
     *P.INEFFECTIVE_PARAMETERS,  # test_ineffective_parameters_warn
 }
 
