@@ -29,17 +29,18 @@ from llmserve.llm.config import (
 )
 from llmserve.llm.draft_model import draft_model_proposer
 from llmserve.llm.engine_thread import EngineWorker
+from llmserve.llm.guided import GuideCompiler
 from llmserve.llm.host_tier import HostTier
 from llmserve.llm.kv_events import make_publisher
 from llmserve.llm.lora_cache import LoraCache, lora_cache_for
-from llmserve.llm.outputs import error_response
+from llmserve.llm.outputs import build_response, error_response
 from llmserve.llm.prompt_tuning import prepare_prompt_table
-from llmserve.llm.request import PromptTuningConfig, Request
+from llmserve.llm.request import FinishReason, PromptTuningConfig, Request
 from llmserve.llm.responses import ResponseRouter, RoutedResponses
 from llmserve.llm.responses import timeout_seconds as _seconds
 from llmserve.llm.sampling import SamplingParams, make_generator
 from llmserve.llm.scheduler import Scheduler
-from llmserve.llm.sequence import RequestState
+from llmserve.llm.sequence import RequestState, SequenceStatus
 from llmserve.llm.speculative import PromptLookupProposer, check_draft_logits
 from llmserve.llm.stats import IterationStats, KvCacheStats, RequestStatsPerIteration
 from llmserve.llm.stepper import Stepper
@@ -100,6 +101,14 @@ class Executor(RoutedResponses):
                                    config.enable_chunked_context)
         self._warn_ineffective(config)
         self._warned: set[str] = set()
+        self._guides = GuideCompiler(config.guided_decoding_config, model_path, self.vocab_size)
+        if config.guided_decoding_config is not None:
+            try:
+                self._guides.warm_up()
+            except ServerError as exc:  # unguided requests still work; guided ones say why
+                logger.warning("guided decoding is unavailable: %s", exc.message)
+        self._compiling: dict[int, RequestState] = {}  # waiting for their guide's grammar
+        self._cancelled_compiling: set[int] = set()
 
         self._intake: list[RequestState] = []
         self._taken: list[RequestState] = []  # intake being handed to the stepper
@@ -214,6 +223,9 @@ class Executor(RoutedResponses):
         if self.queue_is_full():  # refuse before the costly validation (checked again below)
             self._refuse_full()
         params, stop, num_seqs, failure, tuning = self._validate(request)
+        guide = None
+        if failure is None and request.guided_decoding_params is not None:
+            guide = self._guides.prepare(request.guided_decoding_params)
         with self._cond:
             self._check_accepting()
             if self.queue_is_full():
@@ -246,6 +258,12 @@ class Executor(RoutedResponses):
             seq0.draft_tokens = [int(t) for t in draft.tokens]
             seq0.draft_logits = check_draft_logits(draft.logits, len(draft.tokens),
                                                    self.vocab_size)
+        if guide is not None:
+            # admitted once its grammar is compiled (off this thread and the engine's)
+            with self._cond:
+                self._compiling[request_id] = state
+            guide.add_done_callback(lambda future: self._guide_ready(state, future))
+            return request_id
         with self._cond:
             if not self._accepting:
                 self._num_queued -= 1
@@ -256,7 +274,45 @@ class Executor(RoutedResponses):
 
     def _refuse_full(self) -> None:
         raise QueueFull(f"Maximum queue size of {self.config.max_queue_size} has been "
-                          "reached, please try again later")
+                        "reached, please try again later")
+
+    def _guide_ready(self, state: RequestState, future) -> None:
+        """The grammar of a guided request is compiled (or failed): give its sequence a
+        matcher and hand it to the engine, or answer it now."""
+        rid = state.request_id
+        failure = None
+        with self._cond:
+            self._compiling.pop(rid, None)
+            cancelled = rid in self._cancelled_compiling
+            self._cancelled_compiling.discard(rid)
+            if not self._accepting:
+                failure = "Executor is shut down and does not accept requests"
+        if failure is None and not cancelled:
+            if future.cancelled():
+                failure = "guided decoding: compilation was cancelled"
+            elif future.exception() is not None:
+                failure = f"guided decoding: cannot compile the guide: {future.exception()}"
+        if failure is None and not cancelled:
+            end = min(state.stop.end_ids) if state.stop.end_ids else None
+            try:
+                state.seqs[0].guide = self._guides.matcher(future.result(), end,
+                                                           state.stop.max_tokens)
+            except Exception as exc:  # noqa: BLE001 - answered as this request's error
+                failure = f"guided decoding: {exc}"
+            with self._cond:
+                if failure is None and self._accepting:
+                    self._intake.append(state)
+                    self._cond.notify_all()
+                    return
+            failure = failure or "Executor is shut down and does not accept requests"
+        self._dequeued(1)
+        self.lora_cache.release(rid)
+        if cancelled:
+            seq = state.seqs[0]
+            seq.finish_reason, seq.status = FinishReason.CANCELLED, SequenceStatus.FINISHED
+            self._router.deliver(build_response(state, seq, is_final=True))
+        else:
+            self._router.deliver(error_response(state, failure))
 
     def _check_accepting(self) -> None:
         if not self._accepting:
@@ -298,6 +354,9 @@ class Executor(RoutedResponses):
                 f"({self.max_num_tokens}); enable chunked context to serve it"
             )
         num_seqs = sc.num_return_sequences or 1
+        if req.guided_decoding_params is not None and sc.beam_width > 1:
+            raise InvalidArgument("guided decoding does not support beam search: send "
+                                  "beam_width 1 with a guide")
         if sc.beam_width > 1:
             if num_seqs > sc.beam_width:
                 raise InvalidArgument(f"num_return_sequences ({num_seqs}) exceeds beam_width "
@@ -400,6 +459,8 @@ class Executor(RoutedResponses):
     def cancel_request(self, id: int) -> None:  # noqa: A002
         """Stop the request at the next step; it gets a final CANCELLED response."""
         with self._cond:
+            if id in self._compiling:
+                self._cancelled_compiling.add(id)
             self._cancels.append(id)
             self._cond.notify_all()
 
@@ -454,6 +515,7 @@ class Executor(RoutedResponses):
             self._cond.notify_all()
         if threading.current_thread() is not self._thread:
             self._stopped.wait()
+        self._guides.shutdown()
 
     def __enter__(self) -> Executor:
         return self

@@ -197,6 +197,9 @@ class TensorRTLLMModel:
                                     "fast_logits", False),
             )
             request.embedding_bias = self._fit_bias(request.embedding_bias)
+            if request.guided_decoding_params is not None and not self.settings.guided_decoding:
+                raise InvalidArgument(f"model '{self.name}' does not serve guided decoding "
+                                      "(its guided_decoding_backend is none)")
             built.append((request, options))
         group = _Group(sched)
         for request, options in built:
