@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ class ModelSpec:
     config_json: str  # as the config endpoint shows it
     options: ServerOptions
     server: Any  # the InferenceServer (BLS, model control and metrics for Python models)
+    # on_fatal(reason): what serves the version is lost (a dead engine or stub process);
+    # it goes UNAVAILABLE with the reason and its instances are released
+    on_fatal: Callable[[str], None] | None = None
 
     @property
     def version_dir(self) -> Path:

@@ -101,6 +101,7 @@ class ModelVersion:
         self._grantees: list[Grantee] = []
         self._idle = threading.Condition()
         self._inflight = 0
+        self._release_lock = threading.Lock()  # unload and fail() release instances once
 
     # -- lifecycle ----------------------------------------------------------------------
     def load(self) -> None:
@@ -113,7 +114,7 @@ class ModelVersion:
             self.queue.load_initial_states(self.model_dir)
         spec = ModelSpec(self.name, self.version, self.model_dir, self.config,
                          json.dumps(config_to_json_dict(self.config)), self.server.options,
-                         self.server)
+                         self.server, on_fatal=self.fail)
         self._backend_model = load_backend_model(self.backend, spec)
         try:
             for ispec in instance_specs(self.config):
@@ -136,7 +137,31 @@ class ModelVersion:
             self._workers.append(t)
         self.state = ModelState.READY
 
+    def fail(self, reason: str) -> None:
+        """What serves this version is lost (its engine process died): it turns
+        UNAVAILABLE with reason, queued requests fail and its instances are released in
+        the background. A load of the model (or a poll that sees a change) replaces it."""
+        if self.state != ModelState.READY:
+            return
+        self.state, self.reason = ModelState.UNAVAILABLE, reason
+        log.error("model '%s' version %d is UNAVAILABLE: %s", self.name, self.version, reason)
+        threading.Thread(target=self._stop_serving, args=(reason,), daemon=True,
+                         name=f"model-{self.name}-failed").start()
+
+    def _stop_serving(self, reason: str) -> None:
+        if self.queue is not None:
+            for sreq in self.queue.stop():
+                sreq.fail(Unavailable(f"model '{self.name}' version {self.version} is "
+                                      f"unavailable: {reason}"))
+        for t in self._workers:
+            t.join(timeout=30)
+        self._finalize_instances()
+
     def _finalize_instances(self) -> None:
+        with self._release_lock:
+            self._finalize_instances_locked()
+
+    def _finalize_instances_locked(self) -> None:
         for inst in self._instances:
             try:
                 inst.finalize()

@@ -15,27 +15,15 @@ from typing import Any
 
 from llmserve.backends.base import BackendInstance, BackendModel, InstanceSpec, ModelSpec
 from llmserve.backends.python import context
-from llmserve.backends.python.errors import TritonError, to_server_error
 from llmserve.backends.python.loader import import_model_module
-from llmserve.backends.python.request import (
-    TRITONSERVER_REQUEST_RELEASE_RESCHEDULE,
-    InferenceRequest,
-)
+from llmserve.backends.python.request import InferenceRequest
 from llmserve.backends.python.response import InferenceResponse, deliver
-from llmserve.core.errors import InternalError, ServerError, Unavailable
+from llmserve.backends.python.response_rules import ExecuteRules, last_traceback_line
+from llmserve.core.errors import ServerError, Unavailable
 from llmserve.repository import model_file_path
 from llmserve.scheduling.request import SchedRequest
 
 log = logging.getLogger(__name__)
-
-
-def last_traceback_line(exc: BaseException) -> str:
-    """`Name: message`, the class unqualified as Triton's stub prints it."""
-    line = traceback.format_exception_only(type(exc), exc)[-1].strip()
-    qualified = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    if line.startswith(qualified):
-        line = type(exc).__name__ + line[len(qualified):]
-    return line
 
 
 class PythonModel(BackendModel):
@@ -67,7 +55,9 @@ class PythonInstance(BackendInstance):
         self.spec = spec
         self.instance = instance
         self.decoupled = spec.decoupled
-        self.iterative = spec.config.HasField("sequence_batching") and spec.config.sequence_batching.iterative_sequence
+        iterative = (spec.config.HasField("sequence_batching")
+                     and spec.config.sequence_batching.iterative_sequence)
+        self.rules = ExecuteRules(spec.name, instance.name, self.decoupled, iterative)
         self._ctx = context.ModelContext(spec.server, spec.name)
         self._exec_ctx = context.ModelContext(spec.server, spec.name, in_execute=True)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -158,76 +148,9 @@ class PythonInstance(BackendInstance):
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(run(), self.loop)
 
-    def _failure(self, message: str, code_from: BaseException | None = None) -> ServerError:
-        text = f"Failed to process the request(s) for model instance '{self.instance.name}', message: {message}"
-        if isinstance(code_from, TritonError):
-            err = to_server_error(code_from)
-            return ServerError(text, err.code)
-        return InternalError(text)
-
     def _finish(self, batch: list[SchedRequest], pb_requests: list[InferenceRequest],
                 result: Any, exc: BaseException | None) -> None:
-        """Apply the response rules to what execute returned (or raised)."""
-        rescheduled: list[SchedRequest] = []
-        for sreq, pb in zip(batch, pb_requests, strict=False):
-            if pb.release_flags() & TRITONSERVER_REQUEST_RELEASE_RESCHEDULE:
-                if self.iterative and not sreq.sink.closed:
-                    rescheduled.append(sreq)
-                elif not sreq.sink.closed:
-                    sreq.fail(InternalError(
-                        f"request of model '{self.spec.name}' was released with "
-                        "TRITONSERVER_REQUEST_RELEASE_RESCHEDULE, but the model is not configured "
-                        "with sequence_batching { iterative_sequence: true }"))
-        resched_ids = {id(s) for s in rescheduled}
-
-        def fail_open(error: ServerError, include_rescheduled: bool = False) -> None:
-            for sreq in batch:
-                if include_rescheduled or id(sreq) not in resched_ids:
-                    if not sreq.sink.closed:
-                        sreq.fail(error)
-
-        if exc is not None:
-            log.error("execute of model '%s' raised:\n%s", self.spec.name,
-                      "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-            fail_open(self._failure(last_traceback_line(exc), exc), include_rescheduled=True)
-            return
-        if self.decoupled:
-            if result is not None:
-                fail_open(self._failure(
-                    "Python model is using the decoupled mode and the execute function must return None"))
-        else:
-            self._finish_default(batch, result, resched_ids, fail_open)
-        for sreq in rescheduled:
-            if sreq.requeue is not None and not sreq.sink.closed:
-                sreq.requeue(sreq)
-
-    def _finish_default(self, batch: list[SchedRequest], result: Any, resched_ids: set[int],
-                        fail_open: Any) -> None:
-        if result is None:
-            # allowed when every request was answered through its response sender
-            if any(not s.sink.closed for s in batch if id(s) not in resched_ids):
-                fail_open(self._failure(
-                    "Expected a list in the execute return, got None (or respond through the "
-                    "response sender)"))
-            return
-        if not isinstance(result, (list, tuple)) or len(result) != len(batch):
-            size = len(result) if isinstance(result, (list, tuple)) else 1
-            fail_open(self._failure(
-                "Number of InferenceResponse objects do not match the number of "
-                f"InferenceRequest objects. InferenceRequest(s) size is:{len(batch)}, and "
-                f"InferenceResponse(s) size is:{size}"), include_rescheduled=True)
-            return
-        for i, (sreq, resp) in enumerate(zip(batch, result, strict=False)):
-            if id(sreq) in resched_ids or sreq.sink.closed:
-                continue
-            if resp is None or not isinstance(resp, InferenceResponse):
-                what = "None" if resp is None else type(resp).__name__
-                fail_open(self._failure(
-                    f"Expected an InferenceResponse at index {i} of the execute return, got {what}"))
-                return
-        for sreq, resp in zip(batch, result, strict=False):
-            if id(sreq) not in resched_ids and not sreq.sink.closed:
-                deliver(sreq, resp, True)
+        self.rules.finish([_SchedSlot(s) for s in batch], pb_requests, result, exc)
 
     # -- lifecycle ----------------------------------------------------------------------
     def is_ready(self) -> bool:
@@ -249,3 +172,26 @@ class PythonInstance(BackendInstance):
             log.error("finalize of model '%s' raised:\n%s", self.spec.name, traceback.format_exc())
         finally:
             self._stop_loop()
+
+
+class _SchedSlot:
+    """A request of the batch, for the response rules."""
+
+    __slots__ = ("sreq",)
+
+    def __init__(self, sreq: SchedRequest):
+        self.sreq = sreq
+
+    @property
+    def closed(self) -> bool:
+        return self.sreq.sink.closed
+
+    def fail(self, error: ServerError) -> None:
+        self.sreq.fail(error)
+
+    def respond(self, response: InferenceResponse) -> None:
+        deliver(self.sreq, response, True)
+
+    def reschedule(self) -> None:
+        if self.sreq.requeue is not None:
+            self.sreq.requeue(self.sreq)
