@@ -1,17 +1,12 @@
-"""The Python backend: one TritonPythonModel object per instance, initialize/execute/
-finalize/is_ready, default and decoupled modes, async execute on a per-instance event
-loop, the response-list rule, rescheduling and error mapping.
+"""The Python backend's in-process mode: the model imported into the server (with a
+private module table, loader.py) and each instance's TritonPythonModel run on the
+instance's worker thread (runner.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import inspect
 import logging
-import threading
-import traceback
-from typing import Any
 
 from llmserve.backends.base import BackendInstance, BackendModel, InstanceSpec, ModelSpec
 from llmserve.backends.python import context
@@ -19,6 +14,8 @@ from llmserve.backends.python.loader import import_model_module
 from llmserve.backends.python.request import InferenceRequest
 from llmserve.backends.python.response import InferenceResponse, deliver
 from llmserve.backends.python.response_rules import ExecuteRules, last_traceback_line
+from llmserve.backends.python.runner import ModelInitError, ModelRunner
+from llmserve.backends.python.stub_settings import execution_mode, settings_of
 from llmserve.core.errors import ServerError, Unavailable
 from llmserve.repository import model_file_path
 from llmserve.scheduling.request import SchedRequest
@@ -45,133 +42,60 @@ class PythonModel(BackendModel):
         return PythonInstance(self, instance)
 
 
-def load_model(spec: ModelSpec) -> PythonModel:
+def load_model(spec: ModelSpec) -> BackendModel:
+    """In a stub process per instance (Triton's way, the default) or in-process, as the
+    model's PYTHON_EXECUTION_MODE parameter or the server's default chooses."""
+    if execution_mode(spec.config, settings_of(spec.options)) == "stub":
+        from llmserve.backends.python.stub_backend import StubModel
+
+        return StubModel(spec)
     return PythonModel(spec)
 
 
 class PythonInstance(BackendInstance):
+    """An instance on a thread of the server (in-process mode)."""
+
     def __init__(self, model: PythonModel, instance: InstanceSpec):
         spec = model.spec
         self.spec = spec
         self.instance = instance
         self.decoupled = spec.decoupled
-        iterative = (spec.config.HasField("sequence_batching")
-                     and spec.config.sequence_batching.iterative_sequence)
-        self.rules = ExecuteRules(spec.name, instance.name, self.decoupled, iterative)
-        self._ctx = context.ModelContext(spec.server, spec.name)
-        self._exec_ctx = context.ModelContext(spec.server, spec.name, in_execute=True)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
-        self.obj = model.module.TritonPythonModel()
-        self.is_async = inspect.iscoroutinefunction(getattr(self.obj, "execute", None))
-        if not callable(getattr(self.obj, "execute", None)):
-            raise Unavailable(f"TritonPythonModel of model '{spec.name}' has no execute function")
-        if self.is_async or inspect.iscoroutinefunction(getattr(self.obj, "initialize", None)):
-            self._start_loop()
-        args = {
-            "model_config": spec.config_json,
-            "model_instance_kind": instance.kind.removeprefix("KIND_"),
-            "model_instance_name": instance.name,
-            "model_instance_device_id": str(instance.device_id),
-            "model_repository": str(spec.model_dir),
-            "model_version": str(spec.version),
-            "model_name": spec.name,
-        }
         try:
-            init = getattr(self.obj, "initialize", None)
-            if init is not None:
-                self._call(init, args)
-        except Exception as exc:
-            self._stop_loop()
-            log.error("initialize of model '%s' failed:\n%s", spec.name, traceback.format_exc())
-            raise Unavailable(last_traceback_line(exc)) from exc
+            self.runner = ModelRunner(model.module, spec.server, execute_rules(spec, instance),
+                                      initialize_args(spec, instance))
+        except ModelInitError as exc:
+            raise Unavailable(str(exc)) from exc
 
-    # -- event loop for async models --------------------------------------------------
-    def _start_loop(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._loop_thread = threading.Thread(
-            target=self.loop.run_forever, name=f"pyloop-{self.instance.name}", daemon=True
-        )
-        self._loop_thread.start()
-
-    def _stop_loop(self) -> None:
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            if self._loop_thread is not None:
-                self._loop_thread.join(timeout=5)
-            self.loop = None
-
-    def _call(self, fn: Any, *args: Any, in_execute: bool = False) -> Any:
-        """Run a model function (sync or async) with its pb_utils context; blocking."""
-        ctx = self._exec_ctx if in_execute else self._ctx
-        if inspect.iscoroutinefunction(fn):
-            async def run() -> Any:
-                context.enter(ctx)
-                return await fn(*args)
-
-            assert self.loop is not None
-            return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
-        token = context.enter(ctx)
-        try:
-            return fn(*args)
-        finally:
-            context.leave(token)
-
-    # -- execute ------------------------------------------------------------------------
     def execute(self, batch: list[SchedRequest]) -> concurrent.futures.Future | None:
         for sreq in batch:
             sreq.backend_state.setdefault("decoupled", self.decoupled)
         pb_requests = [InferenceRequest._from_sched(s) for s in batch]
-        if not self.is_async:
-            token = context.enter(self._exec_ctx)
-            try:
-                result = self.obj.execute(pb_requests)
-            except Exception as exc:
-                self._finish(batch, pb_requests, None, exc)
-            else:
-                self._finish(batch, pb_requests, result, None)
-            finally:
-                context.leave(token)
-            return None
+        return self.runner.execute(pb_requests, [_SchedSlot(s) for s in batch])
 
-        ctx = self._exec_ctx
-
-        async def run() -> None:
-            context.enter(ctx)
-            try:
-                result = await self.obj.execute(pb_requests)
-            except Exception as exc:
-                self._finish(batch, pb_requests, None, exc)
-            else:
-                self._finish(batch, pb_requests, result, None)
-
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(run(), self.loop)
-
-    def _finish(self, batch: list[SchedRequest], pb_requests: list[InferenceRequest],
-                result: Any, exc: BaseException | None) -> None:
-        self.rules.finish([_SchedSlot(s) for s in batch], pb_requests, result, exc)
-
-    # -- lifecycle ----------------------------------------------------------------------
     def is_ready(self) -> bool:
-        fn = getattr(self.obj, "is_ready", None)
-        if fn is None:
-            return True
-        try:
-            return bool(self._call(fn))
-        except Exception:
-            log.warning("is_ready of model '%s' raised:\n%s", self.spec.name, traceback.format_exc())
-            return False
+        return self.runner.is_ready()
 
     def finalize(self) -> None:
-        fn = getattr(self.obj, "finalize", None)
-        try:
-            if fn is not None:
-                self._call(fn)
-        except Exception:
-            log.error("finalize of model '%s' raised:\n%s", self.spec.name, traceback.format_exc())
-        finally:
-            self._stop_loop()
+        self.runner.finalize()
+
+
+def execute_rules(spec: ModelSpec, instance: InstanceSpec) -> ExecuteRules:
+    iterative = (spec.config.HasField("sequence_batching")
+                 and spec.config.sequence_batching.iterative_sequence)
+    return ExecuteRules(spec.name, instance.name, spec.decoupled, iterative)
+
+
+def initialize_args(spec: ModelSpec, instance: InstanceSpec) -> dict[str, str]:
+    """The args dict initialize() receives."""
+    return {
+        "model_config": spec.config_json,
+        "model_instance_kind": instance.kind.removeprefix("KIND_"),
+        "model_instance_name": instance.name,
+        "model_instance_device_id": str(instance.device_id),
+        "model_repository": str(spec.model_dir),
+        "model_version": str(spec.version),
+        "model_name": spec.name,
+    }
 
 
 class _SchedSlot:
