@@ -27,7 +27,7 @@ IGNORED_FLAGS = (
     "--min-supported-compute-capability", "--id", "--backend-directory",
     "--repoagent-directory", "--buffer-manager-thread-count", "--trace-config",
     "--metrics-interval-ms", "--metrics-config", "--http-thread-count",
-    "--grpc-infer-allocation-pool-size", "--response-cache-byte-size",
+    "--grpc-infer-allocation-pool-size",
     "--model-namespacing", "--log-format",
 )
 
@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-file", type=Path, help="also write the log to this file")
     serve.add_argument("--cache-config", action="append", default=[],
                        metavar="CACHE,KEY=VALUE", help="e.g. local,size=1048576")
+    serve.add_argument("--cache-directory", metavar="PATH",
+                       help="accepted; llmserve's local cache is built in, no library is loaded")
+    serve.add_argument("--response-cache-byte-size", type=_positive_int, metavar="BYTES",
+                       help="deprecated tritonserver spelling of --cache-config local,size=BYTES")
     serve.add_argument("--rate-limit", choices=["off", "execution_count"], default="off")
     serve.add_argument("--rate-limit-resource", action="append", default=[],
                        type=parse_rate_limit_resource, metavar="NAME:COUNT[:DEVICE]")
@@ -203,7 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_cache_config(items: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+def _parse_cache_config(args: argparse.Namespace, parser: argparse.ArgumentParser
+                        ) -> dict[str, str]:
+    from llmserve.scheduling.response_cache import cache_size
+
+    items = list(args.cache_config)
+    if args.response_cache_byte_size is not None:
+        if items:  # as tritonserver
+            parser.error("Incompatible flags --response-cache-byte-size and --cache-config "
+                         "both provided. Please provide one or the other.")
+        log.warning("--response-cache-byte-size is deprecated; use --cache-config "
+                    "local,size=%d", args.response_cache_byte_size)
+        items = [f"local,size={args.response_cache_byte_size}"]
     out: dict[str, str] = {}
     for item in items:
         cache, comma, setting = item.partition(",")
@@ -214,6 +229,10 @@ def _parse_cache_config(items: list[str], parser: argparse.ArgumentParser) -> di
             parser.error(f"--cache-config names two caches: {out['cache']} and {cache}")
         out["cache"] = cache
         out[key] = value
+    try:
+        cache_size(out)
+    except ServerError as e:
+        parser.error(f"--cache-config: {e}")
     return out
 
 
@@ -266,7 +285,8 @@ def _serve_options(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     options.allow_http, options.allow_grpc = args.allow_http, args.allow_grpc
     options.allow_metrics = args.allow_metrics
     options.log_verbose = args.log_verbose
-    options.cache_config = _parse_cache_config(args.cache_config, parser)
+    options.cache_config = _parse_cache_config(args, parser)
+    options.cache_directory = args.cache_directory
     options.rate_limit = args.rate_limit
     options.rate_limit_resources = list(args.rate_limit_resource)
     options.kv_events_config = args.kv_events_config
@@ -316,6 +336,9 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             flag = "--" + name[len("ignored_"):].replace("_", "-")
             log.warning("%s is accepted for tritonserver compatibility and has no effect in "
                         "llmserve", flag)
+    if options.cache_directory is not None:
+        log.warning("--cache-directory has no effect: llmserve's 'local' response cache is "
+                    "built in and no cache library is loaded")
     if options.load_models and options.model_control_mode != "explicit":
         log.warning("--load-model only applies with --model-control-mode=explicit; ignored")
     reserve_frontend_cpu()

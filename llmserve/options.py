@@ -29,6 +29,7 @@ class ServerOptions:
     allow_metrics: bool = True
     log_verbose: int = 0
     cache_config: dict[str, str] = field(default_factory=dict)  # --cache-config local,size=N
+    cache_directory: str | None = None  # --cache-directory (cache libraries are not loaded)
     rate_limit: str = "off"  # off | execution_count
     rate_limit_resources: list[tuple[str, int, int | None]] = field(default_factory=list)
     host_policies: dict[str, dict[str, str]] = field(default_factory=dict)  # --host-policy

@@ -20,11 +20,12 @@ from llmserve.backends.python.metrics import CustomMetrics
 from llmserve.core.errors import InternalError, ServerError, Unavailable
 from llmserve.core.types import InferenceRequest, InferenceResponse
 from llmserve.models import ModelManager, ModelState, ModelVersion
-from llmserve.models.metrics import ModelMetricsCollector
+from llmserve.models.metrics import CacheMetricsCollector, ModelMetricsCollector
 from llmserve.options import ServerOptions
 from llmserve.scheduling.ensemble import EnsembleRun
 from llmserve.scheduling.rate_limiter import RateLimiter
 from llmserve.scheduling.request import now_ns
+from llmserve.scheduling.response_cache import ResponseCache, cache_size
 from llmserve.scheduling.validate import dtype_api_name, requested_output_names, validate_request
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ class InferenceServer:
         self.custom_metrics = CustomMetrics()
         self.metrics_registry.register(ModelMetricsCollector(self._metric_rows))
         self.metrics_registry.register(self.custom_metrics)
+        size = cache_size(options.cache_config)  # raises for a bad --cache-config
+        self.response_cache = ResponseCache(size) if size is not None else None
+        if self.response_cache is not None:
+            self.metrics_registry.register(CacheMetricsCollector(self.response_cache))
         self.rate_limiter = (RateLimiter(options.rate_limit_resources)
                              if options.rate_limit == "execution_count" else None)
         self.models = ModelManager(self)
@@ -206,7 +211,8 @@ class InferenceServer:
         for v in self.models.all_versions():
             if v.state in (ModelState.READY, ModelState.UNLOADING):
                 pending = v.queue.pending_count() if v.queue is not None else 0
-                yield v.name, v.version, v.stats.to_json(v.name, v.version), pending
+                yield (v.name, v.version, v.stats.to_json(v.name, v.version), pending,
+                       v.cache is not None)
 
     # -- inference ----------------------------------------------------------------------
     async def infer(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
@@ -243,6 +249,8 @@ class InferenceServer:
                 names = requested_output_names(mv.config, request)
                 run = EnsembleRun(self, mv.config, mv.version, request, inputs, names)
                 stream = run.responses()
+                if mv.cache is not None and not run.streaming:  # never a decoupled ensemble
+                    stream = mv.cache.ensemble(request, stream)
                 ok = False
                 try:
                     async for resp in stream:
@@ -256,7 +264,7 @@ class InferenceServer:
                     # Triton counts an ensemble request like any other: success or failure
                     # with its duration, and one execution of its batch
                     mv.stats.request_done(ok, now_ns() - request.arrival_ns)
-                    if ok:
+                    if ok and not getattr(stream, "hit", False):  # a cache hit runs nothing
                         mv.stats.executed(batch_size, 1, 0, 0, 0)
                 return
             loop = asyncio.get_running_loop()

@@ -84,6 +84,14 @@ def test_every_serve_flag_both_spellings():
     assert o.http_max_body_bytes == 1024
 
 
+def test_cache_flags():
+    o = cli.parse_serve_args(["--model-repository", "/r", "--response-cache-byte-size", "4096",
+                              "--cache-directory", "/opt/tritonserver/caches"])
+    assert o.cache_config == {"cache": "local", "size": "4096"}
+    assert o.cache_directory == "/opt/tritonserver/caches"
+    assert cli.parse_serve_args(["--model-repository", "/r"]).cache_config == {}
+
+
 def test_bare_boolean_flag_means_true_and_strict_model_config():
     o = cli.parse_serve_args(["--model-repository", "/r", "--allow-grpc"])
     assert o.allow_grpc is True
@@ -103,6 +111,11 @@ def test_bare_boolean_flag_means_true_and_strict_model_config():
         (["--model-repository=/r", "--backend-config=novalue"], "[BACKEND,]KEY=VALUE"),
         (["--model-repository=/r", "--rate-limit-resource=R1"], "NAME:COUNT[:DEVICE]"),
         (["--model-repository=/r", "--cache-config=local"], "CACHE,KEY=VALUE"),
+        (["--model-repository=/r", "--cache-config=redis,host=h"], "unable to find cache 'redis'"),
+        (["--model-repository=/r", "--cache-config=local,x=1"], "valid 'size' field"),
+        (["--model-repository=/r", "--cache-config=local,size=-1"], "non-negative number"),
+        (["--model-repository=/r", "--cache-config=local,size=8", "--response-cache-byte-size=8"],
+         "Incompatible flags --response-cache-byte-size and --cache-config"),
         (["--model-repository=/r", "--model-config-name=a b"], "invalid model config name"),
         (["--model-repository=/r", "--backend-config=default-max-batch-size=x"],
          "default-max-batch-size must be an integer"),

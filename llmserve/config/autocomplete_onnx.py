@@ -13,6 +13,7 @@ from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from llmserve.config.complete import apply_default_max_batch_size
 from llmserve.config.errors import ConfigError
 from llmserve.options import ServerOptions
 
@@ -132,11 +133,7 @@ def _complete_max_batch(config: mc.ModelConfig, infos: list[OnnxTensorInfo],
     and dynamic batching is switched on (when > 1 and no scheduler is configured)."""
     can_batch = all(len(i.shape) > 0 and i.shape[0] == -1 for i in infos)
     if can_batch:
-        if config.max_batch_size == 0:
-            config.max_batch_size = max(default_batch, 0)
-            if config.max_batch_size > 1 and not (config.HasField("dynamic_batching")
-                                                  or config.HasField("sequence_batching")):
-                config.dynamic_batching.SetInParent()
+        apply_default_max_batch_size(config, default_batch, supports_batching=True)
     elif config.max_batch_size != 0:
         raise ConfigError(f"{model_file}: autofill failed for model '{config.name}': "
                           f"configuration specified max-batch {config.max_batch_size} but "

@@ -47,7 +47,10 @@ def validate_config(config: mc.ModelConfig, gpus: list[int]) -> None:
         validate_instance_groups(config, gpus)
     if config.response_cache.enable and config.model_transaction_policy.decoupled:
         raise fail(f"Response Cache does not currently support model {name} with 'decoupled' "
-                   "transaction policy.")
+                   "transaction policy. Please disable the response cache.")
+    if config.response_cache.enable and config.HasField("sequence_batching"):
+        raise fail(f"Response Cache does not currently support model {name} with sequence "
+                   "batching scheduler. Please disable the response cache.")
 
 
 def _validate_identity(config: mc.ModelConfig) -> None:

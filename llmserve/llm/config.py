@@ -43,6 +43,13 @@ class SchedulerConfig:
 
 @dataclass(slots=True)
 class KvCacheConfig:
+    """host_cache_size: bytes of host memory that reusable blocks evicted from the device
+    cache move to (and come back from on a prefix hit; needs enable_block_reuse).
+    max_attention_window: keys a query attends to (its own included), one value or one
+    per layer (repeated over the layers); blocks outside every layer's window are freed.
+    sink_token_length: first tokens that windowed layers always attend to
+    (llmserve/llm/attention_window.py)."""
+
     enable_block_reuse: bool = False
     max_tokens: int | None = None
     free_gpu_memory_fraction: float | None = 0.9
@@ -156,6 +163,9 @@ class ExecutorConfig:
         kv = self.kv_cache_config
         if kv.max_tokens is not None and kv.max_tokens < 1:
             raise InvalidArgument(f"kv_cache_config.max_tokens must be >= 1, got {kv.max_tokens}")
+        if kv.host_cache_size is not None and kv.host_cache_size < 0:
+            raise InvalidArgument(
+                f"kv_cache_config.host_cache_size must be >= 0, got {kv.host_cache_size}")
         fraction = kv.free_gpu_memory_fraction
         if fraction is not None and not 0.0 < fraction <= 1.0:
             raise InvalidArgument(

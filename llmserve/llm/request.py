@@ -1,7 +1,7 @@
 """Request and response types of the executor API, mirroring TensorRT-LLM's bindings.
 
 Request carries the prompt, SamplingConfig, OutputConfig and optional stop/bad words,
-embedding bias, LoRA and draft tokens; Response carries either an error or a Result.
+embedding bias, LoRA, a p-tuning prompt table and draft tokens; Response carries either an error or a Result.
 """
 
 from __future__ import annotations
@@ -120,6 +120,17 @@ class ExternalDraftTokensConfig:
 
 
 @dataclass(slots=True)
+class PromptTuningConfig:
+    """p-tuning: prompt token ids at or past the vocabulary size (vocab_size + i) embed as
+    row i of embedding_table [rows, hidden] instead of a vocabulary row. With block reuse,
+    input_token_extra_ids (one per prompt token; 0 for ordinary tokens, the same value
+    for the same table) take part in the block hash, as in TensorRT-LLM."""
+
+    embedding_table: torch.Tensor
+    input_token_extra_ids: list[int] | None = None
+
+
+@dataclass(slots=True)
 class Request:
     input_token_ids: list[int]
     max_tokens: int
@@ -133,6 +144,7 @@ class Request:
     embedding_bias: torch.Tensor | None = None  # [vocab_size] added to the logits
     external_draft_tokens_config: ExternalDraftTokensConfig | None = None
     lora_config: LoraConfig | None = None
+    prompt_tuning_config: PromptTuningConfig | None = None
     client_id: int | None = None
     priority: float = 0.5
 

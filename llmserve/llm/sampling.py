@@ -179,7 +179,8 @@ def _apply_bias_and_penalties(logits: torch.Tensor, rows: Seq[SampleRow],
         # repetition penalty looks at prompt and output tokens
         seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device)
         for i in rep_rows:
-            seen[i, torch.tensor(rows[i].token_ids, device=device)] = True
+            ids = torch.tensor(rows[i].token_ids, device=device)
+            seen[i, ids[ids < vocab]] = True  # (p-tuning ids past the vocabulary: no logit)
         rep = torch.tensor([p.repetition_penalty for p in params], device=device).unsqueeze(1)
         penalized = torch.where(logits > 0, logits / rep, logits * rep)
         logits.copy_(torch.where(seen, penalized, logits))

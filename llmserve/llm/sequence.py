@@ -108,6 +108,13 @@ class RequestState:
         self.error: str | None = None  # set when the request fails before it runs
         self.beam: BeamSearch | None = None  # beam_width > 1: the search's own state
         prompt = [int(t) for t in request.input_token_ids]  # numpy / torch ints too
+        # p-tuning: the request's prompt table (the executor puts it on the engine's
+        # device and dtype) and the prompt's extra ids, which join the block hash
+        ptc = request.prompt_tuning_config
+        self.prompt_table: torch.Tensor | None = None if ptc is None else ptc.embedding_table
+        self.token_extra_ids: list[int] | None = None
+        if ptc is not None and ptc.input_token_extra_ids is not None:
+            self.token_extra_ids = [int(t) for t in ptc.input_token_extra_ids]
         self.seqs: list[Sequence] = [Sequence(self, 0, prompt, len(prompt))]
         self.seqs[0].cur_top_p = params.top_p
 

@@ -154,7 +154,8 @@ class Stepper:
             mode = "last" if completes else "none"
         lora = seq.state.request.lora_config
         return SeqChunk(tokens, start, list(seq.block_table), mode,
-                        lora_task_id=None if lora is None else int(lora.task_id))
+                        lora_task_id=None if lora is None else int(lora.task_id),
+                        prompt_table=seq.state.prompt_table)
 
     def _process(self, out: SchedulerOutput, chunks: list[SeqChunk],
                  logits: torch.Tensor) -> None:
@@ -177,6 +178,7 @@ class Stepper:
                     state.context_logits.append(rows[first:n_ctx].float().cpu())
             seq.num_computed += num_real
             self.bm.cache_full_blocks(seq, extra_keys(seq))
+            self.bm.release_out_of_window(seq)
             if seq.num_computed < len(seq.token_ids):
                 continue  # more prefill chunks to come
             last = rows[num_real - 1] if chunk.logits == "all" else rows[0]
@@ -261,6 +263,7 @@ class Stepper:
         if not seq.is_finished:
             seq.num_computed += accepted  # the accepted drafts' K/V written this step
             self.bm.cache_full_blocks(seq, extra_keys(seq))
+            self.bm.release_out_of_window(seq)
 
     def _append(self, seq: Sequence, token: int, log_prob: float | None,
                 raw: torch.Tensor | None) -> bool:

@@ -1,5 +1,5 @@
-"""Prometheus collector for the nv_* per-model metrics (SPEC.md section 4), read from
-the live model statistics at scrape time."""
+"""Prometheus collectors for the nv_* per-model metrics (SPEC.md section 4) and the
+server-wide response cache gauges, read from live statistics at scrape time."""
 
 from __future__ import annotations
 
@@ -30,30 +30,68 @@ _COUNTERS: list[tuple[str, str, Callable[[dict], float]]] = [
      lambda s: s["inference_stats"]["compute_infer"]["ns"] // 1000),
     ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds",
      lambda s: s["inference_stats"]["compute_output"]["ns"] // 1000),
+]
+# Triton reports these only for models that use the response cache.
+_CACHE_COUNTERS: list[tuple[str, str, Callable[[dict], float]]] = [
     ("nv_cache_num_hits_per_model", "Number of cache hits per model",
      lambda s: s["inference_stats"]["cache_hit"]["count"]),
     ("nv_cache_num_misses_per_model", "Number of cache misses per model",
      lambda s: s["inference_stats"]["cache_miss"]["count"]),
+    ("nv_cache_hit_duration_per_model", "Total cache hit duration per model, in microseconds",
+     lambda s: s["inference_stats"]["cache_hit"]["ns"] // 1000),
+    ("nv_cache_miss_duration_per_model",
+     "Total cache miss (insert+lookup) duration per model, in microseconds",
+     lambda s: s["inference_stats"]["cache_miss"]["ns"] // 1000),
 ]
 
 
 class ModelMetricsCollector:
-    """`versions()` yields (model name, version, stats json, pending request count)."""
+    """`versions()` yields (model name, version, stats json, pending request count, whether
+    the version uses the response cache)."""
 
-    def __init__(self, versions: Callable[[], Iterable[tuple[str, int, dict, int]]]):
+    def __init__(self, versions: Callable[[], Iterable[tuple[str, int, dict, int, bool]]]):
         self._versions = versions
 
     def collect(self) -> Iterable[Any]:
         rows = list(self._versions())
-        for name, doc, read in _COUNTERS:
-            m = ExactCounter(name, doc)
-            for model, version, stats, _ in rows:
-                m.add_sample(name, {"model": model, "version": str(version)}, float(read(stats)))
-            yield m
+        cached = [row for row in rows if row[4]]
+        for counters, selected in ((_COUNTERS, rows), (_CACHE_COUNTERS, cached)):
+            for name, doc, read in counters:
+                m = ExactCounter(name, doc)
+                for model, version, stats, *_ in selected:
+                    m.add_sample(name, {"model": model, "version": str(version)},
+                                 float(read(stats)))
+                yield m
         pending = Metric("nv_inference_pending_request_count",
                          "Instantaneous number of pending requests awaiting execution per-model.",
                          "gauge")
-        for model, version, _, count in rows:
+        for model, version, _, count, _ in rows:
             pending.add_sample("nv_inference_pending_request_count",
                                {"model": model, "version": str(version)}, float(count))
         yield pending
+
+
+_CACHE_GAUGES = {
+    "nv_cache_num_entries": "Number of responses stored in response cache",
+    "nv_cache_num_lookups": "Number of cache lookups in response cache",
+    "nv_cache_num_hits": "Number of cache hits in response cache",
+    "nv_cache_num_misses": "Number of cache misses in response cache",
+    "nv_cache_num_evictions": "Number of cache evictions in response cache",
+    "nv_cache_util": "Cache utilization [0.0 - 1.0]",
+    "nv_cache_lookup_duration": "Total cache lookup duration (hit and miss), in microseconds",
+    "nv_cache_insertion_duration": "Total cache insertion duration, in microseconds",
+}
+
+
+class CacheMetricsCollector:
+    """The server-wide response cache gauges of Triton's local cache, read at scrape time
+    from `cache.snapshot()`."""
+
+    def __init__(self, cache: Any):
+        self._cache = cache
+
+    def collect(self) -> Iterable[Any]:
+        for name, value in self._cache.snapshot().items():
+            m = Metric(name, _CACHE_GAUGES[name], "gauge")
+            m.add_sample(name, {}, float(value))
+            yield m

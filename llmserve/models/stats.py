@@ -46,6 +46,19 @@ class ModelStats:
             if success:
                 self.last_inference_ms = int(time.time() * 1000)
 
+    def cache_hit(self, lookup_ns: int) -> None:
+        """A request answered from the response cache (its success and duration are
+        recorded by request_done, as for any request)."""
+        with self.lock:
+            self.durations["cache_hit"].add(lookup_ns)
+
+    def cache_miss(self, lookup_and_insert_ns: int) -> None:
+        """A response inserted into the cache after a miss: Triton adds the lookup and
+        insertion time to the request's duration too."""
+        with self.lock:
+            self.durations["cache_miss"].add(lookup_and_insert_ns)
+            self.durations["success"].ns += max(int(lookup_and_insert_ns), 0)
+
     def queued(self, wait_ns: int) -> None:
         with self.lock:
             self.durations["queue"].add(wait_ns)

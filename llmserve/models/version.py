@@ -23,8 +23,10 @@ from llmserve.backends import (
 from llmserve.core.errors import InternalError, InvalidArgument, ServerError, Unavailable
 from llmserve.core.types import InferenceRequest, InferenceResponse
 from llmserve.models.stats import ModelStats
+from llmserve.models.warmup import warm_up
 from llmserve.repository import backend_of, config_to_json_dict
 from llmserve.scheduling.batcher import RequestQueue
+from llmserve.scheduling.cache_use import ModelCache
 from llmserve.scheduling.host_policy import host_policy_cpus, pin_current_thread
 from llmserve.scheduling.ordering import ResponseOrderer
 from llmserve.scheduling.rate_limiter import Grantee
@@ -64,14 +66,6 @@ def _group_of(config: mc.ModelConfig, ispec: InstanceSpec) -> mc.ModelInstanceGr
     return mc.ModelInstanceGroup()
 
 
-def _warn_unimplemented(config: mc.ModelConfig) -> None:
-    name = config.name
-    if config.response_cache.enable:
-        log.warning("model '%s': response_cache is accepted but not used (no response cache)", name)
-    if len(config.model_warmup):
-        log.warning("model '%s': model_warmup is accepted but warmup requests are not run", name)
-
-
 class ModelVersion:
     def __init__(self, name: str, version: int, model_dir: Path, config: mc.ModelConfig,
                  server: Any):
@@ -86,6 +80,7 @@ class ModelVersion:
         self.state = ModelState.LOADING
         self.reason = ""
         self.stats = ModelStats()
+        self.cache = ModelCache.for_model(server, config, version, self.stats)
         self.queue: RequestQueue | SequenceBatcher | None = None
         if uses_sequence_batcher(config) and not self.is_ensemble:
             self.queue = SequenceBatcher(config, len(instance_specs(config)))
@@ -106,7 +101,6 @@ class ModelVersion:
     # -- lifecycle ----------------------------------------------------------------------
     def load(self) -> None:
         """Blocking: load the backend and start every instance; raises on failure."""
-        _warn_unimplemented(self.config)
         if self.is_ensemble:
             self.state = ModelState.READY
             return
@@ -119,6 +113,7 @@ class ModelVersion:
         try:
             for ispec in instance_specs(self.config):
                 self._instances.append(self._backend_model.create_instance(ispec))
+                warm_up(self, self._instances[-1], ispec.name)  # before the model is READY
         except BaseException:
             self._finalize_instances()
             raise
@@ -241,6 +236,8 @@ class ModelVersion:
         with self._idle:
             self._inflight += 1
         withdraw = self.orderer.register(sreq) if self.orderer is not None else None
+        if self.cache is not None and self.cache.answer(sreq):
+            return  # answered from the response cache
         try:
             self.queue.enqueue(sreq)
         except ServerError:

@@ -1,5 +1,7 @@
 """pb_utils pieces that need no server: tensors, DLPack, dtype helpers, errors, requests."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -49,7 +51,22 @@ def test_request_and_response_construction():
     assert resp.has_error() and resp.error().message() == "boom" and resp.error().code() == 4
     assert pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL == 1
     assert pb_utils.TRITONSERVER_REQUEST_RELEASE_RESCHEDULE == 2
-    pb_utils.Logger.log_info("hello from a test")
+
+
+def test_logger_writes_each_level_to_the_server_log(caplog):
+    logger = pb_utils.Logger
+    with caplog.at_level(logging.DEBUG, logger="llmserve.python_model"):
+        logger.log_info("info line")
+        logger.log_warn("warn line")
+        logger.log_error("error line")
+        logger.log_verbose("verbose line")
+        logger.log("by level", logger.ERROR)
+        logger.log("default level")
+    seen = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert seen == [("llmserve.python_model", level, text) for level, text in [
+        (logging.INFO, "info line"), (logging.WARNING, "warn line"),
+        (logging.ERROR, "error line"), (logging.DEBUG, "verbose line"),
+        (logging.ERROR, "by level"), (logging.INFO, "default level")]]
 
 
 def test_request_names_take_bytes_like_triton():

@@ -141,12 +141,32 @@ def test_cancellation_reaches_model(backend_server):
         assert first.output("Y") is not None
         await gen.aclose()  # the consumer goes away -> request.cancel
         assert req.cancel.is_cancelled()
-        for _ in range(200):
-            text = prometheus_text.render(backend_server.metrics_registry).decode()
-            if 'test_cancelled_total{model="wait_cancel"} 1.0' in text:
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError("the model never saw is_cancelled()")
+        await _metric_shows(backend_server, 'test_cancelled_total{model="wait_cancel"} 1.0',
+                            "the model never saw is_cancelled()")
+
+    backend_server.run(run())
+
+
+async def _metric_shows(server, line: str, failure: str, tries: int = 200) -> None:
+    for _ in range(tries):
+        if line in prometheus_text.render(server.metrics_registry).decode():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(failure)
+
+
+def test_client_gone_cancels_a_decoupled_bls_call(backend_server):
+    """The model never checks is_cancelled(): once its only request is cancelled, its
+    decoupled BLS call to wait_cancel (which would stream for 10 s) is cancelled too and
+    the iteration ends quietly."""
+    async def run():
+        req = make_request("bls_forward", {"X": np.array([1], np.int32)})
+        gen = backend_server.infer(req)
+        first = await gen.__anext__()
+        assert first.error is None and first.output("Y") is not None
+        await gen.aclose()
+        await _metric_shows(backend_server, 'test_bls_forward_ended_total{model="bls_forward"} 1.0',
+                            "the BLS call kept running after its request was cancelled", 150)
 
     backend_server.run(run())
 
@@ -210,3 +230,20 @@ def test_bad_inputs_raise_before_first_response(backend_server):
         backend_server.run(collect(backend_server, make_request("add_sub", {"INPUT0": a.astype(np.float64), "INPUT1": a})))
     with pytest.raises(InvalidArgument, match="unknown model"):
         backend_server.run(collect(backend_server, make_request("nope", {"INPUT0": a})))
+
+
+def test_a_models_namespace_package_stays_in_its_table(tmp_path):
+    """A `lib/` folder without __init__.py (tensorrtllm_backend's tensorrt_llm_bls has one)
+    is a namespace package with no __file__: it must join the model's table and leave
+    sys.modules, or the next model's `lib` imports would find it."""
+    import sys
+
+    from llmserve.backends.python.loader import import_model_module
+
+    folder = tmp_path / "ns_model" / "1"
+    (folder / "lib").mkdir(parents=True)
+    (folder / "lib" / "tools.py").write_text("VALUE = 'mine'\n")
+    (folder / "model.py").write_text("from lib.tools import VALUE\n")
+    module = import_model_module(folder / "model.py", "ns_model", 1)
+    assert module.VALUE == "mine"
+    assert "lib" not in sys.modules and "lib.tools" not in sys.modules

@@ -21,7 +21,7 @@ from inproc_server import (
 from llmserve.backends.base import ModelSpec
 from llmserve.backends.pytorch.backend import TorchModel, parse_parameters
 from llmserve.core.errors import ErrorCode, ServerError
-from llmserve.core.types import RequestedOutput
+from llmserve.core.types import InferenceRequest, RequestedOutput, Tensor
 from llmserve.options import ServerOptions
 from llmserve.repository import load_model_config
 
@@ -44,6 +44,11 @@ class DictMul(torch.nn.Module):
 class SumProd(torch.nn.Module):
     def forward(self, a: torch.Tensor, b: torch.Tensor):
         return a + b, a * b
+
+
+class Affine(torch.nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor):
+        return a * 2 + b
 
 
 class WithInt(torch.nn.Module):
@@ -72,6 +77,8 @@ MODELS = {
                 + io("output", ["OUTPUT__0"], "TYPE_FP64", "[ 2, 2 ]")),
     "wrong_out_type": (Sub(), HEAD + io("input", ["input0", "input1"])
                        + io("output", ["OUTPUT__0"], "TYPE_INT32")),
+    "half": (Affine(), HEAD + io("input", ["a", "b"], "TYPE_FP16") + io("output", ["c"], "TYPE_FP16")),
+    "bf16": (Affine(), HEAD + io("input", ["a", "b"], "TYPE_BF16") + io("output", ["c"], "TYPE_BF16")),
     "ragged_fail": (Sub(), HEAD + io("input", ["input0", "input1"], dims="[ -1 ]")
                     + io("output", ["OUTPUT__0"], dims="[ -1 ]")),
 }
@@ -157,6 +164,22 @@ def test_outputs_by_index_and_requested_output(torch_server):
     resp = infer_one(torch_server, "indexed_out", {"X__0": x, "Y__1": y},
                      requested_outputs=[RequestedOutput("PROD__1")])
     assert [t.name for t in resp.outputs] == ["PROD__1"]
+
+
+def test_fp16_and_bf16_tensors(torch_server):
+    a = np.array([[1.5, -2, 3, 0.25]], np.float16)
+    resp = infer_one(torch_server, "half", {"a": a, "b": np.ones((1, 4), np.float16)})
+    assert resp.error is None, resp.error
+    assert resp.output("c").datatype == "FP16" and resp.output("c").data.dtype == np.float16
+    np.testing.assert_array_equal(resp.output("c").data, a * 2 + 1)
+    # BF16 travels as float32 values; 1.5 * 2 - 0.5 and friends are exact in bfloat16
+    x = np.array([[1.5, -2, 3, 0.25]], np.float32)
+    request = InferenceRequest("bf16", {"a": Tensor("a", "BF16", x),
+                                        "b": Tensor("b", "BF16", np.full((1, 4), -0.5, np.float32))})
+    [resp] = torch_server.run(collect(torch_server, request))
+    assert resp.error is None, resp.error
+    assert resp.output("c").datatype == "BF16" and resp.output("c").data.dtype == np.float32
+    np.testing.assert_array_equal(resp.output("c").data, x * 2 - 0.5)
 
 
 def test_non_batching_model(torch_server):

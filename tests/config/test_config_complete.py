@@ -113,6 +113,8 @@ def test_default_dynamic_batching(text, enabled):
 
 
 def test_default_max_batch_size():
+    # what ONNX auto-complete applies to a model whose tensors batch (test_autocomplete_onnx
+    # drives it through load_model_config and --backend-config)
     config = parse_config_text("")
     apply_default_max_batch_size(config, 4, supports_batching=True)
     assert config.max_batch_size == 4 and config.HasField("dynamic_batching")

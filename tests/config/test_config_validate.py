@@ -179,6 +179,8 @@ BAD = [
     ("decoupled cache", PY + IO + "model_transaction_policy { decoupled: true }\n"
      "response_cache { enable: true }",
      "Response Cache does not currently support model m with 'decoupled' transaction policy"),
+    ("sequence cache", PY + IO + "sequence_batching {}\nresponse_cache { enable: true }",
+     "Response Cache does not currently support model m with sequence batching scheduler"),
 ]
 
 

@@ -4,6 +4,7 @@ ports chosen at run time (e2e_options): used by the e2e fixtures and LLM e2e hel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from pathlib import Path
 
@@ -39,6 +40,19 @@ class LiveServer:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.frontends.metrics_port}/metrics"
+
+    @contextlib.contextmanager
+    def clients(self):
+        """(tritonclient.http client, tritonclient.grpc client) on this server."""
+        import tritonclient.grpc as tg
+        import tritonclient.http as th
+
+        hc, gc = th.InferenceServerClient(self.http_url), tg.InferenceServerClient(self.grpc_url)
+        try:
+            yield hc, gc
+        finally:
+            hc.close()
+            gc.close()
 
     def stop(self) -> None:
         try:

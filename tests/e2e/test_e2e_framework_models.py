@@ -4,6 +4,7 @@ a TorchScript INPUT__0/OUTPUT__0 model) behind the real frontends, via tritoncli
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -42,6 +43,13 @@ max_batch_size: 4
 input [ { name: "INPUT__0" data_type: TYPE_FP32 dims: [ 3 ] } ]
 output [ { name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ 3 ] } ]
 """
+HALF_CONFIGS = {  # FP16 as Triton's PyTorch backend takes it; BF16 an llmserve addition
+    dtype: f"""
+platform: "pytorch_libtorch"
+max_batch_size: 4
+input [ {{ name: "INPUT__0" data_type: TYPE_{dtype} dims: [ 3 ] }} ]
+output [ {{ name: "OUTPUT__0" data_type: TYPE_{dtype} dims: [ 3 ] }} ]
+""" for dtype in ("FP16", "BF16")}
 LABELS = ["tench", "goldfish", "shark", "tiger", "hammerhead"]
 
 
@@ -63,6 +71,11 @@ def framework_live(tmp_path_factory):
     torch_dir.mkdir(parents=True)
     torch.jit.save(torch.jit.script(Scale()), str(torch_dir / "model.pt"))
     (repo / "simple_torch" / "config.pbtxt").write_text(TORCH_CONFIG)
+    for dtype, config in HALF_CONFIGS.items():
+        model_dir = repo / f"torch_{dtype.lower()}"
+        (model_dir / "1").mkdir(parents=True)
+        torch.jit.save(torch.jit.script(Scale()), str(model_dir / "1" / "model.pt"))
+        (model_dir / "config.pbtxt").write_text(config)
     server = LiveServer(e2e_options(model_repositories=[repo]))
     yield server
     server.stop()
@@ -127,5 +140,22 @@ def test_torchscript_model_over_grpc(framework_live):
         inp.set_data_from_numpy(x)
         result = client.infer("simple_torch", [inp])
         np.testing.assert_array_equal(result.as_numpy("OUTPUT__0"), x * 3)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("module, dtype, numpy_type", [(th, "FP16", np.float16),
+                                                      (tg, "BF16", ml_dtypes.bfloat16)])
+def test_torchscript_half_precision(framework_live, module, dtype, numpy_type):
+    url = framework_live.http_url if module is th else framework_live.grpc_url
+    client = module.InferenceServerClient(url)
+    try:
+        x = np.array([[1, -2.5, 0.75]], numpy_type)  # exact in both half formats, and x * 3 too
+        inp = module.InferInput("INPUT__0", [1, 3], dtype)
+        inp.set_data_from_numpy(x)
+        result = client.infer(f"torch_{dtype.lower()}", [inp])
+        out = result.as_numpy("OUTPUT__0")
+        assert out.dtype == numpy_type
+        np.testing.assert_array_equal(out, x * 3)
     finally:
         client.close()

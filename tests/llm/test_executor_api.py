@@ -149,8 +149,9 @@ def test_perf_metrics_and_stats(make_executor):
 
 def test_request_errors(make_executor):
     ex = make_executor(max_beam_width=2, max_num_tokens=64)
-    with pytest.raises(InvalidArgument, match="max_seq_len"):
-        ex.enqueue_request(Request(P, 1000))
+    with pytest.raises(InvalidArgument, match=r"Prompt length \(256\) exceeds maximum input "
+                       r"length \(255\)"):
+        ex.enqueue_request(Request(prompt(256, 1), 4))
     with pytest.raises(InvalidArgument, match="max_num_tokens"):
         ex.enqueue_request(Request(prompt(100, 1), 4))
     with pytest.raises(InvalidArgument, match="empty"):
@@ -169,6 +170,18 @@ def test_request_errors(make_executor):
     with pytest.raises(InvalidArgument, match="KV cache blocks"):
         small = make_executor(kv_tokens=16)
         small.enqueue_request(Request(P, 40))
+
+
+def test_output_length_lowered_to_fit_max_seq_len(make_executor, ref, caplog):
+    """As TensorRT-LLM: prompt + max_tokens over max_seq_len is not an error; the output
+    length becomes max_seq_len - prompt length, with a warning."""
+    ex = make_executor(max_seq_len=len(P) + 6)
+    with caplog.at_level("WARNING", logger="llmserve.llm.executor"):
+        (responses,) = run(ex, [Request(P, 1000)])
+    assert tokens_of(responses) == P + ref[:6]
+    assert responses[-1].result.finish_reasons == [FinishReason.LENGTH]
+    assert "(11 + 1000 + 0) exceeds maximum sequence length (17). Number of requested " \
+           "output tokens is changed to (6)." in caplog.text
 
 
 def test_asyncio_iteration_and_early_exit_cancels(make_executor, ref):
@@ -222,3 +235,9 @@ def test_shutdown_drains_or_cancels(make_executor):
     last = collect(ex2, [rid])[rid][-1]
     assert last.result.finish_reasons == [FinishReason.CANCELLED]
     assert ex2.get_kv_cache_stats().used_num_blocks == 0
+
+
+def test_priority_outside_zero_to_one_is_refused(make_executor):
+    ex = make_executor()
+    with pytest.raises(InvalidArgument, match=r"priority must be in \[0, 1\]"):
+        ex.enqueue_request(greedy_request(prompt(4, 1), 2, priority=1.5))

@@ -9,6 +9,7 @@ from llmserve.backends.tensorrtllm import parameters as P
 from llmserve.backends.tensorrtllm import request_mapping as rm
 from llmserve.core.errors import InvalidArgument, Unsupported
 from llmserve.llm import BatchingType, CapacitySchedulerPolicy
+from llmserve.llm.config import SpeculativeDecodingMode
 
 
 def test_placeholders_count_as_unset(tmp_path):
@@ -26,23 +27,79 @@ def test_placeholders_count_as_unset(tmp_path):
     assert s.warnings == [] and s.cancellation_check_period_ms == 100
 
 
-def test_parameters_are_honoured(tmp_path):
-    raw = {"gpt_model_path": str(tmp_path), "batch_scheduler_policy": "max_utilization",
-           "enable_kv_cache_reuse": "true", "enable_chunked_context": "true",
-           "max_tokens_in_paged_kv_cache": "2048", "kv_cache_free_gpu_mem_fraction": "0.5",
-           "normalize_log_probs": "false", "exclude_input_in_output": "true",
-           "iter_stats_max_iterations": "7", "gpt_model_type": "V1", "gpu_device_ids": "1",
-           "cancellation_check_period_ms": "20", "engine_kv_block_size": "16",
-           "decoding_mode": "top_k"}
+# Every parameter read_settings honours: (value, where it must land in the settings).
+HONOURED = {
+    "batch_scheduler_policy": ("max_utilization", lambda s, c: c.scheduler_config
+                               .capacity_scheduler_policy is CapacitySchedulerPolicy.MAX_UTILIZATION),
+    "enable_kv_cache_reuse": ("true", lambda s, c: c.kv_cache_config.enable_block_reuse),
+    "enable_chunked_context": ("true", lambda s, c: c.enable_chunked_context),
+    "max_tokens_in_paged_kv_cache": ("2048", lambda s, c: c.kv_cache_config.max_tokens == 2048),
+    "kv_cache_free_gpu_mem_fraction": (
+        "0.5", lambda s, c: c.kv_cache_config.free_gpu_memory_fraction == 0.5),
+    "max_attention_window_size": ("64", lambda s, c: c.kv_cache_config.max_attention_window == 64),
+    "normalize_log_probs": ("false", lambda s, c: not c.normalize_log_probs),
+    "exclude_input_in_output": ("true", lambda s, c: s.exclude_input_in_output),
+    "iter_stats_max_iterations": ("7", lambda s, c: c.iter_stats_max_iterations == 7),
+    "request_stats_max_iterations": ("3", lambda s, c: c.request_stats_max_iterations == 3),
+    "gpt_model_type": ("V1", lambda s, c: c.batching_type is BatchingType.STATIC),
+    "gpu_device_ids": ("1", lambda s, c: c.device == "cuda:1"),
+    "cancellation_check_period_ms": ("20", lambda s, c: s.cancellation_check_period_ms == 20),
+    "stats_check_period_ms": ("30", lambda s, c: s.stats_check_period_ms == 30),
+    "engine_kv_block_size": ("16", lambda s, c: c.tokens_per_block == 16),
+    "decoding_mode": ("top_k", lambda s, c: s.decoding_mode == "top_k"),
+    "max_beam_width": ("2", lambda s, c: c.max_beam_width == 2),
+    "engine_max_batch_size": ("8", lambda s, c: c.max_batch_size == 8),
+    "engine_max_num_tokens": ("512", lambda s, c: c.max_num_tokens == 512),
+    "engine_dtype": ("float32", lambda s, c: c.dtype == "float32"),
+    "lora_cache_optimal_adapter_size": ("4", lambda s, c: c.lora_config.optimal_adapter_size == 4),
+    "lora_cache_max_adapter_size": ("32", lambda s, c: c.lora_config.max_adapter_size == 32),
+    "lora_cache_gpu_memory_fraction": (
+        "0.1", lambda s, c: c.lora_config.device_cache_percent == 0.1),
+    "lora_cache_host_memory_bytes": (
+        "1000000", lambda s, c: c.lora_config.host_cache_size == 1000000),
+    "speculative_decoding_mode": ("prompt_lookup", lambda s, c: c.speculative_decoding_config
+                                  .mode is SpeculativeDecodingMode.PROMPT_LOOKUP),
+    "speculative_decoding_fast_logits": (
+        "true", lambda s, c: c.speculative_decoding_config.fast_logits),
+    "prompt_lookup_num_tokens": (
+        "5", lambda s, c: c.speculative_decoding_config.prompt_lookup.max_draft_tokens == 5),
+    "prompt_lookup_max_matching_ngram_size": ("4", lambda s, c: c.speculative_decoding_config
+                                              .prompt_lookup.max_matching_ngram_size == 4),
+    "prompt_lookup_min_matching_ngram_size": ("2", lambda s, c: c.speculative_decoding_config
+                                              .prompt_lookup.min_matching_ngram_size == 2),
+    "engine_process": ("true", lambda s, c: s.engine_process),
+}
+# Read, but checked elsewhere (or not honoured on purpose): every other parameter
+# read_settings consults must be in HONOURED.
+NOT_HERE = {
+    "gpt_model_path", "engine_dir", "tokenizer_dir",  # paths: asserted below
+    "engine_device",  # asserted below (it beats gpu_device_ids)
+    "encoder_model_path",  # refused: test_bad_parameters
+    "lora_prefetch_dir",  # test_llm_set_lora.py
+    "draft_model_dir", "draft_model_num_tokens",  # test_llm_set_speculative.py
+    "kv_cache_host_memory_bytes", "sink_token_length",  # README: accepted without effect
+    *P.INEFFECTIVE_PARAMETERS,  # test_ineffective_parameters_warn
+}
+
+
+def test_parameters_are_honoured(tmp_path, monkeypatch):
+    read: set[str] = set()
+    original_get = P._Params.get
+
+    def spy(self, name):
+        read.add(name)
+        return original_get(self, name)
+
+    monkeypatch.setattr(P._Params, "get", spy)
+    raw = {"gpt_model_path": str(tmp_path), "tokenizer_dir": str(tmp_path),
+           **{name: value for name, (value, _) in HONOURED.items()}}
     s = P.read_settings(raw, max_queue_size=5)
     c = s.executor_config
-    assert c.scheduler_config.capacity_scheduler_policy is CapacitySchedulerPolicy.MAX_UTILIZATION
-    assert c.kv_cache_config.enable_block_reuse and c.enable_chunked_context
-    assert c.kv_cache_config.max_tokens == 2048 and c.kv_cache_config.free_gpu_memory_fraction == 0.5
-    assert not c.normalize_log_probs and s.exclude_input_in_output
-    assert c.iter_stats_max_iterations == 7 and c.batching_type is BatchingType.STATIC
-    assert c.device == "cuda:1" and c.max_queue_size == 5 and c.tokens_per_block == 16
-    assert s.cancellation_check_period_ms == 20 and s.decoding_mode == "top_k"
+    wrong = [name for name, (_, landed) in HONOURED.items() if not landed(s, c)]
+    assert wrong == [], f"parameters that did not reach the settings: {wrong}"
+    assert s.engine_dir == tmp_path and s.tokenizer_dir == tmp_path and c.max_queue_size == 5
+    assert read - NOT_HERE == set(HONOURED), "a parameter is read but not checked here"
+    assert P.read_settings({**raw, "engine_device": "cpu"}).executor_config.device == "cpu"
 
 
 def test_ineffective_parameters_warn(tmp_path, caplog):
@@ -103,7 +160,7 @@ def test_build_request_errors():
     (item,) = rm.split_batch(_batch(streaming=[True]), True)
     with pytest.raises(InvalidArgument, match="decoupled mode"):
         rm.build_request(item, 0, decoupled=False, default_exclude_input=False)
-    (item,) = rm.split_batch(_batch(prompt_vocab_size=[3]), True)
+    (item,) = rm.split_batch(_batch(encoder_output_lengths=[3]), True)
     with pytest.raises(Unsupported):
         rm.build_request(item, 0, decoupled=True, default_exclude_input=False)
     (item,) = rm.split_batch(_batch(input_lengths=[9]), True)
@@ -111,6 +168,33 @@ def test_build_request_errors():
         rm.build_request(item, 0, decoupled=True, default_exclude_input=False)
     with pytest.raises(InvalidArgument, match="batch size"):
         rm.split_batch(_batch(temperature=[1.0, 1.0]), True)
+
+
+def test_window_sink_and_host_memory_parameters(tmp_path):
+    raw = {"gpt_model_path": str(tmp_path), "max_attention_window_size": "64,128",
+           "sink_token_length": "4", "kv_cache_host_memory_bytes": "1000000",
+           "kv_cache_onboard_blocks": "true"}
+    s = P.read_settings(raw)
+    kv = s.executor_config.kv_cache_config
+    assert kv.max_attention_window == [64, 128] and kv.sink_token_length == 4
+    assert kv.host_cache_size == 1000000 and s.warnings == []
+    raw["max_attention_window_size"] = "32"
+    assert P.read_settings(raw).executor_config.kv_cache_config.max_attention_window == 32
+
+
+def test_prompt_tuning_inputs_map_to_the_request():
+    table = np.arange(12, dtype=np.float16).reshape(1, 1, 3, 4)
+    (item,) = rm.split_batch(_batch(prompt_embedding_table=table, prompt_vocab_size=[3],
+                                    prompt_table_extra_ids=np.array([[7, 7, 0, 5]], np.uint64)),
+                             True)
+    req, _ = rm.build_request(item, 0, decoupled=True, default_exclude_input=False)
+    ptc = req.prompt_tuning_config
+    assert ptc.embedding_table.shape == (3, 4) and ptc.embedding_table[2, 3] == 11
+    assert ptc.input_token_extra_ids == [7, 7, 0]  # cut to input_lengths, as upstream
+    (item,) = rm.split_batch(_batch(prompt_table_extra_ids=np.array([[1, 1, 1]], np.uint64)),
+                             True)
+    req, _ = rm.build_request(item, 0, decoupled=True, default_exclude_input=False)
+    assert req.prompt_tuning_config is None  # extra ids mean nothing without a table
 
 
 def test_decoding_mode_restricts_sampling():

@@ -39,7 +39,7 @@ def test_preprocessing_tokenizes_and_passes_through(pre, tok):
         pb_utils,
         QUERY=np.array([[b"The quick brown fox"], [b"Hello"]], dtype=object),
         REQUEST_OUTPUT_LEN=np.array([[7], [3]], np.int32),
-        STOP_WORDS_DICT=np.array([[b"dog,fox"], [b""]], dtype=object),
+        STOP_WORDS_DICT=np.array([[b"dog", b"fox"], [b"", b""]], dtype=object),
     )
     (resp,) = pre.execute([req])
     out = outputs(resp)
@@ -88,6 +88,18 @@ def test_preprocessing_without_special_tokens(tok_dir, tok):
     out = outputs(model.execute([req])[0])
     assert out["INPUT_ID"][0].tolist() == tok.encode("fox", add_special_tokens=False)
     assert BOS_ID not in out["INPUT_ID"][0].tolist()
+
+
+def test_preprocessing_extra_ids_only_mark_prompt_table_ids(pre):
+    """PROMPT_TABLE_EXTRA_ID goes to ids past the vocabulary (p-tuning's); text tokens
+    get 0, as upstream, so blocks of ordinary text stay shared."""
+    req = request(pb_utils, QUERY=np.array([[b"Hello"]], dtype=object),
+                  REQUEST_OUTPUT_LEN=np.array([[3]], np.int32),
+                  PROMPT_TABLE_EXTRA_ID=np.array([[9]], np.uint64))
+    (resp,) = pre.execute([req])
+    out = outputs(resp)
+    assert out["OUT_PROMPT_TABLE_EXTRA_IDS"].shape == out["INPUT_ID"].shape
+    assert not out["OUT_PROMPT_TABLE_EXTRA_IDS"].any()
 
 
 def test_preprocessing_bad_bias_is_an_error(pre):

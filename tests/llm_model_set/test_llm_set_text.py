@@ -13,12 +13,13 @@ def tok(tmp_path_factory):
     return build_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
-def test_split_words_csv_convention():
-    assert text.split_words([b"Hello,world", b'"a,b",c', b""]) == ["Hello", "world", "a,b", "c"]
+def test_each_element_is_one_word_commas_and_all():
+    """As the stock preprocessing's _to_word_list_format: no CSV splitting."""
+    assert text.word_list([b"Hello,world", b'"a,b",c', b"", "x"]) == ["Hello,world", '"a,b",c', "x"]
 
 
 def test_words_to_ids_offsets_layout(tok):
-    batch = np.array([[b"fox,dog"], [b"quick"]], dtype=object)
+    batch = np.array([[b"fox", b"dog"], [b"quick", b""]], dtype=object)
     out = text.words_to_ids_offsets(tok, batch, 2)
     fox = tok.encode("fox", add_special_tokens=False)
     dog = tok.encode("dog", add_special_tokens=False)

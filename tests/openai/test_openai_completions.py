@@ -95,6 +95,24 @@ def test_stop_on_real_model_truncates_greedy_text(client, greedy, prompt_ids):
         assert r.choices[0].text == want and r.choices[0].finish_reason == "stop"
 
 
+@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+def test_stop_string_with_a_comma_is_one_word_for_the_model_set(client, hf, greedy, prompt_ids,
+                                                                model):
+    """A `stop` string reaches the model set as one word, commas and all (as the stock
+    preprocessing and BLS take it): "zz,<a generated word>" never occurs, so nothing stops."""
+    tok = hf[0]
+    text, ids = greedy(prompt_ids, 16)
+    word = next(w for k, t in enumerate(ids[1:], 1)
+                if (w := tok.decode([t])).strip() and w.isascii() and w.isprintable()
+                and "," not in w and tok.encode(w, add_special_tokens=False) == [t]
+                and w not in tok.decode(ids[:k]))
+    for stream in (False, True):
+        r = client.completions.create(model=model, prompt=PROMPT, max_tokens=16, temperature=0,
+                                      stop=[f"zz,{word}"], stream=stream)
+        chunks = list(r) if stream else [r]
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == text
+
+
 def test_logprobs_shape_and_values(client, hf, prompt_ids):
     import torch
 

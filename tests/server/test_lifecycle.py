@@ -198,8 +198,10 @@ def test_metadata_stats_and_metrics(tmp_path):
             assert 'nv_inference_pending_request_count{model="slow",version="1"} 0.0' in text
             for name in ("nv_inference_count", "nv_inference_exec_count",
                          "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
-                         "nv_inference_request_failure", "nv_cache_num_hits_per_model"):
+                         "nv_inference_request_failure"):
                 assert name + '{model="slow",version="1"}' in text
+            # as in Triton, per-model cache metrics only for models that use the cache
+            assert 'nv_cache_num_hits_per_model{model="slow"' not in text
             with pytest.raises(ServerError) as info:
                 await server.load_model("slow")
             assert info.value.code == ErrorCode.UNAVAILABLE  # not in explicit mode

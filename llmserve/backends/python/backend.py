@@ -70,7 +70,8 @@ class PythonInstance(BackendInstance):
         for sreq in batch:
             sreq.backend_state.setdefault("decoupled", self.decoupled)
         pb_requests = [InferenceRequest._from_sched(s) for s in batch]
-        return self.runner.execute(pb_requests, [_SchedSlot(s) for s in batch])
+        return self.runner.execute(pb_requests, [_SchedSlot(s) for s in batch],
+                                   tuple(s.request.cancel for s in batch))
 
     def is_ready(self) -> bool:
         return self.runner.is_ready()
@@ -109,6 +110,10 @@ class _SchedSlot:
     @property
     def closed(self) -> bool:
         return self.sreq.sink.closed
+
+    @property
+    def has_sender(self) -> bool:
+        return self.sreq.backend_state.get("sender") is not None
 
     def fail(self, error: ServerError) -> None:
         self.sreq.fail(error)

@@ -93,15 +93,30 @@ def _convert(item: Any) -> InferenceResponse:
 class ResponseIterator:
     """Responses of a decoupled BLS call, from exec or async_exec alike; walk them with
     `for` (blocking, as Triton's iterator does) or with `async for`. The final (possibly
-    empty) response ends the walk; walking again after the end replays the responses."""
+    empty) response ends the walk; walking again after the end replays the responses.
 
-    def __init__(self, server: Any, request: CoreRequest, loop: asyncio.AbstractEventLoop | None):
+    parents: cancellation tokens of the requests the calling execute serves. When all of
+    them are cancelled (their clients went away) the call is cancelled and its walk ends
+    quietly, so a model that never checks is_cancelled() (tensorrtllm_backend's own BLS)
+    does not leave a generation running to max_tokens for nobody."""
+
+    def __init__(self, server: Any, request: CoreRequest, loop: asyncio.AbstractEventLoop | None,
+                 parents: tuple[CancellationToken, ...] = ()):
         self._cancel: CancellationToken = request.cancel
         self._lock = threading.Condition()
         self._buffer: collections.deque[Any] = collections.deque()
         self._responses: list[InferenceResponse] = []
         self._idx = 0
         self._done = False
+        self._orphaned = False
+        if parents:
+            def orphan() -> None:
+                if all(p.is_cancelled() for p in parents):
+                    self._orphaned = True
+                    self._cancel.cancel()
+
+            for parent in parents:
+                parent.add_callback(orphan)
         # async_exec's caller waits on this event in its own loop instead of blocking it
         self._loop = loop
         self._arrived = asyncio.Event() if loop is not None else None
@@ -169,7 +184,7 @@ class ResponseIterator:
         raise stop
 
     def _step(self, item: Any, stop: type[Exception]) -> InferenceResponse:
-        if item is _END:
+        if item is _END or self._orphaned:
             self._finish()
             raise stop
         response = _convert(item)

@@ -18,6 +18,9 @@ class ModelContext:
     server: Any
     model_name: str
     in_execute: bool = False
+    # cancellation tokens of the requests the running execute serves: decoupled BLS calls
+    # made for them end when all of them are cancelled (see bls.ResponseIterator)
+    parents: tuple[Any, ...] = ()
 
 
 _CURRENT: contextvars.ContextVar[ModelContext | None] = contextvars.ContextVar(

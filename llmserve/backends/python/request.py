@@ -132,7 +132,7 @@ class InferenceRequest:
     def exec(self, decoupled: bool = False) -> Any:
         ctx = context.require_execute("BLS exec")
         if decoupled:
-            return bls.ResponseIterator(ctx.server, self._core_request(), None)
+            return bls.ResponseIterator(ctx.server, self._core_request(), None, ctx.parents)
         return bls.exec_sync(ctx.server, self._core_request())
 
     def async_exec(self, decoupled: bool = False) -> Any:
@@ -143,7 +143,8 @@ class InferenceRequest:
             import asyncio
 
             if decoupled:
-                return bls.ResponseIterator(ctx.server, core, asyncio.get_running_loop())
+                return bls.ResponseIterator(ctx.server, core, asyncio.get_running_loop(),
+                                            ctx.parents)
             return await bls.exec_async(ctx.server, core)
 
         return run()

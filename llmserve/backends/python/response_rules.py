@@ -23,6 +23,9 @@ class Slot(Protocol):
     @property
     def closed(self) -> bool: ...  # its final response went out already
 
+    @property
+    def has_sender(self) -> bool: ...  # the model took its response sender
+
     def fail(self, error: ServerError) -> None: ...
 
     def respond(self, response: InferenceResponse) -> None: ...  # the final response
@@ -91,11 +94,17 @@ class ExecuteRules:
     def _finish_default(self, slots: list[Slot], result: Any, resched_ids: set[int],
                         fail_open: Any) -> None:
         if result is None:
-            # allowed when every request was answered through its response sender
-            if any(not s.closed for s in slots if id(s) not in resched_ids):
-                fail_open(self.failure(
-                    "Expected a list in the execute return, got None (or respond through the "
-                    "response sender)"))
+            # Triton (24.06+): the model answers through each request's response sender,
+            # in execute or later from another thread (tensorrtllm_backend's Python
+            # tensorrt_llm model does). A request whose sender the model never took can
+            # never be answered: it fails now rather than hang.
+            unanswerable = [s for s in slots if id(s) not in resched_ids and not s.closed
+                            and not s.has_sender]
+            if unanswerable:
+                error = self.failure("Expected a list in the execute return, got None (or "
+                                     "respond through the response sender)")
+                for slot in unanswerable:
+                    slot.fail(error)
             return
         if not isinstance(result, (list, tuple)) or len(result) != len(slots):
             size = len(result) if isinstance(result, (list, tuple)) else 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import inspect
 import logging
 import threading
@@ -86,11 +87,14 @@ class ModelRunner:
             context.leave(token)
 
     # -- execute ------------------------------------------------------------------------
-    def execute(self, pb_requests: list[Any], slots: list[Slot]) -> concurrent.futures.Future | None:
+    def execute(self, pb_requests: list[Any], slots: list[Slot],
+                parents: tuple[Any, ...]) -> concurrent.futures.Future | None:
         """Run execute and apply the response rules: at once (None) for a sync model, when
-        the returned Future completes for an async one."""
+        the returned Future completes for an async one. parents: the requests'
+        cancellation tokens (a decoupled BLS call made for them ends when all are)."""
+        ctx = dataclasses.replace(self._exec_ctx, parents=parents)
         if not self.is_async:
-            token = context.enter(self._exec_ctx)
+            token = context.enter(ctx)
             try:
                 result = self.obj.execute(pb_requests)
             except Exception as exc:
@@ -100,8 +104,6 @@ class ModelRunner:
             finally:
                 context.leave(token)
             return None
-
-        ctx = self._exec_ctx
 
         async def run() -> None:
             context.enter(ctx)

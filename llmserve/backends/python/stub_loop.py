@@ -175,7 +175,7 @@ class Stub:
                 elif kind == "cancel":
                     state = server.requests.get(message[1])
                     if state is not None:
-                        state.cancelled = True
+                        state.cancel.cancel()
                 elif link.handle_common(message, fds):
                     pass
                 elif kind == "is_ready":  # off the main thread: execute may be running
@@ -191,7 +191,7 @@ class Stub:
         if state is None:  # a rescheduled request keeps its state (and sender)
             state = self.server.requests[key] = RequestState(key, self.init["decoupled"])
         if cancelled:
-            state.cancelled = True
+            state.cancel.cancel()
         return state
 
     def _is_ready(self, call: int) -> None:
@@ -217,7 +217,7 @@ class Stub:
             done()
             return
         slots = [StubSlot(s, outcomes, i) for i, s in enumerate(states)]
-        future = self.runner.execute(pb_requests, slots)
+        future = self.runner.execute(pb_requests, slots, tuple(s.cancel for s in states))
         if future is None:
             done()
         else:

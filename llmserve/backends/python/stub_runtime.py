@@ -25,17 +25,18 @@ from llmserve.backends.python.stub_messages import (
 )
 from llmserve.backends.python.tensor import Tensor
 from llmserve.core.errors import InternalError
+from llmserve.core.types import CancellationToken
 from llmserve.core.types import InferenceRequest as CoreRequest
 
 
 class RequestState:
     """The stub's side of one request the server handed to execute."""
 
-    __slots__ = ("key", "decoupled", "cancelled", "sender", "final_sent")
+    __slots__ = ("key", "decoupled", "cancel", "sender", "final_sent")
 
     def __init__(self, key: int, decoupled: bool):
         self.key, self.decoupled = key, decoupled
-        self.cancelled = False
+        self.cancel = CancellationToken()  # the server's cancel messages set it
         self.sender: StubResponseSender | None = None
         self.final_sent = False
 
@@ -116,7 +117,7 @@ class StubRequest(InferenceRequest):
         return req
 
     def is_cancelled(self) -> bool:
-        return self._state.cancelled
+        return self._state.cancel.is_cancelled()
 
     def set_release_flags(self, flags: int) -> None:
         self._release_flags = int(flags)
@@ -140,7 +141,7 @@ class StubResponseSender(InferenceResponseSender):
         _stub_server().send_response(self._state, response, final)
 
     def is_cancelled(self) -> bool:
-        return self._state.cancelled
+        return self._state.cancel.is_cancelled()
 
 
 class StubSlot:
@@ -154,6 +155,10 @@ class StubSlot:
     @property
     def closed(self) -> bool:
         return self.state.final_sent
+
+    @property
+    def has_sender(self) -> bool:
+        return self.state.sender is not None
 
     def fail(self, error: Any) -> None:
         self.state.final_sent = True

@@ -27,12 +27,10 @@ from llmserve.backends.pytorch.io_mapping import (
 )
 from llmserve.core import datatypes
 from llmserve.core.errors import InternalError, InvalidArgument, ServerError, Unavailable
-from llmserve.core.types import Tensor
 from llmserve.repository import model_file_path
-from llmserve.scheduling.batching import concat_inputs, fail_all, live_requests, split_outputs
+from llmserve.scheduling.batching import concat_inputs, run_and_respond, split_outputs
 from llmserve.scheduling.request import SchedRequest
-from llmserve.scheduling.sequence_controls import state_output_types
-from llmserve.scheduling.sequence_state import save_states
+from llmserve.scheduling.sequence_controls import sequence_input_types, state_output_types
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +163,10 @@ class TorchInstance(BackendInstance):
         # implicit state outputs are always read; they feed the sequence's next request
         states = state_output_types(self.config)
         self.state_outputs = set(states)
+        # BF16 arrives as float32 values (numpy has no bfloat16): cast on the way in
+        types = {t.name: mc.DataType.Name(t.data_type) for t in self.config.input}
+        types.update(sequence_input_types(self.config))
+        self.input_types = {n: TORCH_TYPES.get(t) for n, t in types.items()}
         self.output_order = [t.name for t in self.config.output]
         self.output_order += [n for n in states if n not in self.output_types]
         self.output_types.update(states)
@@ -173,33 +175,23 @@ class TorchInstance(BackendInstance):
                  self.io.output_naming.value)
 
     def execute(self, batch: list[SchedRequest]) -> concurrent.futures.Future | None:
-        live = live_requests(self.name, batch)
-        if not live:
-            return None
-        try:
-            per_request = self._run(live)
-        except ServerError as e:
-            fail_all(live, e)
-            return None
-        except Exception as e:  # TorchScript raises RuntimeError (torch.jit.Error) from forward
-            log.error("model '%s': forward() failed: %s", self.name, e)
-            for sreq in live:
-                sreq.fail(InternalError(f"PyTorch execute failure: {_first_line(e)}"))
-            return None
-        for sreq, outputs in zip(live, per_request, strict=True):
-            try:
-                save_states(sreq, outputs, self.name)
-            except ServerError as e:
-                sreq.fail(e)
-                continue
-            sreq.respond([Tensor(n, datatypes.config_to_api(self.output_types[n]), outputs[n])
-                          for n in sreq.output_names if n in outputs])
+        run_and_respond(self.name, batch, self._run_checked,
+                        {n: datatypes.config_to_api(t) for n, t in self.output_types.items()})
         return None
 
-    def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
+    def _run_checked(self, live: list[SchedRequest]) -> list[dict[str, np.ndarray]]:
+        try:
+            return self._run(live)
+        except ServerError:
+            raise
+        except Exception as e:  # TorchScript raises RuntimeError (torch.jit.Error) from forward
+            log.error("model '%s': forward() failed: %s", self.name, e)
+            raise InternalError(f"PyTorch execute failure: {_first_line(e)}") from None
+
+    def _to_tensor(self, name: str, array: np.ndarray) -> torch.Tensor:
         if not array.flags.writeable or not array.flags.c_contiguous:
             array = np.array(array, copy=True, order="C")
-        return torch.from_numpy(array).to(self.device)
+        return torch.from_numpy(array).to(device=self.device, dtype=self.input_types.get(name))
 
     def _forward(self, tensors: dict[str, torch.Tensor]) -> Any:
         grad = torch.inference_mode() if self.inference_mode else torch.no_grad()
@@ -212,7 +204,7 @@ class TorchInstance(BackendInstance):
             return self.module(*args)
 
     def _run(self, live: list[SchedRequest]) -> list[dict[str, np.ndarray]]:
-        tensors = {n: self._to_tensor(a) for n, a in concat_inputs(self.config, live).items()}
+        tensors = {n: self._to_tensor(n, a) for n, a in concat_inputs(self.config, live).items()}
         outs = flatten_outputs(self._forward(tensors), self.name)
         wanted = {n for sreq in live for n in sreq.output_names} | self.state_outputs
         outputs: dict[str, np.ndarray] = {}
@@ -227,6 +219,8 @@ class TorchInstance(BackendInstance):
                 got = CONFIG_TYPE_OF.get(tensor.dtype, str(tensor.dtype))
                 raise InternalError(f"unexpected datatype {got} for inference output '{name}' "
                                     f"of model '{self.name}', expecting {expected}")
+            if tensor.dtype == torch.bfloat16:  # held as float32 values, as BF16 is everywhere
+                tensor = tensor.float()
             outputs[name] = tensor.detach().cpu().contiguous().numpy()
         if self.clean_cache:
             with contextlib.suppress(RuntimeError):

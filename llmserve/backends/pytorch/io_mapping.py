@@ -1,6 +1,7 @@
 """How config tensors map onto a TorchScript forward(), per the seed's rules for the
 PyTorch backend: forward argument names, `<name>__<index>`, else config order; a single
-Dict(str, Tensor) argument takes inputs by name; the data type table (no BYTES).
+Dict(str, Tensor) argument takes inputs by name; the data type table (no BYTES; FP16 and
+BF16 included).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from llmserve.scheduling.sequence_controls import sequence_input_types, state_ou
 
 log = logging.getLogger(__name__)
 
-# The seed's data type table, PyTorch column.
+# The seed's data type table, PyTorch column, plus FP16 (Triton's PyTorch backend maps it
+# to kHalf) and BF16 (torch.bfloat16; an llmserve addition: Triton's backend refuses it).
 TORCH_TYPES: dict[str, torch.dtype] = {
     "TYPE_BOOL": torch.bool,
     "TYPE_UINT8": torch.uint8,
@@ -26,8 +28,10 @@ TORCH_TYPES: dict[str, torch.dtype] = {
     "TYPE_INT16": torch.int16,
     "TYPE_INT32": torch.int32,
     "TYPE_INT64": torch.int64,
+    "TYPE_FP16": torch.float16,
     "TYPE_FP32": torch.float32,
     "TYPE_FP64": torch.float64,
+    "TYPE_BF16": torch.bfloat16,
 }
 CONFIG_TYPE_OF = {v: k for k, v in TORCH_TYPES.items()}
 DELIMITER = "__"

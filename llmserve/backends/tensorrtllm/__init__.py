@@ -47,7 +47,8 @@ class _Model(BackendModel):
     def __init__(self, spec: ModelSpec):
         registry = getattr(spec.server, "metrics_registry", None)
         self.model = TensorRTLLMModel(
-            spec.config, spec.model_dir, spec.version, metrics_registry=registry
+            spec.config, spec.model_dir, spec.version, metrics_registry=registry,
+            on_fatal=spec.on_fatal,
         )
         events = getattr(spec.options, "kv_events_config", None)
         if events:

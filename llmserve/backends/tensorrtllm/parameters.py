@@ -14,11 +14,16 @@ Speculative decoding (llmserve's additions, vLLM-style prompt lookup):
   speculative_decoding_mode: "draft_model" runs the checkpoint at draft_model_dir (same
       tokenizer; relative to the model folder or absolute) inside the executor, proposing
       draft_model_num_tokens (default 4) greedy drafts per step for every request.
+
+Process placement (llmserve's addition): engine_process "true" runs the executor in an
+engine process of its own (llmserve/llm/engine_process); unset, the environment variable
+LLMSERVE_ENGINE_PROCESS decides (default false: the executor runs in the server process).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,10 +50,12 @@ _PLACEHOLDER = re.compile(r"^\$\{?\w*\}?$")
 INEFFECTIVE_PARAMETERS: dict[str, str] = {
     "participant_ids": "orchestrator/MPI mode does not exist: one process owns the engine",
     "recv_poll_period_ms": "orchestrator mode does not exist",
-    "executor_worker_path": "no separate executor worker process is spawned",
+    "executor_worker_path": "llmserve's engine process (parameter engine_process) runs "
+                            "its own worker, not this binary",
     "FORCE_CPU_ONLY_INPUT_TENSORS": "input tensors are always host numpy arrays",
     "cross_kv_cache_fraction": "encoder-decoder models are not supported",
-    "kv_cache_onboard_blocks": "no host KV offload tier to onboard blocks from",
+    "kv_cache_onboard_blocks": "offloaded KV blocks are always copied back (onboarded) "
+                               "before reuse; attention never reads host memory",
     "gpu_weights_percent": "weights are never streamed from host memory",
     "lookahead_window_size": "lookahead decoding is not implemented",
     "lookahead_ngram_size": "lookahead decoding is not implemented",
@@ -111,6 +118,7 @@ class BackendSettings:
     stats_check_period_ms: int = 100
     decoding_mode: str | None = None  # top_k | top_p | top_k_top_p | beam_search
     tokenizer_dir: Path | None = None
+    engine_process: bool = False  # the executor in a process of its own
     warnings: list[str] = field(default_factory=list)
 
 
@@ -265,6 +273,11 @@ def _warn_ineffective(p: _Params) -> list[str]:
     return warnings
 
 
+def _engine_process_default() -> bool:
+    value = os.environ.get("LLMSERVE_ENGINE_PROCESS", "")
+    return False if is_unset(value) else parse_bool("LLMSERVE_ENGINE_PROCESS", value)
+
+
 def read_settings(
     raw: dict[str, str], *, max_queue_size: int = 0, model_dir: Path | None = None
 ) -> BackendSettings:
@@ -339,5 +352,6 @@ def read_settings(
         stats_check_period_ms=p.as_int("stats_check_period_ms", 100),
         decoding_mode=decoding_mode,
         tokenizer_dir=_resolve_path(tokenizer, model_dir) if tokenizer else None,
+        engine_process=p.as_bool("engine_process", _engine_process_default()),
         warnings=_warn_ineffective(p),
     )

@@ -18,6 +18,7 @@ from llmserve.llm.request import (
     ExternalDraftTokensConfig,
     LoraConfig,
     OutputConfig,
+    PromptTuningConfig,
     Request,
     SamplingConfig,
 )
@@ -32,9 +33,6 @@ BATCH_NEEDS_DECOUPLED = (
 _UNSUPPORTED_INPUTS = {
     "encoder_input_features": "encoder-decoder models are not supported",
     "encoder_output_lengths": "encoder-decoder models are not supported",
-    "prompt_embedding_table": "prompt tuning (prompt_embedding_table) is not supported",
-    "prompt_vocab_size": "prompt tuning (prompt_vocab_size) is not supported",
-    "prompt_table_extra_ids": "prompt tuning (prompt_table_extra_ids) is not supported",
 }
 
 # Every input build_request and the speculative path read; with the unsupported ones
@@ -51,7 +49,9 @@ HANDLED_INPUTS = frozenset({
     "return_context_logits", "return_generation_logits", "return_kv_cache_reuse_stats",
     "return_perf_metrics", "return_num_input_tokens", "return_num_output_tokens",
     "exclude_input_in_output", "streaming", "stop", "num_return_sequences", "lora_task_id",
-    "lora_weights", "lora_config",
+    "lora_weights", "lora_config", "prompt_embedding_table", "prompt_table_extra_ids",
+    # read by nothing, as in TensorRT-LLM's executor: the table's rows say its size
+    "prompt_vocab_size",
 })
 IGNORED_INPUTS = frozenset({"decoder_input_ids", "decoder_input_lengths"})
 
@@ -194,6 +194,24 @@ def _lora(item: dict[str, np.ndarray]) -> LoraConfig | None:
     )
 
 
+def _prompt_tuning(item: dict[str, np.ndarray], input_length: int) -> PromptTuningConfig | None:
+    """prompt_embedding_table [rows, hidden] (a leading 1 dropped) and, with it, the
+    first input_length prompt_table_extra_ids (ignored without a table, as upstream)."""
+    table = item.get("prompt_embedding_table")
+    if table is None or np.asarray(table).size == 0:
+        return None
+    arr = np.asarray(table)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.dtype.kind != "f":
+        raise InvalidArgument("prompt_embedding_table must be a floating-point tensor")
+    extra = item.get("prompt_table_extra_ids")
+    ids = None
+    if extra is not None and np.asarray(extra).size > 0:
+        ids = [int(t) for t in np.asarray(extra).reshape(-1)[:input_length]]
+    return PromptTuningConfig(torch.from_numpy(np.array(arr)), ids)
+
+
 def build_request(
     item: dict[str, np.ndarray],
     batch_index: int,
@@ -262,6 +280,7 @@ def build_request(
         embedding_bias=bias_t,
         external_draft_tokens_config=_draft(item, fast_logits),
         lora_config=_lora(item),
+        prompt_tuning_config=_prompt_tuning(item, int(ids.size)),
     )
     options.beam_width = request.sampling_config.beam_width
     return request, options

@@ -73,6 +73,11 @@ def model_inputs(model: TextModel, prompt: str, p: GenParams, tokenizer: Any) ->
 
     if model.decoupled and model.has_input("stream") and p.stream:
         values["stream"] = True
+    if model.has_input("exclude_input_in_output"):
+        # the text, token counts and log probs must be the completion's alone, whatever the
+        # model's default (the stock tensorrt_llm leaves it unset: the prompt is echoed);
+        # `echo` is this layer's, with the prompt's own log probs
+        values["exclude_input_in_output"] = True
     greedy = p.temperature == 0.0 or p.top_k == 1
     if greedy:
         if model.has_input("top_k"):

@@ -99,7 +99,7 @@ def _load() -> ctypes.CDLL | None:
     fn = lib.paged_decode_f32
     fn.restype = ctypes.c_int
     fn.argtypes = [_PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64,
-                   _I64, ctypes.c_float, _I64]
+                   _I64, ctypes.c_float, _I64, _I64]
     lib.rms_norm_f32.restype = None
     lib.rms_norm_f32.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _I64, ctypes.c_float]
     lib.silu_mul_f32.restype = None
@@ -128,10 +128,12 @@ def paged_decode_supported(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
-                 window: int | None) -> torch.Tensor:
+                 window: int | None, sink: int = 0) -> torch.Tensor:
     """q: [B, Hq, D] (head and dim strides D, 1); k/v_cache: [blocks, bs, Hkv, D]
     contiguous; block_tables: [B, max_blocks] int64; context_lens: [B] int64 (keys per
-    sequence, the query's own included). Returns [B, Hq, D]."""
+    sequence, the query's own included). With a window, each query sees the first `sink`
+    keys and the last window - sink (its own included); table entries of the blocks
+    between are never read. Returns [B, Hq, D]."""
     lib = kernels()
     assert lib is not None
     batch, num_heads, head_dim = q.shape
@@ -146,7 +148,7 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                               v_cache.data_ptr(), block_tables.data_ptr(),
                               context_lens.data_ptr(), batch, num_heads, num_kv_heads,
                               head_dim, block_size, block_tables.shape[1], scale,
-                              window or 0)
+                              window or 0, sink if window else 0)
     if rc != 0:
         raise RuntimeError("paged_decode_f32 failed (out of memory or too many query "
                            "heads per KV head)")

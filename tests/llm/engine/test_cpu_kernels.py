@@ -61,6 +61,36 @@ def check_kernel(batch, heads, kv_heads, window, head_dim):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("sink", [1, 3, 6])
+def test_kernel_keeps_sink_tokens_and_skips_freed_blocks(sink):
+    """Keys [0, sink) and the last window - sink; the blocks between hold NaN, as a
+    freed (and reused) block may: the kernel must never read them."""
+    gen = torch.Generator().manual_seed(sink)
+    block_size, kv_heads, heads, head_dim, window = 4, 2, 4, 16, 9
+    lens = torch.tensor([40, 9, 10, 27, 3])
+    width = 10
+    k = torch.randn(64, block_size, kv_heads, head_dim, generator=gen)
+    v = torch.randn(64, block_size, kv_heads, head_dim, generator=gen)
+    tables = torch.arange(1, 1 + len(lens) * width).view(len(lens), width).contiguous()
+    q = torch.randn(len(lens), heads, head_dim, generator=gen)
+    expected = []
+    for b, n in enumerate(lens.tolist()):
+        keys = torch.arange(n)
+        seen = (keys >= n - (window - sink)) | (keys < sink)
+        for blk in range(width):  # poison every block holding no attended key
+            span = keys[blk * block_size : (blk + 1) * block_size]
+            if len(span) and not seen[span].any():
+                k[tables[b, blk]] = float("nan")
+                v[tables[b, blk]] = float("nan")
+        ks = k[tables[b]].reshape(-1, kv_heads, head_dim)[:n][seen].transpose(0, 1)
+        vs = v[tables[b]].reshape(-1, kv_heads, head_dim)[:n][seen].transpose(0, 1)
+        o = F.scaled_dot_product_attention(q[b].view(kv_heads, 2, head_dim), ks, vs,
+                                           scale=head_dim**-0.5)
+        expected.append(o.reshape(-1, head_dim))
+    out = paged_decode(q, k, v, tables, lens, head_dim**-0.5, window, sink)
+    torch.testing.assert_close(out, torch.stack(expected), atol=1e-5, rtol=1e-5)
+
+
 def test_kernel_rejects_heads_that_do_not_divide():
     k = torch.zeros(2, 4, 3, 8)
     with pytest.raises(RuntimeError, match="paged_decode_f32 failed"):
