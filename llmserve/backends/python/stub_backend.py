@@ -213,11 +213,11 @@ class StubInstance(BackendInstance):
         log.error("stub process %d of model instance '%s' ended (%s): %d request(s) fail, "
                   "model '%s' becomes UNAVAILABLE", self.process.pid, self.name, reason,
                   len(live), self.spec.name)
+        if self.spec.on_fatal is not None:  # first: a failed client sees the model down
+            self.spec.on_fatal(self._dead)
         self._fail(list(live.values()), self._dead)
         for _batch, done in batches.values():
             done.set_result(None)
-        if self.spec.on_fatal is not None:
-            self.spec.on_fatal(self._dead)
         if self._reload_after_exit:
             self._reload()
 

@@ -25,6 +25,7 @@ from llmserve.core.errors import Unavailable
 
 log = logging.getLogger("llmserve.backends.python.stub")
 _FLUSH_S = 0.05  # how soon blocks released by the server go back to the stub when idle
+_EXIT_GRACE_S = 2.0  # a stub whose channel closed is killed if it has not exited by then
 
 
 class StubHandler(Protocol):
@@ -132,7 +133,7 @@ class StubProcess:
         sock_fd = sock.fileno()
         while True:
             timeout = self._poll_timeout(handler)
-            events = poller.poll(None if timeout is None else timeout * 1000)
+            events = poller.poll(timeout * 1000)
             if not events:
                 self.link.flush_released()
                 deadline = handler.hang_deadline()
@@ -152,20 +153,24 @@ class StubProcess:
                 continue
             if self.proc.poll() is not None:
                 break  # exited with nothing left to read
-        if self.proc.poll() is None and not self.stopping:
-            self.kill("its channel to the server closed")  # under a living process
+        if not self.stopping:
+            try:  # end of file usually means the stub is exiting: give it a moment
+                self.proc.wait(_EXIT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.kill("its channel to the server closed")  # under a living process
         code = self.proc.wait()
         handler.on_exit(self.kill_reason or describe_exit(code))
 
-    def _poll_timeout(self, handler: StubHandler) -> float | None:
-        timeout = None
+    def _poll_timeout(self, handler: StubHandler) -> float:
+        # a batch sent while the reader waits is seen at the next wake-up: at most 1 s late
+        timeout = 1.0
         deadline = handler.hang_deadline()
         if deadline is not None:
-            timeout = max(0.0, deadline - time.monotonic()) + 0.01
+            timeout = min(timeout, max(0.0, deadline - time.monotonic()) + 0.01)
         if self.link.peer.released:
-            timeout = _FLUSH_S if timeout is None else min(timeout, _FLUSH_S)
+            timeout = min(timeout, _FLUSH_S)
         if self.pidfd is None:
-            timeout = 0.2 if timeout is None else min(timeout, 0.2)
+            timeout = min(timeout, 0.2)
         return timeout
 
     # -- ending ----------------------------------------------------------------------------
