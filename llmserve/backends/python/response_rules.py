@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from llmserve.backends.python.errors import TritonError, to_server_error
@@ -39,6 +40,16 @@ def last_traceback_line(exc: BaseException) -> str:
     qualified = f"{type(exc).__module__}.{type(exc).__qualname__}"
     if line.startswith(qualified):
         line = type(exc).__name__ + line[len(qualified):]
+    return line
+
+
+def model_file_line(exc: BaseException, model_file: Any) -> int:
+    """The last line of model_file in the exception's traceback (0 if none)."""
+    line = 0
+    resolved = Path(model_file).resolve()
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if Path(frame.filename).resolve() == resolved:
+            line = frame.lineno or 0
     return line
 
 

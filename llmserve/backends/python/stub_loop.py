@@ -17,13 +17,18 @@ import queue
 import re
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from llmserve.backends.python import context
-from llmserve.backends.python.response_rules import ExecuteRules, last_traceback_line
+from llmserve.backends.python.response_rules import (
+    ExecuteRules,
+    last_traceback_line,
+    model_file_line,
+)
 from llmserve.backends.python.runner import ModelInitError, ModelRunner
 from llmserve.backends.python.stub_channel import Channel, ChannelClosed
 from llmserve.backends.python.stub_link import Link
@@ -38,6 +43,7 @@ from llmserve.backends.python.stub_runtime import (
 from llmserve.core.errors import InternalError
 
 log = logging.getLogger("llmserve.backends.python.stub")
+_RETURN_S = 0.1
 
 
 def import_model(model_file: Path) -> ModuleType:
@@ -88,6 +94,8 @@ class Stub:
             "llmserve.backends.python.stub_pb_utils")
         context.set_default_server(self.server)
         threading.Thread(target=self._read, name="llmserve-stub-reader", daemon=True).start()
+        threading.Thread(target=self._return_released, name="llmserve-stub-shm",
+                         daemon=True).start()
         if self.init["mode"] == "auto_complete":
             self._auto_complete()
             self._exit()
@@ -142,23 +150,22 @@ class Stub:
         the completed config, or (type, message, line in model.py) when it failed."""
         from llmserve.backends.python.model_config import ModelConfig
 
-        model_file = Path(self.init["model_file"]).resolve()
+        model_file = Path(self.init["model_file"])
         try:
             cls = getattr(self._import(), "TritonPythonModel", None)
             if cls is None:
                 raise AttributeError(f"{model_file.name} defines no class TritonPythonModel")
             cfg = ModelConfig(self.init["config"])
             result = cls.auto_complete_config(cfg)
-            if result is not None and not isinstance(result, ModelConfig):
-                self.link.send(("auto_complete_done", None, ("TypeError", type(result).__name__, 0)))
-                return
-            self.link.send(("auto_complete_done", (result or cfg).as_dict(), None))
         except Exception as exc:
-            line = 0
-            for frame in traceback.extract_tb(exc.__traceback__):
-                if Path(frame.filename).resolve() == model_file:
-                    line = frame.lineno or 0
-            self.link.send(("auto_complete_done", None, (type(exc).__name__, str(exc), line)))
+            failure = (type(exc).__name__, str(exc), model_file_line(exc, model_file))
+            self.link.send(("auto_complete_done", None, failure))
+            return
+        if result is not None and not isinstance(result, ModelConfig):
+            failure = ("not_a_config", type(result).__name__, 0)
+            self.link.send(("auto_complete_done", None, failure))
+            return
+        self.link.send(("auto_complete_done", (result or cfg).as_dict(), None))
 
     # -- serving ----------------------------------------------------------------------------
     def _read(self) -> None:
@@ -184,6 +191,13 @@ class Stub:
                     self.work.put(("finalize", message[1]))
         except ChannelClosed:
             os._exit(0)  # the server is gone
+
+    def _return_released(self) -> None:
+        """Shared-memory blocks the server wrote and the model no longer holds go back to
+        the server with the next message, or within 0.1 s when the stub is quiet."""
+        while True:
+            time.sleep(_RETURN_S)
+            self.link.flush_released()
 
     def _state(self, wire: tuple) -> RequestState:
         key, cancelled = wire[0], wire[10]
