@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import inspect
 import logging
 import threading
@@ -92,7 +91,7 @@ class ModelRunner:
         """Run execute and apply the response rules: at once (None) for a sync model, when
         the returned Future completes for an async one. parents: the requests'
         cancellation tokens (a decoupled BLS call made for them ends when all are)."""
-        ctx = dataclasses.replace(self._exec_ctx, parents=parents)
+        ctx = context.ModelContext(self._exec_ctx.server, self.rules.model_name, True, parents)
         if not self.is_async:
             token = context.enter(ctx)
             try:

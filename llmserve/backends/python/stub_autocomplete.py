@@ -22,14 +22,14 @@ class _Collector:
         self.process = process
         self.answer: concurrent.futures.Future = concurrent.futures.Future()
 
-    def on_message(self, message: tuple, fds: list[int]) -> None:
+    def on_message(self, message: tuple) -> None:
         if message[0] == "auto_complete_done" and not self.answer.done():
             self.answer.set_result(message[1:])
         elif message[0] == "log":
             _, name, level, text = message
             logging.getLogger(name).log(level, "%s", text)
         else:
-            self.process.link.handle_common(message, fds)
+            self.process.link.handle_common(message)
 
     def on_exit(self, reason: str) -> None:
         if not self.answer.done():

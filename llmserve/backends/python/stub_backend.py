@@ -130,7 +130,7 @@ class StubInstance(BackendInstance):
             self.link.send(("cancel", key))
 
     # -- the stub's messages (its reader thread) -----------------------------------------------
-    def on_message(self, message: tuple, fds: list[int]) -> None:
+    def on_message(self, message: tuple) -> None:
         self._progress = time.monotonic()
         kind = message[0]
         if kind == "resp":
@@ -140,7 +140,7 @@ class StubInstance(BackendInstance):
                 self._deliver(sreq, packed, final)
         elif kind == "done":
             self._done(message[1], message[2])
-        elif self.link.handle_common(message, fds):
+        elif self.link.handle_common(message):
             pass
         elif kind == "init_done":
             self._init.set_result(message[1:])
@@ -162,21 +162,19 @@ class StubInstance(BackendInstance):
             batch, done = self._batches.pop(batch_id, (None, None))
         if batch is None:
             return
-        requeue = []
+        for sreq, outcome in zip(batch, outcomes, strict=True):  # rescheduled ones first
+            if outcome == ("s",):
+                self._live.pop(sreq.backend_state["stub_key"], None)
+                if sreq.requeue is not None and not sreq.sink.closed:
+                    sreq.requeue(sreq)
+        done.set_result(None)  # the instance takes its next batch while we answer this one
         for sreq, outcome in zip(batch, outcomes, strict=True):
-            if outcome is not None:
-                if outcome[0] == "r":
-                    self._deliver(sreq, outcome[1], True)
-                elif outcome[0] == "e":
-                    sreq.fail(unpack_error(outcome[1]))
-                else:
-                    requeue.append(sreq)
+            if outcome is not None and outcome[0] == "r":
+                self._deliver(sreq, outcome[1], True)
+            elif outcome is not None and outcome[0] == "e":
+                sreq.fail(unpack_error(outcome[1]))
             if outcome is not None or sreq.sink.closed:
                 self._live.pop(sreq.backend_state["stub_key"], None)
-        for sreq in requeue:
-            if sreq.requeue is not None and not sreq.sink.closed:
-                sreq.requeue(sreq)
-        done.set_result(None)
 
     # -- health ---------------------------------------------------------------------------------
     def hang_deadline(self) -> float | None:

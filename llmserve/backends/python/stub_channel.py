@@ -25,6 +25,8 @@ _FRAME = struct.Struct("<IIQ")
 _ALIGN = 16
 _PAD = bytes(_ALIGN)
 _MAX_FDS = 16
+_READ_BUFFER = 1 << 16
+_JOIN_MAX = 1 << 14  # frames up to this size are written as one joined buffer
 _CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 
@@ -45,10 +47,13 @@ def _aligned(n: int) -> int:
 
 
 def encode(message: Any) -> list[Any]:
-    """The frame of one message as a list of buffers for sendmsg (no copy of tensor data:
-    pickle.PickleBuffer objects in the message are referenced, not copied)."""
+    """The frame of one message as buffers for sendmsg: pickle.PickleBuffer objects in the
+    message (tensors) are referenced, not copied, unless the frame is small enough that
+    one joined write is cheaper than a gather."""
     buffers: list[pickle.PickleBuffer] = []
     payload = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    if not buffers:
+        return [_FRAME.pack(len(payload), 0, len(payload)) + payload]
     raws = [b.raw() for b in buffers]
     lengths = struct.pack(f"<{len(raws)}Q", *(r.nbytes for r in raws))
     chunks: list[Any] = [None, lengths, payload]
@@ -60,6 +65,8 @@ def encode(message: Any) -> list[Any]:
         chunks.append(raw)
         offset += pad + raw.nbytes
     chunks[0] = _FRAME.pack(len(payload), len(raws), offset)
+    if offset <= _JOIN_MAX:
+        return [b"".join(chunks)]
     return chunks
 
 
@@ -75,10 +82,14 @@ class Channel:
         self._busy = False  # the backlog (or the writer) holds data: new sends queue behind it
         self._writer: threading.Thread | None = None
         self.broken = False
+        self._rbuf = bytearray(_READ_BUFFER)
+        self._start = self._end = 0  # unread bytes of _rbuf
+        self._fds: collections.deque[int] = collections.deque()
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, message: Any, fds: tuple[int, ...] = ()) -> None:
-        """Send one message; silently dropped once the peer is gone (the reader reports it)."""
+        """Send one message, with fds attached to it; silently dropped once the peer is
+        gone (the reader reports that)."""
         chunks = encode(message)
         with self._lock:
             if self.broken:
@@ -102,6 +113,14 @@ class Channel:
 
     def _write(self, chunks: list[Any], fds: tuple[int, ...], flags: int) -> list[Any]:
         """Write what the socket takes; the chunks not yet written come back."""
+        if len(chunks) == 1 and not fds:  # the common case: one small frame
+            try:
+                sent = self.sock.send(chunks[0], flags)
+            except BlockingIOError:
+                return chunks
+            if sent == len(chunks[0]):
+                return []
+            chunks = [memoryview(chunks[0])[sent:]]
         chunks = [m for m in (memoryview(c).cast("B") for c in chunks) if m.nbytes]
         while chunks:
             anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
@@ -137,15 +156,34 @@ class Channel:
                     self._backlog.clear()
 
     # -- receiving --------------------------------------------------------------------------
-    def recv(self) -> tuple[Any, list[int]]:
-        """The next message and the file descriptors that came with it."""
-        head = bytearray(_FRAME.size)
-        fds = self._recv_into(memoryview(head), with_fds=True)
-        payload_len, count, body_len = _FRAME.unpack(head)
-        body = bytearray(body_len)
-        view = memoryview(body)
-        self._recv_into(view, with_fds=False)
+    def buffered(self) -> bool:
+        """Whether a received message waits in this side's buffer (read it without polling)."""
+        return self._end - self._start >= _FRAME.size
+
+    def take_fd(self) -> int:
+        """The next file descriptor that came over the channel (they arrive in the order of
+        the messages that carry them, before those messages are returned)."""
+        return self._fds.popleft()
+
+    def recv(self) -> Any:
+        """The next message. Small ones are cut from one buffered read (several messages
+        per system call when they queue up); a large body is read into a buffer of its own.
+        Each message gets its own copy of its body: its tensors' views outlive the read."""
+        self._fill(_FRAME.size)
+        payload_len, count, body_len = _FRAME.unpack_from(self._rbuf, self._start)
+        self._start += _FRAME.size
+        have = self._end - self._start
+        if body_len <= have:
+            body = bytearray(memoryview(self._rbuf)[self._start:self._start + body_len])
+            self._start += body_len
+        else:
+            body = bytearray(body_len)
+            view = memoryview(body)
+            view[:have] = memoryview(self._rbuf)[self._start:self._end]
+            self._start = self._end = 0
+            self._read_into(view[have:])
         lengths = struct.unpack_from(f"<{count}Q", body, 0)
+        view = memoryview(body)
         offset = 8 * count
         payload = view[offset:offset + payload_len]
         offset += payload_len
@@ -154,27 +192,37 @@ class Channel:
             offset = _aligned(offset)
             buffers.append(view[offset:offset + length])
             offset += length
-        return _PlainData(io.BytesIO(payload), buffers=buffers).load(), fds
+        return _PlainData(io.BytesIO(payload), buffers=buffers).load()
 
-    def _recv_into(self, view: memoryview, with_fds: bool) -> list[int]:
-        fds: list[int] = []
+    def _fill(self, need: int) -> None:
+        """Make at least `need` bytes available in the read buffer."""
+        if self._end - self._start >= need:
+            return
+        if self._start:
+            rest = self._end - self._start
+            self._rbuf[:rest] = self._rbuf[self._start:self._end]
+            self._start, self._end = 0, rest
+        view = memoryview(self._rbuf)
+        while self._end < need:
+            self._end += self._read_some(view[self._end:])
+
+    def _read_into(self, view: memoryview) -> None:
         got = 0
         while got < view.nbytes:
-            try:
-                if with_fds:
-                    n, anc, _flags, _addr = self.sock.recvmsg_into(
-                        [view[got:]], socket.CMSG_SPACE(4 * _MAX_FDS), _CLOEXEC)
-                    for level, kind, data in anc:
-                        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                            fds.extend(array.array("i", data[:len(data) - len(data) % 4]))
-                else:
-                    n = self.sock.recv_into(view[got:])
-            except OSError as exc:
-                raise ChannelClosed(str(exc)) from exc
-            if n == 0:
-                raise ChannelClosed("end of file")
-            got += n
-        return fds
+            got += self._read_some(view[got:])
+
+    def _read_some(self, view: memoryview) -> int:
+        try:
+            n, anc, _flags, _addr = self.sock.recvmsg_into(
+                [view], socket.CMSG_SPACE(4 * _MAX_FDS), _CLOEXEC)
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from exc
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                self._fds.extend(array.array("i", data[:len(data) - len(data) % 4]))
+        if n == 0:
+            raise ChannelClosed("end of file")
+        return n
 
     def close(self) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,8 @@ class Link:
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._calls_lock = threading.Lock()
         self.closed = False
+        # called before a call waits for its reply: the stub makes sure someone reads
+        self.before_wait: Callable[[], None] | None = None
 
     # -- sending --------------------------------------------------------------------------
     def send(self, message: tuple) -> None:
@@ -73,6 +76,8 @@ class Link:
         answered with an error, ChannelClosed if it went away, TimeoutError on timeout."""
         call, fut = self.start_call()
         if call:
+            if self.before_wait is not None:
+                self.before_wait()
             self.send((kind, call, *args))
         try:
             return fut.result(timeout)
@@ -85,7 +90,7 @@ class Link:
         self.send(("reply", call, value, error))
 
     # -- receiving ------------------------------------------------------------------------
-    def handle_common(self, message: tuple, fds: list[int]) -> bool:
+    def handle_common(self, message: tuple) -> bool:
         """Handle the kinds every side knows; False for the others."""
         kind = message[0]
         if kind == "reply":
@@ -100,7 +105,7 @@ class Link:
             return True
         if kind == "seg":
             _, seg_id, size = message
-            self.peer.add(seg_id, size, fds[0])
+            self.peer.add(seg_id, size, self.channel.take_fd())
             return True
         if kind == "free":
             self.arena.free(message[1])

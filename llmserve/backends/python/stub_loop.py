@@ -10,10 +10,10 @@ To the server: ("init_done", error, is_async, has_is_ready), ("resp", key, respo
 
 from __future__ import annotations
 
+import collections
 import importlib
 import logging
 import os
-import queue
 import re
 import sys
 import threading
@@ -43,7 +43,7 @@ from llmserve.backends.python.stub_runtime import (
 from llmserve.core.errors import InternalError
 
 log = logging.getLogger("llmserve.backends.python.stub")
-_RETURN_S = 0.1
+_HOUSEKEEPING_S = 0.1
 
 
 def import_model(model_file: Path) -> ModuleType:
@@ -83,8 +83,16 @@ class Stub:
         self.name = name
         self.link = Link(channel, init["shm_prefix"], init["shm_default"], init["shm_growth"])
         self.server = StubServer(self.link)
-        self.work: queue.SimpleQueue = queue.SimpleQueue()
         self.runner: ModelRunner | None = None
+        # two threads serve (see _serve): which one reads, whether it runs model work,
+        # since when, and the model work not yet started
+        self._role = threading.Condition()
+        self._reader: int | None = None
+        self._reader_working = False
+        self._work_since = 0.0
+        self._working = False
+        self._pending: collections.deque[tuple] = collections.deque()
+        self.link.before_wait = self.server.before_wait = self.hand_off_reading
 
     def run(self) -> None:
         root = logging.getLogger()
@@ -93,8 +101,9 @@ class Stub:
         sys.modules["triton_python_backend_utils"] = importlib.import_module(
             "llmserve.backends.python.stub_pb_utils")
         context.set_default_server(self.server)
-        threading.Thread(target=self._read, name="llmserve-stub-reader", daemon=True).start()
-        threading.Thread(target=self._return_released, name="llmserve-stub-shm",
+        # reads the server's messages from now on: initialize may already need replies
+        threading.Thread(target=self._serve, name="llmserve-stub-serve", daemon=True).start()
+        threading.Thread(target=self._housekeeping, name="llmserve-stub-housekeeping",
                          daemon=True).start()
         if self.init["mode"] == "auto_complete":
             self._auto_complete()
@@ -105,14 +114,7 @@ class Stub:
                         bool(runner and runner.has_is_ready)))
         if error is not None:
             self._exit()
-        while True:
-            item = self.work.get()
-            if item[0] == "exec":
-                self._execute(*item[1:])
-            elif item[0] == "finalize":
-                self.runner.finalize()
-                self.link.reply(item[1])
-                self._exit()
+        self._serve()
 
     def _exit(self) -> None:
         self.link.flush_released()
@@ -168,36 +170,104 @@ class Stub:
         self.link.send(("auto_complete_done", (result or cfg).as_dict(), None))
 
     # -- serving ----------------------------------------------------------------------------
-    def _read(self) -> None:
-        server, link = self.server, self.link
-        try:
-            while True:
-                message, fds = link.channel.recv()
-                kind = message[0]
-                if kind == "exec":
-                    _, batch, wires = message
-                    self.work.put(("exec", batch, wires, [self._state(w) for w in wires]))
-                elif kind == "bls_resp":
-                    server.bls_response(*message[1:])
-                elif kind == "cancel":
-                    state = server.requests.get(message[1])
-                    if state is not None:
-                        state.cancel.cancel()
-                elif link.handle_common(message, fds):
-                    pass
-                elif kind == "is_ready":  # off the main thread: execute may be running
-                    threading.Thread(target=self._is_ready, args=(message[1],), daemon=True).start()
-                elif kind == "finalize":
-                    self.work.put(("finalize", message[1]))
-        except ChannelClosed:
-            os._exit(0)  # the server is gone
-
-    def _return_released(self) -> None:
-        """Shared-memory blocks the server wrote and the model no longer holds go back to
-        the server with the next message, or within 0.1 s when the stub is quiet."""
+    def _serve(self) -> None:
+        """Both stub threads run this. One of them reads the server's messages; the one
+        that reads an execute runs it itself, so no hand-over lies on a request's path,
+        and keeps the reader's role while it works. The other thread takes over reading
+        when the work waits on the server (a BLS call, a reply: hand_off_reading) or has
+        run for a while (housekeeping), so cancellation and is_ready still arrive."""
+        role = self._role
+        me = threading.get_ident()
         while True:
-            time.sleep(_RETURN_S)
+            with role:
+                while self._reader is not None:
+                    role.wait()
+                self._reader = me
+            work = self._read_until_work()
+            while work is not None:
+                self._work(work)
+                read_on = False
+                with role:
+                    work = self._pending.popleft() if self._pending else None
+                    if work is None:
+                        self._working = False
+                        if self._reader == me:  # nobody took over: read on
+                            self._reader_working = False
+                            read_on = True
+                if read_on:
+                    work = self._read_until_work()
+
+    def _read_until_work(self) -> tuple | None:
+        """Read and handle messages until one is model work this thread is to run (None:
+        the work went to the thread already running some)."""
+        while True:
+            try:
+                work = self._dispatch(self.link.channel.recv())
+            except ChannelClosed:
+                os._exit(0)  # the server is gone
+            if work is None:
+                continue
+            with self._role:
+                if self._working:
+                    self._pending.append(work)  # the working thread takes it next
+                    continue
+                self._working = self._reader_working = True
+                self._work_since = time.monotonic()
+                return work
+
+    def hand_off_reading(self) -> None:
+        """The model's work is about to wait on the server: if this thread holds the
+        reader's role while working, the other thread reads from now on."""
+        with self._role:
+            if self._reader == threading.get_ident() and self._reader_working:
+                self._reader, self._reader_working = None, False
+                self._role.notify()
+
+    def _dispatch(self, message: tuple) -> tuple | None:
+        """Handle a message now, or return it as model work (a sync execute, finalize)."""
+        kind = message[0]
+        server = self.server
+        if kind == "exec":
+            _, batch, wires = message
+            states = [self._state(w) for w in wires]
+            if self.runner is not None and self.runner.is_async:
+                self._execute(batch, wires, states)  # only schedules it on the model's loop
+                return None
+            return ("exec", batch, wires, states)
+        if kind == "bls_resp":
+            server.bls_response(*message[1:])
+        elif kind == "cancel":
+            state = server.requests.get(message[1])
+            if state is not None:
+                state.cancel.cancel()
+        elif self.link.handle_common(message):
+            pass
+        elif kind == "is_ready":  # on a thread of its own: execute may be running
+            threading.Thread(target=self._is_ready, args=(message[1],), daemon=True).start()
+        elif kind == "finalize":
+            return ("finalize", message[1])
+        return None
+
+    def _work(self, work: tuple) -> None:
+        if work[0] == "exec":
+            self._execute(*work[1:])
+        else:
+            self.runner.finalize()
+            self.link.reply(work[1])
+            self._exit()
+
+    def _housekeeping(self) -> None:
+        """Every 0.1 s: shared-memory blocks the model no longer holds go back to the
+        server (they also go with any message), and work that has held the reader's role
+        for that long gives it to the other thread."""
+        while True:
+            time.sleep(_HOUSEKEEPING_S)
             self.link.flush_released()
+            with self._role:
+                if (self._reader_working
+                        and time.monotonic() - self._work_since >= _HOUSEKEEPING_S):
+                    self._reader, self._reader_working = None, False
+                    self._role.notify()
 
     def _state(self, wire: tuple) -> RequestState:
         key, cancelled = wire[0], wire[10]

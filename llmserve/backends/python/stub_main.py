@@ -3,10 +3,10 @@
 
 The model's version folder and model folder join sys.path and model.py is imported as
 `<version>.model`, as Triton's stub does; `triton_python_backend_utils` is the stub's
-pb_utils. The main thread runs initialize, execute (one batch at a time; async models on
-their event loop) and finalize; a reader thread takes the server's messages at once, so
-cancellation, BLS responses and replies arrive while execute runs. When the server goes
-away (end of file), the stub exits.
+pb_utils. The main thread runs initialize; then two threads serve: one reads the
+server's messages while the other runs an execute (async models: on their event loop),
+so cancellation, BLS responses and replies arrive while execute runs. When the server
+goes away (end of file), the stub exits.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> None:
         sys.exit(1)
     channel.send(("hello", os.getpid(), list(sys.version_info[:3]), sys.executable, sys.prefix))
     try:
-        message, _fds = channel.recv()
+        message = channel.recv()
     except ChannelClosed:
         sys.exit(0)
     Stub(channel, message[1], args.name).run()

@@ -29,7 +29,7 @@ _EXIT_GRACE_S = 2.0  # a stub whose channel closed is killed if it has not exite
 
 
 class StubHandler(Protocol):
-    def on_message(self, message: tuple, fds: list[int]) -> None: ...
+    def on_message(self, message: tuple) -> None: ...
 
     def on_exit(self, reason: str) -> None: ...
 
@@ -91,7 +91,7 @@ class StubProcess:
                 raise Unavailable(f"stub process of model instance '{self.name}' did not start "
                                   f"within {timeout:.0f} s (stub-timeout-seconds)")
         try:
-            message, _fds = self.link.channel.recv()
+            message = self.link.channel.recv()
         except ChannelClosed:
             code = self.proc.wait(5)
             raise Unavailable(f"stub process of model instance '{self.name}' exited at start "
@@ -131,28 +131,29 @@ class StubProcess:
         if self.pidfd is not None:
             poller.register(self.pidfd, select.POLLIN)
         sock_fd = sock.fileno()
+        channel = self.link.channel
         while True:
-            timeout = self._poll_timeout(handler)
-            events = poller.poll(timeout * 1000)
-            if not events:
-                self.link.flush_released()
-                deadline = handler.hang_deadline()
-                if deadline is not None and time.monotonic() >= deadline:
-                    handler.on_hang()
-                continue
-            if any(fd == sock_fd for fd, _ in events):
-                try:
-                    message, fds = self.link.channel.recv()
-                except ChannelClosed:
-                    break
-                try:
-                    handler.on_message(message, fds)
-                except Exception:
-                    log.exception("model instance '%s': handling the stub's %r message failed",
-                                  self.name, message[0])
-                continue
-            if self.proc.poll() is not None:
-                break  # exited with nothing left to read
+            if not channel.buffered():
+                events = poller.poll(self._poll_timeout(handler) * 1000)
+                if not events:
+                    self.link.flush_released()
+                    deadline = handler.hang_deadline()
+                    if deadline is not None and time.monotonic() >= deadline:
+                        handler.on_hang()
+                    continue
+                if not any(fd == sock_fd for fd, _ in events):
+                    if self.proc.poll() is not None:
+                        break  # exited with nothing left to read
+                    continue
+            try:
+                message = channel.recv()
+            except ChannelClosed:
+                break
+            try:
+                handler.on_message(message)
+            except Exception:
+                log.exception("model instance '%s': handling the stub's %r message failed",
+                              self.name, message[0])
         if not self.stopping:
             try:  # end of file usually means the stub is exiting: give it a moment
                 self.proc.wait(_EXIT_GRACE_S)

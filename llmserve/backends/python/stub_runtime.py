@@ -65,6 +65,8 @@ class StubServer:
         self._bls_ids = itertools.count(1)
         self._lock = threading.Lock()
         self.custom_metrics = RemoteMetricRegistry(link)
+        # called before a BLS call: its responses need a thread reading the link
+        self.before_wait: Any = None
 
     # -- responses ------------------------------------------------------------------------
     def send_response(self, state: RequestState, response: InferenceResponse | None,
@@ -82,6 +84,8 @@ class StubServer:
         with self._lock:
             call = next(self._bls_ids)
             self._bls[call] = put
+        if self.before_wait is not None:
+            self.before_wait()
         self.link.send(("bls", call, pack_bls_request(self.link, request), decoupled))
         request.cancel.add_callback(lambda: self.link.send(("bls_cancel", call)))
 
