@@ -279,6 +279,12 @@ def _base_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         options.default_max_batch_size()
     except ValueError:
         parser.error("--backend-config default-max-batch-size must be an integer")
+    from llmserve.backends.python.stub_settings import parse_settings
+
+    try:  # the Python backend's settings, checked as Triton checks them at start-up
+        parse_settings(backend_config.get("python", {}))
+    except ServerError as e:
+        parser.error(f"--backend-config python: {e}")
     return options
 
 

@@ -41,11 +41,12 @@ def build_repo(dest: Path, own: Path, shared: Mapping[str, Path] | None = None,
 
 
 @contextlib.contextmanager
-def running_server(repo: Path) -> Iterator[InferenceServer]:
+def running_server(repo: Path, backend_config: dict | None = None) -> Iterator[InferenceServer]:
     """A started server over `repo` on a private loop; `server.run(coro)` runs on it."""
     loop = asyncio.new_event_loop()
     server = InferenceServer(ServerOptions(model_repositories=[repo], exit_on_error=False,
-                                           strict_readiness=False, exit_timeout_secs=5))
+                                           strict_readiness=False, exit_timeout_secs=5,
+                                           backend_config=backend_config or {}))
     loop.run_until_complete(server.start())
     server.run = loop.run_until_complete
     try:

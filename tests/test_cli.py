@@ -119,6 +119,17 @@ def test_bare_boolean_flag_means_true_and_strict_model_config():
         (["--model-repository=/r", "--model-config-name=a b"], "invalid model config name"),
         (["--model-repository=/r", "--backend-config=default-max-batch-size=x"],
          "default-max-batch-size must be an integer"),
+        # the Python backend's settings, with Triton's messages
+        (["--model-repository=/r", "--backend-config=python,stub-timeout-seconds=0"],
+         "stub-timeout-seconds can't be smaller than or equal to zero."),
+        (["--model-repository=/r", "--backend-config=python,shm-default-byte-size=1000"],
+         "shm-default-byte-size can't be smaller than 1 MiB"),
+        (["--model-repository=/r", "--backend-config=python,shm-growth-byte-size=0"],
+         "shm-growth-byte-size can't be smaller than or equal to zero."),
+        (["--model-repository=/r", "--backend-config=python,thread-pool-size=0"],
+         "thread-pool-size can't be less than 1."),
+        (["--model-repository=/r", "--backend-config=python,execution-mode=fork"],
+         "must be 'stub' or 'in_process'"),
     ],
 )
 def test_bad_flags_exit_2_with_message(argv, message, capsys):

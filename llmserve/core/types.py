@@ -39,29 +39,30 @@ class RequestedOutput:
 class CancellationToken:
     """Set by a frontend when the client goes away; read by schedulers and backends."""
 
-    __slots__ = ("_event", "_callbacks", "_lock")
+    # a flag, not a threading.Event: nothing waits on it, and one is made per request
+    __slots__ = ("_cancelled", "_callbacks", "_lock")
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._cancelled = False
         self._callbacks: list = []
         self._lock = threading.Lock()
 
     def cancel(self) -> None:
         with self._lock:
-            if self._event.is_set():
+            if self._cancelled:
                 return
-            self._event.set()
+            self._cancelled = True
             callbacks, self._callbacks = self._callbacks, []
         for cb in callbacks:
             cb()
 
     def is_cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._cancelled
 
     def add_callback(self, cb) -> None:
         """Run cb() once on cancel (at once if already cancelled)."""
         with self._lock:
-            if not self._event.is_set():
+            if not self._cancelled:
                 self._callbacks.append(cb)
                 return
         cb()

@@ -91,7 +91,7 @@ def _complete(config: mc.ModelConfig, model_dir: Path, options: ServerOptions,
         versions = apply_version_policy([int(v) for v in version_names], config)
         if versions:
             model_file = model_file_path(model_dir, versions[-1], config)
-            completed = run_python_auto_complete(config, model_file)
+            completed = run_python_auto_complete(config, model_file, options)
             if completed is not config:
                 config.CopyFrom(completed)
                 drop_duplicate_outputs(config, str(model_file))

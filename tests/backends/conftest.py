@@ -1,5 +1,5 @@
 """Fixtures for the Python backend tests: a server over this folder's models plus the
-shared example models (add_sub, repeat)."""
+shared example models (add_sub, repeat), in both execution modes."""
 
 from pathlib import Path
 
@@ -16,9 +16,11 @@ SHARED = {
 }
 
 
-@pytest.fixture(scope="module")
-def backend_server(tmp_path_factory):
-    """A started server over the assembled backends repository (module scoped)."""
+@pytest.fixture(scope="module", params=["stub", "in_process"])
+def backend_server(request, tmp_path_factory):
+    """A started server over the assembled backends repository (module scoped), once with
+    every Python model in stub processes (the default) and once in-process."""
     repo = build_repo(tmp_path_factory.mktemp("backends_repo"), MODELS, SHARED)
-    with running_server(repo) as server:
+    config = {"python": {"execution-mode": request.param}}
+    with running_server(repo, config) as server:
         yield server

@@ -2,6 +2,7 @@
 BLS, auto-complete, cancellation, rescheduling, module isolation, custom metrics."""
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -247,3 +248,28 @@ def test_a_models_namespace_package_stays_in_its_table(tmp_path):
     module = import_model_module(folder / "model.py", "ns_model", 1)
     assert module.VALUE == "mine"
     assert "lib" not in sys.modules and "lib.tools" not in sys.modules
+
+
+def _stub_mode(server) -> bool:
+    return server.options.backend_config["python"]["execution-mode"] == "stub"
+
+
+def test_large_inputs_reach_a_stub_without_a_copy(backend_server):
+    """A stub reads a large input as a numpy view of shared memory (torch's DLPack view is
+    the same memory); its output comes back the same way, and the blocks are returned."""
+    for size in (1 << 18, 3 << 20):  # the second outgrows the first 1 MiB segment
+        x = np.random.rand(size).astype(np.float32)
+        [resp] = backend_server.run(collect(backend_server, make_request("shm_probe", {"X": x})))
+        assert resp.error is None, resp.error
+        np.testing.assert_array_equal(resp.output("Y").data, x + 1)
+        over_shm, dlpack_shares, writable = resp.output("INFO").data.tolist()
+        assert dlpack_shares and writable
+        assert over_shm == _stub_mode(backend_server)
+    if _stub_mode(backend_server):
+        [inst] = backend_server.models.resolve("shm_probe")._instances
+        del resp
+        deadline = time.monotonic() + 5
+        while inst.link.arena.in_use():  # the stub gives the input blocks back
+            assert time.monotonic() < deadline, inst.link.arena.in_use()
+            time.sleep(0.05)
+        assert inst.link.arena.size() >= (1 << 20) + (3 << 20)

@@ -1,6 +1,7 @@
 """Business Logic Scripting: a model's InferenceRequest.exec/async_exec run through the
 server's normal inference path on the server loop; responses cross back to the calling
-thread (sync) or the calling event loop (async).
+thread (sync) or the calling event loop (async). In a stub process the "server" is the
+stub's link to the real one (start_bls), which runs start() there.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from llmserve.backends.python.errors import TritonError
 from llmserve.backends.python.response import InferenceResponse
-from llmserve.core.errors import InternalError, ServerError
+from llmserve.core.errors import InternalError, InvalidArgument, ServerError
 from llmserve.core.types import CancellationToken
 from llmserve.core.types import InferenceRequest as CoreRequest
 from llmserve.core.types import InferenceResponse as CoreResponse
@@ -29,8 +30,35 @@ def _error_response(exc: BaseException) -> InferenceResponse:
     return InferenceResponse(error=TritonError(f"{type(exc).__name__}: {exc}"))
 
 
-def _start(server: Any, request: CoreRequest, put) -> None:
+def refusal(server: Any, request: CoreRequest) -> ServerError | None:
+    """Why a non-decoupled BLS call cannot run, in Triton's words (None: it can)."""
+    version = "" if request.model_version < 0 else str(request.model_version)
+    try:
+        model_decoupled = server.is_decoupled(request.model_name, version)
+    except ServerError:
+        # unknown, unloaded or loading: Triton's BLS checks readiness first, in these words
+        return InternalError(f"Failed for execute the inference request. Model "
+                             f"'{request.model_name}' is not ready.")
+    except Exception:
+        return None  # let the inference path report it
+    if model_decoupled:
+        return InvalidArgument(f"Model '{request.model_name}' is using the decoupled "
+                               "transaction policy; call exec/async_exec with decoupled=True")
+    return None
+
+
+def start(server: Any, request: CoreRequest, put, decoupled: bool) -> None:
     """Pump the server's responses for `request` into put(item); _END closes."""
+    start_bls = getattr(server, "start_bls", None)
+    if start_bls is not None:  # inside a stub process
+        start_bls(request, put, decoupled)
+        return
+    if not decoupled:
+        refused = refusal(server, request)
+        if refused is not None:
+            put(refused)
+            put(_END)
+            return
 
     async def pump() -> None:
         try:
@@ -92,7 +120,7 @@ class ResponseIterator:
         # async_exec's caller waits on this event in its own loop instead of blocking it
         self._loop = loop
         self._arrived = asyncio.Event() if loop is not None else None
-        _start(server, request, self._put)
+        start(server, request, self._put, True)
 
     def _put(self, item: Any) -> None:
         with self._lock:
@@ -173,7 +201,7 @@ class ResponseIterator:
 def exec_sync(server: Any, request: CoreRequest) -> InferenceResponse:
     """One response for a non-decoupled BLS call (blocking)."""
     q: queue.Queue = queue.Queue()
-    _start(server, request, q.put)
+    start(server, request, q.put, False)
     return _collect_one(iter(q.get, _END), request)
 
 
@@ -190,7 +218,7 @@ async def exec_async(server: Any, request: CoreRequest) -> InferenceResponse:
         except RuntimeError:
             pass
 
-    _start(server, request, put)
+    start(server, request, put, False)
     items = []
     try:
         while True:

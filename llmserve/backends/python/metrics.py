@@ -1,5 +1,6 @@
 """pb_utils.MetricFamily / Metric: custom metrics of Python models, exposed through the
-server's Prometheus registry next to the nv_* metrics."""
+server's Prometheus registry next to the nv_* metrics. (prometheus_client is imported
+where the server exports them: a stub process does not need it.)"""
 
 from __future__ import annotations
 
@@ -7,11 +8,8 @@ import math
 import threading
 from typing import Any
 
-from prometheus_client.metrics_core import Metric as PromMetric
-
 from llmserve.backends.python import context
 from llmserve.backends.python.errors import TritonModelException
-from llmserve.core.prometheus_text import ExactCounter
 
 COUNTER, GAUGE, HISTOGRAM = 0, 1, 2
 _KIND_NAMES = {COUNTER: "counter", GAUGE: "gauge", HISTOGRAM: "histogram"}
@@ -110,6 +108,7 @@ class MetricFamily:
     COUNTER = COUNTER
     GAUGE = GAUGE
     HISTOGRAM = HISTOGRAM
+    _metric_class = Metric
 
     def __new__(cls, name: str, description: str, kind: int = COUNTER) -> MetricFamily:
         if kind not in _KIND_NAMES:
@@ -133,13 +132,17 @@ class MetricFamily:
         with self._lock:
             metric = self._metrics.get(key)
             if metric is None:
-                metric = Metric(self, labels, buckets)
+                metric = self._metric_class(self, labels, buckets)
                 self._metrics[key] = metric
             return metric
 
     def _export(self) -> Any:
+        from prometheus_client.metrics_core import Metric as PromMetric
+
+        from llmserve.core.prometheus_text import ExactCounter
+
         if self._kind == COUNTER:  # Triton keeps the family's exact name (no _total)
-            prom: PromMetric = ExactCounter(self._name, self._description)
+            prom = ExactCounter(self._name, self._description)
         else:
             prom = PromMetric(self._name, self._description, _KIND_NAMES[self._kind])
         with self._lock:

@@ -7,14 +7,12 @@ import json
 from typing import Any
 
 from llmserve.backends.python import bls, context
-from llmserve.backends.python.errors import TritonError, TritonModelException
+from llmserve.backends.python.errors import TritonModelException
 from llmserve.backends.python.response import (
-    InferenceResponse,
     InferenceResponseSender,
     _params_dict,
 )
 from llmserve.backends.python.tensor import Tensor
-from llmserve.core.errors import ServerError
 from llmserve.core.types import CancellationToken, RequestedOutput
 from llmserve.core.types import InferenceRequest as CoreRequest
 from llmserve.scheduling.request import SchedRequest
@@ -131,31 +129,14 @@ class InferenceRequest:
             cancel=self._cancel,
         )
 
-    def _check_decoupled(self, server: Any, decoupled: bool) -> InferenceResponse | None:
-        try:
-            model_decoupled = server.is_decoupled(self._model_name, _version_str(self._model_version))
-        except ServerError:
-            # unknown, unloaded or loading: Triton's BLS checks readiness first, in these words
-            return InferenceResponse(error=TritonError(
-                f"Failed for execute the inference request. Model '{self._model_name}' is not ready."))
-        except Exception:
-            return None  # let the inference path report it
-        if model_decoupled and not decoupled:
-            return InferenceResponse(error=TritonError(
-                f"Model '{self._model_name}' is using the decoupled transaction policy; "
-                "call exec/async_exec with decoupled=True", TritonError.INVALID_ARG))
-        return None
-
     def exec(self, decoupled: bool = False) -> Any:
         ctx = context.require_execute("BLS exec")
-        refused = self._check_decoupled(ctx.server, decoupled)
         if decoupled:
             return bls.ResponseIterator(ctx.server, self._core_request(), None, ctx.parents)
-        return refused or bls.exec_sync(ctx.server, self._core_request())
+        return bls.exec_sync(ctx.server, self._core_request())
 
     def async_exec(self, decoupled: bool = False) -> Any:
         ctx = context.require_execute("BLS async_exec")
-        refused = self._check_decoupled(ctx.server, decoupled)
         core = self._core_request()
 
         async def run() -> Any:
@@ -164,8 +145,6 @@ class InferenceRequest:
             if decoupled:
                 return bls.ResponseIterator(ctx.server, core, asyncio.get_running_loop(),
                                             ctx.parents)
-            if refused is not None:
-                return refused
             return await bls.exec_async(ctx.server, core)
 
         return run()
@@ -195,6 +174,3 @@ def _as_str(value: Any, what: str) -> str:
             raise TypeError(f"InferenceRequest {what} is not valid UTF-8: {value!r}") from exc
     raise TypeError(f"InferenceRequest {what} must be a str or bytes, not {type(value).__name__}")
 
-
-def _version_str(version: int) -> str:
-    return "" if version < 0 else str(version)

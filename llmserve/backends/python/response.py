@@ -88,7 +88,8 @@ def deliver(sreq: SchedRequest, response: InferenceResponse | None, final: bool)
 
 
 class InferenceResponseSender:
-    """Sends responses for one request, from execute or any other thread, until FINAL."""
+    """Sends responses for one request, from execute or any other thread, until FINAL.
+    (The stub process's sender reaches the server through _sink_closed and _deliver.)"""
 
     def __init__(self, sreq: SchedRequest, decoupled: bool):
         self._sreq = sreq
@@ -108,7 +109,7 @@ class InferenceResponseSender:
         if response is not None and not isinstance(response, InferenceResponse):
             raise TritonModelException("send() expects a pb_utils.InferenceResponse")
         with self._lock:
-            if self._closed or self._sreq.sink.closed:
+            if self._closed or self._sink_closed():
                 raise TritonModelException("Unable to send response. Response sender has been closed.")
             if not self._decoupled and response is not None and self._sent >= 1:
                 raise TritonModelException(
@@ -125,6 +126,12 @@ class InferenceResponseSender:
                     return
                 response = response if response is not None else self._held
                 self._held = None
+        self._deliver(response, final)
+
+    def _sink_closed(self) -> bool:
+        return self._sreq.sink.closed
+
+    def _deliver(self, response: InferenceResponse | None, final: bool) -> None:
         deliver(self._sreq, response, final)
 
     def is_cancelled(self) -> bool:

@@ -33,10 +33,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmserve.backends.tensorrtllm.values import is_unset, parse_bool
 from llmserve.core.errors import InvalidArgument, Unsupported
 from llmserve.llm.config import (
     BatchingType,
@@ -53,7 +53,6 @@ from llmserve.llm.config import (
 
 logger = logging.getLogger(__name__)
 
-_PLACEHOLDER = re.compile(r"^\$\{?\w*\}?$")
 
 # Parameter -> why it has no effect here. Setting one (to anything but its harmless
 # template default) logs a warning at load.
@@ -99,19 +98,6 @@ _LORA_KEYS = (
 )
 _DECODING_MODES = {"top_k", "top_p", "top_k_top_p", "beam_search", "auto"}
 _UNSUPPORTED_DECODING_MODES = {"medusa", "redrafter", "lookahead", "eagle", "explicit_draft_tokens"}
-
-
-def is_unset(value: str | None) -> bool:
-    return value is None or value.strip() == "" or bool(_PLACEHOLDER.match(value.strip()))
-
-
-def parse_bool(name: str, value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("true", "1", "yes", "on"):
-        return True
-    if v in ("false", "0", "no", "off"):
-        return False
-    raise InvalidArgument(f"parameter '{name}': expected true or false, got '{value}'")
 
 
 @dataclass(slots=True)

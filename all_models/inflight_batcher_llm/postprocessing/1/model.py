@@ -14,7 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from llmserve.backends.tensorrtllm import text
-from llmserve.backends.tensorrtllm.parameters import is_unset, parse_bool
+from llmserve.backends.tensorrtllm.values import is_unset, parse_bool
 
 
 def _param(config: dict, name: str):
