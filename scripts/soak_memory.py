@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -164,6 +165,20 @@ class Server:
         self.log.close()
 
 
+async def sse_lines(response: httpx.Response) -> AsyncIterator[str]:
+    """The lines of an event stream, ended by CR, LF or CRLF only, as the SSE spec says:
+    httpx's aiter_lines() also splits at U+0085, U+2028 and the like, which JSON leaves
+    raw inside strings, and so cut generated text in two."""
+    pending = ""
+    async for text in response.aiter_text():
+        pending += text
+        *lines, pending = pending.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
+
+
 async def stream_chat(client: httpx.AsyncClient, model: str, prompt: str, osl: int,
                       cancel: bool = False) -> int:
     """One streamed chat completion; returns the completion tokens the server counted.
@@ -176,7 +191,7 @@ async def stream_chat(client: httpx.AsyncClient, model: str, prompt: str, osl: i
         if response.status_code != 200:
             await response.aread()
             raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
-        async for line in response.aiter_lines():
+        async for line in sse_lines(response):
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             if cancel:
