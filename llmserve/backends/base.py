@@ -64,6 +64,11 @@ class BackendInstance(ABC):
     def is_ready(self) -> bool:
         return True
 
+    def pin_cpus(self, cpus: set[int]) -> None:
+        """The instance's host policy CPUs, for work that runs outside its worker thread
+        (a stub process); the worker thread itself is pinned by the caller."""
+        return None
+
     def finalize(self) -> None:
         """Release what the instance holds; called once on unload."""
         return None

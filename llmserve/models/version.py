@@ -129,6 +129,8 @@ class ModelVersion:
             if grantee is not None:
                 self._grantees.append(grantee)
             cpus = host_policy_cpus(self.server.options, group, ispec)
+            if cpus:
+                inst.pin_cpus(cpus)
             t = threading.Thread(target=self._worker, args=(inst, index, grantee, cpus),
                                  daemon=True,
                                  name=f"model-{ispec.name}")

@@ -68,15 +68,36 @@ def host_policy_cpus(options: ServerOptions, group: mc.ModelInstanceGroup,
     return cpus
 
 
-def pin_current_thread(cpus: set[int], model: str) -> None:
-    """Pins the calling thread (Linux: a thread id is a valid sched_setaffinity target)."""
+def _usable(cpus: set[int], model: str) -> set[int]:
+    """The policy's CPUs this process may use; empty (said in a warning) when none."""
     if not hasattr(os, "sched_setaffinity"):
         log.warning("model '%s': host policy CPUs %s not applied: this platform has no "
                     "sched_setaffinity", model, sorted(cpus))
-        return
+        return set()
     usable = cpus & os.sched_getaffinity(0)
     if not usable:
         log.warning("model '%s': host policy CPUs %s not applied: none of them is available "
                     "to this process", model, sorted(cpus))
+    return usable
+
+
+def pin_current_thread(cpus: set[int], model: str) -> None:
+    """Pins the calling thread (Linux: a thread id is a valid sched_setaffinity target)."""
+    usable = _usable(cpus, model)
+    if usable:
+        os.sched_setaffinity(threading.get_native_id(), usable)
+
+
+def pin_process(pid: int, cpus: set[int], model: str) -> None:
+    """Pins every thread of process pid (a stub: in Triton it inherits the pinned
+    instance thread's affinity); threads it starts later inherit it."""
+    usable = _usable(cpus, model)
+    if not usable:
         return
-    os.sched_setaffinity(threading.get_native_id(), usable)
+    tasks = Path(f"/proc/{pid}/task")
+    tids = [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [pid]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, usable)
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile

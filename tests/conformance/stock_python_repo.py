@@ -72,12 +72,16 @@ def fill_stock_repository(dst: Path, ckpt: Path) -> Path:
 class StockPythonServer:
     """The served stock model set, its tokenizer and the transformers reference."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, execution_mode: str = "stub") -> None:
+        """execution_mode: the Python backend's (stub, the default, as Triton runs Python
+        models; in_process lets a test reach the model objects)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.ckpt = make_tiny_checkpoint(base / "ckpt", max_position_embeddings=512)
         self.repo = fill_stock_repository(base / "repo", self.ckpt)
-        self.live = LiveServer(e2e_options(model_repositories=[self.repo]))
+        self.live = LiveServer(e2e_options(
+            model_repositories=[self.repo],
+            backend_config={"python": {"execution-mode": execution_mode}}))
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.ckpt))
         self.hf = AutoModelForCausalLM.from_pretrained(str(self.ckpt)).eval()
 
@@ -85,8 +89,9 @@ class StockPythonServer:
         self.live.stop()
 
     def model_object(self, name: str = "tensorrt_llm"):
-        """The TritonPythonModel instance serving `name` (its first instance)."""
-        return self.live.server.models.resolve(name)._instances[0].obj
+        """The TritonPythonModel instance serving `name` (its first instance); in_process
+        mode only."""
+        return self.live.server.models.resolve(name)._instances[0].runner.obj
 
     # -- transformers references (the e2e helpers' own) ---------------------------------
     greedy_ids = LlmE2E.greedy_ids  # (prompt_ids, n, *, banned=()): ends after eos, included

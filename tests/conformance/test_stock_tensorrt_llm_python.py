@@ -43,8 +43,25 @@ def stock(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def stock_in_process(tmp_path_factory):
+    """The same set with Python models on threads of the server: the tests that look
+    inside the stock model object (its threads, its executor) use it."""
+    server = StockPythonServer(tmp_path_factory.mktemp("stock_python_in_process"),
+                               execution_mode="in_process")
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
 def http(stock):
     with httpx.Client(base_url=f"http://{stock.live.http_url}", timeout=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def http_in_process(stock_in_process):
+    with httpx.Client(base_url=f"http://{stock_in_process.live.http_url}",
+                      timeout=120) as client:
         yield client
 
 
@@ -71,9 +88,10 @@ def per_token(stock, ids: list[int]) -> str:
 
 
 # -- the stock file runs on the stand-in ----------------------------------------------------
-def test_stock_model_py_runs_on_the_stand_in(stock):
+def test_stock_model_py_runs_on_the_stand_in(stock_in_process):
     from conformance_paths import stock_model_set
 
+    stock = stock_in_process
     served = stock.repo / "tensorrt_llm" / "1" / "model.py"
     assert served.read_bytes() == (stock_model_set() / "tensorrt_llm/1/model.py").read_bytes()
     config = stock.live.server.models.resolve("tensorrt_llm").config
@@ -95,10 +113,11 @@ def metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def test_stock_metrics_loop_reads_the_stats(stock, http):
+def test_stock_metrics_loop_reads_the_stats(stock_in_process, http_in_process):
     """The stock model's metrics thread sets its gauges from the executor's iteration
     stats: every attribute it reads exists (a missing one would leave a gauge at 0)."""
-    generate(http, "ensemble", {"text_input": PROMPT, "max_tokens": 4})
+    stock = stock_in_process
+    generate(http_in_process, "ensemble", {"text_input": PROMPT, "max_tokens": 4})
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         text = httpx.get(stock.live.metrics_url).text
@@ -348,7 +367,9 @@ def output_tokens_observed(stock) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_dropped_stream_is_cancelled_and_the_next_request_is_correct(stock, http):
+def test_dropped_stream_is_cancelled_and_the_next_request_is_correct(stock_in_process,
+                                                                     http_in_process):
+    stock, http = stock_in_process, http_in_process
     model = stock.model_object()
     executor = model.executor.inner
     before = output_tokens_observed(stock)

@@ -89,14 +89,17 @@ instance_group [ { kind: KIND_CPU count: 1 host_policy: "pinned" } ]
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux only")
-def test_host_policy_pins_the_instance_thread(tmp_path):
+@pytest.mark.parametrize("mode", ["stub", "in_process"])
+def test_host_policy_pins_the_instance_thread(tmp_path, mode):
+    """In a stub (Triton's way) the whole stub process runs on the policy's CPUs."""
     (tmp_path / "aff" / "1").mkdir(parents=True)
     (tmp_path / "aff" / "1" / "model.py").write_text(AFFINITY_MODEL)
     (tmp_path / "aff" / "config.pbtxt").write_text(AFFINITY_CONFIG)
     before = os.sched_getaffinity(0)
     cpu = min(before)
     server = LiveServer(e2e_options(model_repositories=[tmp_path],
-                                    host_policies={"pinned": {"cpu-cores": str(cpu)}}))
+                                    host_policies={"pinned": {"cpu-cores": str(cpu)}},
+                                    backend_config={"python": {"execution-mode": mode}}))
     try:
         client = th.InferenceServerClient(server.http_url)
         inp = th.InferInput("X", [1], "FP32")

@@ -62,10 +62,6 @@ class LLMServer(LiveServer):
     def executor(self):  # noqa: ANN201
         return self.server.models.resolve("tensorrt_llm")._backend_model.model.executor
 
-    def python_model(self, name: str):  # noqa: ANN201
-        """The TritonPythonModel object of model `name`'s first instance."""
-        return self.server.models.resolve(name)._instances[0].obj
-
     def greedy(self, prompt: str = PROMPT, max_tokens: int = 8) -> str:
         with self.client() as c:
             r = c.post("/v2/models/ensemble/generate",

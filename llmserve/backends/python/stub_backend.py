@@ -26,6 +26,7 @@ from llmserve.backends.python.stub_services import StubServices
 from llmserve.backends.python.stub_settings import settings_of
 from llmserve.core.errors import InternalError, ServerError, Unavailable
 from llmserve.repository import model_file_path
+from llmserve.scheduling.host_policy import pin_process
 from llmserve.scheduling.request import SchedRequest
 
 log = logging.getLogger("llmserve.backends.python.stub")
@@ -86,6 +87,9 @@ class StubInstance(BackendInstance):
             raise Unavailable(error)
         log.info("model instance '%s' runs in stub process %d (%s)", self.name,
                  self.process.pid, self.process.hello[3])
+
+    def pin_cpus(self, cpus: set[int]) -> None:
+        pin_process(self.process.pid, cpus, self.spec.name)
 
     # -- execute --------------------------------------------------------------------------
     def execute(self, batch: list[SchedRequest]) -> concurrent.futures.Future | None:
