@@ -36,13 +36,14 @@ def fill_repository(model: Path, out: Path) -> Path:
     return out
 
 
-def start_server(repo: Path, engine_process: bool, log: Path) -> subprocess.Popen:
+def start_server(repo: Path, engine_process: bool, log: Path,
+                 extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
     env = dict(os.environ, LLMSERVE_ENGINE_PROCESS=str(engine_process).lower(),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-c", "import sys; from llmserve.cli import main; sys.exit(main())",
            "serve", "--model-repository", str(repo), "--http-port", str(PORT),
-           "--grpc-port", str(PORT + 1), "--metrics-port", str(PORT + 2)]
+           "--grpc-port", str(PORT + 1), "--metrics-port", str(PORT + 2), *extra_args]
     server = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -58,8 +59,9 @@ def start_server(repo: Path, engine_process: bool, log: Path) -> subprocess.Pope
     raise RuntimeError(f"the server did not come up; see {log}")
 
 
-async def one(client: httpx.AsyncClient, prompt: str, osl: int) -> tuple[int, float, list]:
-    body = {"model": "ensemble", "prompt": prompt, "max_tokens": osl, "stream": True,
+async def one(client: httpx.AsyncClient, prompt: str, osl: int,
+              model: str = "ensemble") -> tuple[int, float, list]:
+    body = {"model": model, "prompt": prompt, "max_tokens": osl, "stream": True,
             "ignore_eos": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     stamps, tokens = [], 0
@@ -75,7 +77,8 @@ async def one(client: httpx.AsyncClient, prompt: str, osl: int) -> tuple[int, fl
     return tokens, stamps[0] - start if stamps else float("nan"), stamps
 
 
-async def load(concurrency: int, requests: int, osl: int) -> dict[str, float]:
+async def load(concurrency: int, requests: int, osl: int,
+               model: str = "ensemble") -> dict[str, float]:
     prompts = [f"Once upon a time, story number {i} began with" for i in range(requests)]
     queue: asyncio.Queue = asyncio.Queue()
     for p in prompts:
@@ -84,7 +87,7 @@ async def load(concurrency: int, requests: int, osl: int) -> dict[str, float]:
 
     async def worker(client: httpx.AsyncClient) -> None:
         while not queue.empty():
-            results.append(await one(client, queue.get_nowait(), osl))
+            results.append(await one(client, queue.get_nowait(), osl, model))
 
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", timeout=600,
