@@ -29,10 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 PORT = 18400
 
 
-def fill_repository(model: Path, out: Path) -> Path:
+def fill_repository(model: Path, out: Path, max_batch_size: int = 64) -> Path:
     subprocess.run([sys.executable, str(ROOT / "scripts" / "fill_demo_repository.py"),
                     str(out), "--model", str(model), "--no-draft", "--force",
-                    "--max-batch-size", "64"], check=True, stdout=subprocess.DEVNULL)
+                    "--max-batch-size", str(max_batch_size)], check=True,
+                   stdout=subprocess.DEVNULL)
     return out
 
 
@@ -101,16 +102,21 @@ async def load(concurrency: int, requests: int, osl: int,
             "itl_ms": statistics.mean(gaps) * 1e3 if gaps else float("nan")}
 
 
-def main() -> None:
+def load_arguments(concurrency: list[int], requests: int, out: str) -> argparse.ArgumentParser:
+    """The A/B scripts' common options: rounds, load shape, checkpoint, output folder."""
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--concurrency", type=int, nargs="+", default=concurrency)
+    p.add_argument("--requests", type=int, default=requests)
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--osl", type=int, default=64)
     p.add_argument("--model", type=Path, default=ROOT / "models" / "demo-llm")
-    p.add_argument("--out", type=Path, default=ROOT / "build" / "bench_engine_process")
-    args = p.parse_args()
+    p.add_argument("--out", type=Path, default=ROOT / "build" / out)
+    return p
+
+
+def main() -> None:
+    args = load_arguments([1, 32], 64, "bench_engine_process").parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     repo = fill_repository(args.model.resolve(), args.out / "repo")
     rows: dict[tuple[str, int], list[dict]] = {}
@@ -127,10 +133,16 @@ def main() -> None:
             finally:
                 server.terminate()
                 server.wait(60)
+    print_medians([(f"{mode:>14} c={conc:<3}", rs) for (mode, conc), rs
+                   in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0]))])
+
+
+def print_medians(rows: list[tuple[str, list[dict]]]) -> None:
+    """One line per (label, each round's result): the medians, and each round's tok/s."""
     print("\nmedian over rounds")
-    for (mode, conc), rs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for label, rs in rows:
         med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-        print(f"{mode:>14} c={conc:<3} {med['tok_s']:7.1f} tok/s  ttft {med['ttft_ms']:7.1f} ms"
+        print(f"{label} {med['tok_s']:7.1f} tok/s  ttft {med['ttft_ms']:7.1f} ms"
               f"  itl {med['itl_ms']:6.2f} ms  (tok/s per round: "
               f"{', '.join(str(round(r['tok_s'])) for r in rs)})")
 

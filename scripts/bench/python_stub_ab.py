@@ -17,39 +17,27 @@ inter-token latency, then stops the server.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts" / "bench"))
-from engine_process_ab import load, start_server  # noqa: E402
+from engine_process_ab import (  # noqa: E402
+    fill_repository,
+    load,
+    load_arguments,
+    print_medians,
+    start_server,
+)
 
 MODES = ("in_process", "stub")
 MODELS = ("ensemble", "tensorrt_llm_bls")
 
 
-def fill_repository(model: Path, out: Path, max_batch_size: int) -> Path:
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "fill_demo_repository.py"),
-                    str(out), "--model", str(model), "--no-draft", "--force",
-                    "--max-batch-size", str(max_batch_size)], check=True,
-                   stdout=subprocess.DEVNULL)
-    return out
-
-
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    p.add_argument("--requests", type=int, default=32)
-    p.add_argument("--warmup", type=int, default=8)
-    p.add_argument("--osl", type=int, default=64)
+    p = load_arguments([1, 16], 32, "bench_python_stubs")
     p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "demo-llm")
-    p.add_argument("--out", type=Path, default=ROOT / "build" / "bench_python_stubs")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     repo = fill_repository(args.model.resolve(), args.out / "repo", args.max_batch_size)
@@ -72,14 +60,8 @@ def main() -> None:
             finally:
                 server.terminate()
                 server.wait(60)
-    print("\nmedian over rounds")
-    for (model, mode, conc), rs in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][2],
-                                                                       kv[0][1])):
-        med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-        print(f"{model:>16} {mode:>10} c={conc:<3} {med['tok_s']:7.1f} tok/s  ttft "
-              f"{med['ttft_ms']:7.1f} ms  itl {med['itl_ms']:6.2f} ms  (tok/s per round: "
-              f"{', '.join(str(round(r['tok_s'])) for r in rs)})")
-
+    print_medians([(f"{model:>16} {mode:>10} c={conc:<3}", rs) for (model, mode, conc), rs
+                   in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1]))])
 
 if __name__ == "__main__":
     main()
