@@ -13,6 +13,7 @@ from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from llmserve.core.errors import ServerError
 from llmserve.options import ServerOptions
 from llmserve.scheduling.request import SchedRequest
 
@@ -73,6 +74,11 @@ class BackendModel(ABC):
 
     @abstractmethod
     def create_instance(self, instance: InstanceSpec) -> BackendInstance: ...
+
+    def admission_error(self, request: SchedRequest) -> ServerError | None:
+        """An error to answer `request` with at once, before it is queued (an LLM
+        executor whose queue is full); None admits it."""
+        return None
 
     def unload(self) -> None:
         """Release model-level state after every instance was finalized."""

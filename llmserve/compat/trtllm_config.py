@@ -264,9 +264,10 @@ def ignored_settings(config: llm.ExecutorConfig) -> list[str]:
     if knobs is not None and (changed := _non_default(knobs)):
         out.append(f"extended_runtime_perf_knob_config {', '.join(changed)} has no effect: "
                    "the PyTorch engine has no TensorRT kernels or CUDA graphs to tune")
-    if get("guided_decoding_config") is not None:
-        out.append("guided_decoding_config: guided decoding is not supported; requests that "
-                   "bring guided_decoding_params get an error")
+    guided = get("guided_decoding_config")
+    if guided is not None and guided.backend is not GuidedDecodingBackend.XGRAMMAR:
+        out.append(f"guided_decoding_config backend {guided.backend.name}: llmserve guides "
+                   "requests with xgrammar")
     weights = get("gpu_weights_percent")
     if weights is not None and weights != 1.0:
         out.append(f"gpu_weights_percent={weights} has no effect: weights are never streamed "
@@ -330,4 +331,9 @@ def to_llmserve(config: llm.ExecutorConfig) -> llm.ExecutorConfig:
         values["lora_config"] = llm.PeftCacheConfig(
             **{f.name: getattr(peft, f.name) for f in fields(llm.PeftCacheConfig)})
     values["device"] = _device(config)
+    guided = config.guided_decoding_config
+    if guided is not None:
+        values["guided_decoding_config"] = llm.GuidedDecodingConfig(
+            encoded_vocab=guided.encoded_vocab, tokenizer_str=guided.tokenizer_str,
+            stop_token_ids=guided.stop_token_ids)
     return llm.ExecutorConfig(**values)

@@ -31,20 +31,9 @@ class MropeConfig:
     mrope_position_deltas: object = None
 
 
-class GuideType(enum.Enum):
-    JSON = 0
-    JSON_SCHEMA = 1
-    REGEX = 2
-    EBNF_GRAMMAR = 3
-    STRUCTURAL_TAG = 4
-
-
-@dataclass(slots=True)
-class GuidedDecodingParams:
-    GuideType = GuideType  # trtllm.GuidedDecodingParams.GuideType.JSON, ...
-
-    guide_type: GuideType = GuideType.JSON
-    guide: str | None = None
+# llmserve's executor guides requests itself (trtllm.GuidedDecodingParams.GuideType.JSON, ...)
+GuidedDecodingParams = llm.GuidedDecodingParams
+GuideType = llm.GuidedDecodingParams.GuideType
 
 
 @dataclass(slots=True)
@@ -73,7 +62,6 @@ class OutputConfig(llm.OutputConfig):
 @dataclass(slots=True)
 class Request(llm.Request):
     mrope_config: MropeConfig | None = None
-    guided_decoding_params: GuidedDecodingParams | None = None
     lookahead_config: object = None
     kv_cache_retention_config: KvCacheRetentionConfig | None = None
     logits_post_processor_name: str | None = None
@@ -114,8 +102,6 @@ def unsupported(request: llm.Request) -> str | None:
         if get(name) is not None:
             return (f"{name}: encoder-decoder and multimodal inputs are not supported; "
                     "llmserve's executor serves decoder-only models")
-    if get("guided_decoding_params") is not None:
-        return "guided decoding is not supported by llmserve's executor"
     if get("logits_post_processor_name") or get("logits_post_processor") is not None:
         return "logits post-processors are not supported by llmserve's executor"
     if get("return_all_generated_tokens"):

@@ -123,6 +123,32 @@ class SpeculativeDecodingConfig:
                 f"{pl.min_matching_ngram_size}, max {pl.max_matching_ngram_size}")
 
 
+class GuidedDecodingBackend(enum.Enum):
+    XGRAMMAR = "xgrammar"
+
+
+@dataclass(slots=True)
+class GuidedDecodingConfig:
+    """Guided decoding (llmserve/llm/guided/). As TensorRT-LLM's: the backend and the
+    tokenizer's vocabulary (encoded_vocab in token id order, tokenizer_str: the Hugging
+    Face tokenizer.json text, stop_token_ids), as generate_xgrammar_tokenizer_info.py
+    writes them. llmserve's additions: tokenizer_dir, a Hugging Face tokenizer folder to
+    read the vocabulary from when encoded_vocab is not given (default: the model's own
+    folder), and json_any_whitespace: JSON guides allow any whitespace between tokens
+    (xgrammar's any_whitespace) instead of compact JSON, which keeps weak models from
+    looping on newlines. Without a GuidedDecodingConfig the executor still serves guided
+    requests, with xgrammar over the model folder's tokenizer (TensorRT-LLM refuses them)."""
+
+    GuidedDecodingBackend = GuidedDecodingBackend
+
+    backend: GuidedDecodingBackend = GuidedDecodingBackend.XGRAMMAR
+    encoded_vocab: list[str] | None = None
+    tokenizer_str: str | None = None
+    stop_token_ids: list[int] | None = None
+    tokenizer_dir: str | None = None
+    json_any_whitespace: bool = False
+
+
 @dataclass(slots=True)
 class ExecutorConfig:
     max_beam_width: int = 1
@@ -136,6 +162,7 @@ class ExecutorConfig:
     batching_type: BatchingType = BatchingType.INFLIGHT
     lora_config: PeftCacheConfig | None = None
     speculative_decoding_config: SpeculativeDecodingConfig | None = None
+    guided_decoding_config: GuidedDecodingConfig | None = None
     iter_stats_max_iterations: int = 1000
     request_stats_max_iterations: int = 0
     # True: TensorRT-LLM's normalised log probs, log P(token | the top-k/top-p set it was

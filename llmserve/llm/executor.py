@@ -29,17 +29,18 @@ from llmserve.llm.config import (
 )
 from llmserve.llm.draft_model import draft_model_proposer
 from llmserve.llm.engine_thread import EngineWorker
+from llmserve.llm.guided import GuideCompiler
 from llmserve.llm.host_tier import HostTier
 from llmserve.llm.kv_events import make_publisher
 from llmserve.llm.lora_cache import LoraCache, lora_cache_for
-from llmserve.llm.outputs import error_response
+from llmserve.llm.outputs import build_response, error_response
 from llmserve.llm.prompt_tuning import prepare_prompt_table
-from llmserve.llm.request import PromptTuningConfig, Request
+from llmserve.llm.request import FinishReason, PromptTuningConfig, Request
 from llmserve.llm.responses import ResponseRouter, RoutedResponses
 from llmserve.llm.responses import timeout_seconds as _seconds
 from llmserve.llm.sampling import SamplingParams, make_generator
 from llmserve.llm.scheduler import Scheduler
-from llmserve.llm.sequence import RequestState
+from llmserve.llm.sequence import RequestState, SequenceStatus
 from llmserve.llm.speculative import PromptLookupProposer, check_draft_logits
 from llmserve.llm.stats import IterationStats, KvCacheStats, RequestStatsPerIteration
 from llmserve.llm.stepper import Stepper
@@ -100,6 +101,14 @@ class Executor(RoutedResponses):
                                    config.enable_chunked_context)
         self._warn_ineffective(config)
         self._warned: set[str] = set()
+        self._guides = GuideCompiler(config.guided_decoding_config, model_path, self.vocab_size)
+        if config.guided_decoding_config is not None:
+            try:
+                self._guides.warm_up()
+            except ServerError as exc:  # unguided requests still work; guided ones say why
+                logger.warning("guided decoding is unavailable: %s", exc.message)
+        self._compiling: dict[int, RequestState] = {}  # waiting for their guide's grammar
+        self._cancelled_compiling: set[int] = set()
 
         self._intake: list[RequestState] = []
         self._taken: list[RequestState] = []  # intake being handed to the stepper
@@ -203,17 +212,24 @@ class Executor(RoutedResponses):
         with self._cond:
             return self._accepting
 
+    def queue_is_full(self) -> bool:
+        """True while max_queue_size requests wait: enqueue_request would refuse."""
+        limit = self.config.max_queue_size
+        return limit is not None and limit > 0 and self._num_queued >= limit
+
     def enqueue_request(self, request: Request) -> int:
         """Queue request and return its id; raises InvalidArgument for a bad request,
         Unavailable when the queue is full or the executor is shut down."""
+        if self.queue_is_full():  # refuse before the costly validation (checked again below)
+            self._refuse_full()
         params, stop, num_seqs, failure, tuning = self._validate(request)
+        guide = None
+        if failure is None and request.guided_decoding_params is not None:
+            guide = self._guides.prepare(request.guided_decoding_params)
         with self._cond:
             self._check_accepting()
-            limit = self.config.max_queue_size
-            if limit is not None and limit > 0 and self._num_queued >= limit:
-                raise QueueFull(
-                    f"Maximum queue size of {limit} has been reached, please try again later"
-                )
+            if self.queue_is_full():
+                self._refuse_full()
             request_id = self._next_id
             self._next_id += 1
             if failure is None:
@@ -242,6 +258,12 @@ class Executor(RoutedResponses):
             seq0.draft_tokens = [int(t) for t in draft.tokens]
             seq0.draft_logits = check_draft_logits(draft.logits, len(draft.tokens),
                                                    self.vocab_size)
+        if guide is not None:
+            # admitted once its grammar is compiled (off this thread and the engine's)
+            with self._cond:
+                self._compiling[request_id] = state
+            guide.add_done_callback(lambda future: self._guide_ready(state, future))
+            return request_id
         with self._cond:
             if not self._accepting:
                 self._num_queued -= 1
@@ -249,6 +271,48 @@ class Executor(RoutedResponses):
             self._intake.append(state)
             self._cond.notify_all()
         return request_id
+
+    def _refuse_full(self) -> None:
+        raise QueueFull(f"Maximum queue size of {self.config.max_queue_size} has been "
+                        "reached, please try again later")
+
+    def _guide_ready(self, state: RequestState, future) -> None:
+        """The grammar of a guided request is compiled (or failed): give its sequence a
+        matcher and hand it to the engine, or answer it now."""
+        rid = state.request_id
+        failure = None
+        with self._cond:
+            self._compiling.pop(rid, None)
+            cancelled = rid in self._cancelled_compiling
+            self._cancelled_compiling.discard(rid)
+            if not self._accepting:
+                failure = "Executor is shut down and does not accept requests"
+        if failure is None and not cancelled:
+            if future.cancelled():
+                failure = "guided decoding: compilation was cancelled"
+            elif future.exception() is not None:
+                failure = f"guided decoding: cannot compile the guide: {future.exception()}"
+        if failure is None and not cancelled:
+            end = min(state.stop.end_ids) if state.stop.end_ids else None
+            try:
+                state.seqs[0].guide = self._guides.matcher(future.result(), end,
+                                                           state.stop.max_tokens)
+            except Exception as exc:  # noqa: BLE001 - answered as this request's error
+                failure = f"guided decoding: {exc}"
+            with self._cond:
+                if failure is None and self._accepting:
+                    self._intake.append(state)
+                    self._cond.notify_all()
+                    return
+            failure = failure or "Executor is shut down and does not accept requests"
+        self._dequeued(1)
+        self.lora_cache.release(rid)
+        if cancelled:
+            seq = state.seqs[0]
+            seq.finish_reason, seq.status = FinishReason.CANCELLED, SequenceStatus.FINISHED
+            self._router.deliver(build_response(state, seq, is_final=True))
+        else:
+            self._router.deliver(error_response(state, failure))
 
     def _check_accepting(self) -> None:
         if not self._accepting:
@@ -290,6 +354,9 @@ class Executor(RoutedResponses):
                 f"({self.max_num_tokens}); enable chunked context to serve it"
             )
         num_seqs = sc.num_return_sequences or 1
+        if req.guided_decoding_params is not None and sc.beam_width > 1:
+            raise InvalidArgument("guided decoding does not support beam search: send "
+                                  "beam_width 1 with a guide")
         if sc.beam_width > 1:
             if num_seqs > sc.beam_width:
                 raise InvalidArgument(f"num_return_sequences ({num_seqs}) exceeds beam_width "
@@ -392,6 +459,8 @@ class Executor(RoutedResponses):
     def cancel_request(self, id: int) -> None:  # noqa: A002
         """Stop the request at the next step; it gets a final CANCELLED response."""
         with self._cond:
+            if id in self._compiling:
+                self._cancelled_compiling.add(id)
             self._cancels.append(id)
             self._cond.notify_all()
 
@@ -414,6 +483,24 @@ class Executor(RoutedResponses):
                             used_num_blocks=bm.num_used_blocks, tokens_per_block=bm.block_size,
                             cached_num_blocks=bm.num_cached_blocks)
 
+    def get_current_stats(self) -> IterationStats:
+        """What the executor holds now (requests, KV blocks), read between steps without
+        stopping the loop: iteration stats only come from steps, so after the last
+        requests are cancelled they would show the old load for as long as it idles."""
+        with self._cond:
+            waiting = self._num_queued - len(self._intake) - len(self._taken)
+        stepper = self._stepper
+        live = len(stepper.states)
+        return IterationStats(
+            timestamp=datetime.datetime.now().strftime("%m-%d-%Y %H:%M:%S.%f"),
+            iter=stepper.iteration,
+            num_active_requests=max(live - max(waiting, 0), 0),
+            num_queued_requests=max(self._num_queued, 0),
+            num_completed_requests=stepper.num_completed,
+            max_num_active_requests=self.scheduler.max_batch_size,
+            kv_cache_stats=self.get_kv_cache_stats(),
+        )
+
     def shutdown(self, wait_for_requests: bool = False,
                  timeout: datetime.timedelta | float | None = None) -> None:
         """Stop accepting requests; finish the active ones first when wait_for_requests
@@ -428,6 +515,7 @@ class Executor(RoutedResponses):
             self._cond.notify_all()
         if threading.current_thread() is not self._thread:
             self._stopped.wait()
+        self._guides.shutdown()
 
     def __enter__(self) -> Executor:
         return self

@@ -20,6 +20,7 @@ from llmserve.llm.stop import StopCriteria
 
 if TYPE_CHECKING:
     from llmserve.llm.beam_search import BeamSearch
+    from llmserve.llm.guided import GuideMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -59,6 +60,7 @@ class Sequence:
     # the logits row of the newest token, held until every beam of the request has one
     beam_score: float = 0.0
     beam_logits: torch.Tensor | None = None
+    guide: GuideMatcher | None = None  # guided decoding: the grammar's state
 
     @property
     def request_id(self) -> int:

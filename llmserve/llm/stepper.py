@@ -66,6 +66,10 @@ class Stepper:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
+    @property
+    def num_completed(self) -> int:
+        return self._completed
+
     def num_queued(self) -> int:
         return sum(1 for s in self.states.values() if not s.first_scheduled_ns)
 
@@ -223,6 +227,8 @@ class Stepper:
                              status=SequenceStatus.RUNNING,
                              generator=make_generator(state.params.seed, index),
                              cur_top_p=state.params.top_p)
+            if parent.guide is not None:  # nothing accepted yet: the same start state
+                child.guide = parent.guide.fork()
             self.bm.fork(parent, child)
             child.num_new_blocks = 0
             state.seqs.append(child)
@@ -275,9 +281,14 @@ class Stepper:
         state.last_iter = self.iteration
         self._touched[seq] = None
         reason = FinishReason.NOT_FINISHED
-        if state.stop.is_end(token):
+        guide = seq.guide
+        if state.stop.is_end(token) or (guide is not None and guide.is_stop(token)):
             reason = FinishReason.END_ID
         else:
+            if guide is not None and not guide.accept(token):
+                # every sampled token passed the guide's mask: a bug, not the user's error
+                logger.error("request %d: token %d is outside its guide", seq.request_id,
+                             token)
             seq.token_ids.append(token)
             if log_prob is not None:
                 seq.log_probs.append(log_prob)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
 
 import pandas as pd
 import pytest
@@ -67,7 +68,11 @@ def request(max_tokens: int = 4, **kw) -> trtllm.Request:
 
 
 # -- load ---------------------------------------------------------------------------------
-def test_settings_it_cannot_honour_warn_once_at_load(make, caplog):
+def test_settings_it_cannot_honour_warn_once_at_load(make, ckpt, caplog):
+    from transformers import AutoTokenizer
+
+    from llmserve.compat.tensorrt_llm.llmapi.tokenizer import _xgrammar_tokenizer_info
+
     orchestrator = trtllm.ParallelConfig(
         communication_mode=trtllm.CommunicationMode.ORCHESTRATOR,
         orchestrator_config=trtllm.OrchestratorConfig(True, "/opt/worker"))
@@ -76,14 +81,15 @@ def test_settings_it_cannot_honour_warn_once_at_load(make, caplog):
                   extended_runtime_perf_knob_config=trtllm.ExtendedRuntimePerfKnobConfig(
                       cuda_graph_mode=True, cuda_graph_cache_size=4),
                   guided_decoding_config=trtllm.GuidedDecodingConfig(
-                      trtllm.GuidedDecodingConfig.GuidedDecodingBackend.XGRAMMAR),
+                      trtllm.GuidedDecodingConfig.GuidedDecodingBackend.LLGUIDANCE,
+                      **_xgrammar_tokenizer_info(AutoTokenizer.from_pretrained(str(ckpt)))),
                   decoding_config=trtllm.DecodingConfig(
                       decoding_mode=trtllm.DecodingMode.Lookahead(),
                       lookahead_decoding_config=trtllm.LookaheadDecodingConfig(4, 3, 4)),
                   kv_cache_config=trtllm.KvCacheConfig(max_tokens=1024, onboard_blocks=False))
     text = " | ".join(ex.warnings)
     for needle in ("orchestrator mode", "cuda_graph_mode=True", "cuda_graph_cache_size=4",
-                   "guided decoding", "lookahead decoding", "onboard_blocks=False"):
+                   "backend LLGUIDANCE", "lookahead decoding", "onboard_blocks=False"):
         assert needle in text
     logged = [r.getMessage() for r in caplog.records]
     assert len(logged) == len(ex.warnings) == len(set(ex.warnings))
@@ -109,8 +115,7 @@ def test_head_decoding_modes_and_engine_folders_are_refused(runner, ckpt, tmp_pa
 def test_requests_it_cannot_serve_get_error_responses(make):
     ex = make(max_beam_width=1)
     bad = [
-        request(guided_decoding_params=trtllm.GuidedDecodingParams(
-            trtllm.GuidedDecodingParams.GuideType.JSON)),
+        request(encoder_input_token_ids=[1, 2]),
         request(mrope_config=trtllm.MropeConfig(torch.zeros(2, 64))),
         request(sampling_config=trtllm.SamplingConfig(beam_width=2)),  # > max_beam_width
     ]
@@ -118,10 +123,28 @@ def test_requests_it_cannot_serve_get_error_responses(make):
     assert len(set(ids)) == 4
     out = finish(ex, ids)
     errors = [out[i][0].error_msg for i in (ids[0], ids[2], ids[3])]
-    assert "guided decoding" in errors[0] and "mrope_config" in errors[1]
+    assert "encoder-decoder" in errors[0] and "mrope_config" in errors[1]
     assert "max_beam_width" in errors[2]
     assert len(out[ids[1]][-1].result.output_token_ids[0]) == 4  # its neighbours unharmed
     ex.cancel_request(ids[0])  # an answered request: nothing to cancel, no error
+
+
+def test_guided_decoding_params_are_served(make, ckpt):
+    """As the stock model configures it: GuidedDecodingConfig from
+    _xgrammar_tokenizer_info, GuidedDecodingParams per request."""
+    from transformers import AutoTokenizer
+
+    from llmserve.compat.tensorrt_llm.llmapi.tokenizer import _xgrammar_tokenizer_info
+
+    tok = AutoTokenizer.from_pretrained(str(ckpt))
+    ex = make(guided_decoding_config=trtllm.GuidedDecodingConfig(
+        backend=trtllm.GuidedDecodingConfig.GuidedDecodingBackend.XGRAMMAR,
+        **_xgrammar_tokenizer_info(tok)))
+    guide = trtllm.GuidedDecodingParams(guide_type=trtllm.GuidedDecodingParams.GuideType.REGEX,
+                                        guide="[a-c]{3}-[0-9]{2}")
+    (rid,) = ex.enqueue_requests([request(20, guided_decoding_params=guide, end_id=2)])
+    tokens = [t for r in finish(ex, [rid])[rid] for t in r.result.output_token_ids[0]]
+    assert re.fullmatch("[a-c]{3}-[0-9]{2}", tok.decode(tokens)), tok.decode(tokens)
 
 
 def test_prompt_tuning_table_rows_stand_for_fake_ids(make, runner):

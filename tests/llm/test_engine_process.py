@@ -224,6 +224,8 @@ def test_stats_and_errors_cross_the_process(engine):
     assert iters and all(isinstance(s, IterationStats) for s in iters)
     assert iters[0].num_tokens == len(fresh) and iters[0].kv_cache_stats.alloc_new_blocks == 2
     assert engine.get_latest_iteration_stats() == []  # drained, as in-process
+    held = engine.get_current_stats()  # what the idle gauges read between steps
+    assert held.num_active_requests == 0 and held.kv_cache_stats.used_num_blocks == 0
     per_request = engine.get_latest_request_stats()
     assert per_request[0].request_stats[0].stage is RequestStage.GENERATION_IN_PROGRESS
     with pytest.raises(InvalidArgument, match="exceeds maximum input length"):

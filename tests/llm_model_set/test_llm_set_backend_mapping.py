@@ -78,6 +78,8 @@ NOT_HERE = {
     "lora_prefetch_dir",  # test_llm_set_lora.py
     "draft_model_dir", "draft_model_num_tokens",  # test_llm_set_speculative.py
     "kv_cache_host_memory_bytes", "sink_token_length",  # README: accepted without effect
+    # test_llm_set_guided.py
+    "guided_decoding_backend", "xgrammar_tokenizer_info_path", "guided_decoding_json_whitespace",
     *P.INEFFECTIVE_PARAMETERS,  # test_ineffective_parameters_warn
 }
 
@@ -213,4 +215,6 @@ def test_every_template_input_is_read_rejected_or_ignored_by_design():
     assert len(inputs) > 40 and rm.unused_config_inputs(inputs) == []
     # a newer tensorrtllm_backend input llmserve does not implement: reported for the
     # load-time warning
-    assert rm.unused_config_inputs(inputs + ["guided_decoding_guide"]) == ["guided_decoding_guide"]
+    assert rm.unused_config_inputs(inputs + ["retention_token_range_starts"]) == [
+        "retention_token_range_starts"]
+    assert "guided_decoding_guide" in inputs  # read since guided decoding exists

@@ -152,6 +152,19 @@ class TensorRTLLMModel:
             g.sched.fail(Unavailable(f"model '{self.name}' was unloaded"))
 
     # ------------------------------------------------------------------ requests
+    def admission_error(self, sched) -> ServerError | None:
+        """Unavailable while the executor's queue is full (a `stop` request still
+        passes: it frees room)."""
+        if not self._queue_is_full():
+            return None
+        inputs = {name: t.data for name, t in sched.inputs.items()}
+        return None if _stop_flag(inputs) else Unavailable(QUEUE_FULL)
+
+    def _queue_is_full(self) -> bool:
+        # an executor in an engine process is asked when a request arrives there
+        check = getattr(self.executor, "queue_is_full", None)
+        return check is not None and check()
+
     def execute(self, requests: list) -> None:
         """Enqueue every request; answers arrive later from the dispatcher thread."""
         for sched in requests:
@@ -170,6 +183,8 @@ class TensorRTLLMModel:
             return
         if len(items) > 1 and not self.decoupled:
             raise InvalidArgument(rm.BATCH_NEEDS_DECOUPLED)
+        if self._queue_is_full():  # overload: refuse before building the requests
+            raise Unavailable(QUEUE_FULL)
         built = []
         for index, item in enumerate(items):
             request, options = rm.build_request(
@@ -182,6 +197,9 @@ class TensorRTLLMModel:
                                     "fast_logits", False),
             )
             request.embedding_bias = self._fit_bias(request.embedding_bias)
+            if request.guided_decoding_params is not None and not self.settings.guided_decoding:
+                raise InvalidArgument(f"model '{self.name}' does not serve guided decoding "
+                                      "(its guided_decoding_backend is none)")
             built.append((request, options))
         group = _Group(sched)
         for request, options in built:
@@ -246,7 +264,7 @@ class TensorRTLLMModel:
     def _abort_group(self, group: _Group) -> None:
         self._cancel_group(group)
         with self._lock:
-            for rid in group.remaining:
+            for rid in list(group.remaining):  # _forget discards from the set
                 self._forget(rid)
 
     def _forget(self, rid: int) -> None:
@@ -274,10 +292,16 @@ class TensorRTLLMModel:
                 logger.error("tensorrt_llm '%s': awaiting responses failed: %s", self.name, e)
                 continue
             for response in responses:
+                with self._lock:
+                    item = self._items.get(response.request_id)
                 try:
                     self._on_response(response)
-                except Exception:  # one bad response must not stop the dispatcher
+                except Exception as exc:  # one bad response must not stop the dispatcher,
+                    # nor leave its request waiting for a final response that never comes
                     logger.exception("tensorrt_llm '%s': response handling failed", self.name)
+                    if item is not None:
+                        self._fail_group(item.group, InternalError(
+                            f"tensorrt_llm '{self.name}': response handling failed: {exc}"))
             self._poll_cancellations()
 
     def _poll_cancellations(self) -> None:
@@ -408,10 +432,13 @@ class TensorRTLLMModel:
                 continue
             try:
                 stats = self.executor.get_latest_iteration_stats()
+                current = getattr(self.executor, "get_current_stats", None)
+                if stats:
+                    self._metrics.update_from_stats(stats[-1])
+                elif current is not None:  # no step since the last look: what is held now
+                    self._metrics.update_held(current())
             except ServerError:
                 continue
-            if stats:
-                self._metrics.update_from_stats(stats[-1])
 
 
 def _stop_flag(inputs: dict[str, np.ndarray]) -> bool:

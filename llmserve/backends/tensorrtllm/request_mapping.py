@@ -16,6 +16,7 @@ import torch
 from llmserve.core.errors import InvalidArgument, Unsupported
 from llmserve.llm.request import (
     ExternalDraftTokensConfig,
+    GuidedDecodingParams,
     LoraConfig,
     OutputConfig,
     PromptTuningConfig,
@@ -50,6 +51,7 @@ HANDLED_INPUTS = frozenset({
     "return_perf_metrics", "return_num_input_tokens", "return_num_output_tokens",
     "exclude_input_in_output", "streaming", "stop", "num_return_sequences", "lora_task_id",
     "lora_weights", "lora_config", "prompt_embedding_table", "prompt_table_extra_ids",
+    "guided_decoding_guide_type", "guided_decoding_guide",
     # read by nothing, as in TensorRT-LLM's executor: the table's rows say its size
     "prompt_vocab_size",
 })
@@ -142,8 +144,9 @@ def _sampling(item: dict[str, np.ndarray], decoding_mode: str | None) -> Samplin
     elif decoding_mode == "top_p":
         top_k = None
     early = _scalar(item, "early_stopping")
+    beam_width = _scalar(item, "beam_width")  # absent: 1; 0 is refused, as TensorRT-LLM does
     config = SamplingConfig(
-        beam_width=int(_scalar(item, "beam_width") or 1),
+        beam_width=1 if beam_width is None else int(beam_width),
         top_k=top_k,
         top_p=top_p,
         top_p_min=_scalar(item, "runtime_top_p_min"),
@@ -192,6 +195,28 @@ def _lora(item: dict[str, np.ndarray]) -> LoraConfig | None:
         weights=None if weights is None else torch.from_numpy(np.array(weights, np.float32)),
         config=None if config is None else torch.from_numpy(np.array(config, np.int32)),
     )
+
+
+def _text(item: dict[str, np.ndarray], name: str) -> str | None:
+    value = item.get(name)
+    if value is None or np.asarray(value).size == 0:
+        return None
+    first = np.asarray(value).reshape(-1)[0]
+    text = first.decode("utf-8") if isinstance(first, bytes) else str(first)
+    return text if text.strip() else None  # an empty string (a client filling every
+    # input) counts as absent
+
+
+def guided_params(item: dict[str, np.ndarray]) -> GuidedDecodingParams | None:
+    """guided_decoding_guide_type ("json", "json_schema", "regex", "ebnf_grammar",
+    "structural_tag") and guided_decoding_guide, as TensorRT-LLM reads them."""
+    kind, guide = _text(item, "guided_decoding_guide_type"), _text(item, "guided_decoding_guide")
+    if kind is None:
+        if guide is not None:
+            raise InvalidArgument("input 'guided_decoding_guide' needs "
+                                  "'guided_decoding_guide_type'")
+        return None
+    return GuidedDecodingParams(kind, guide)
 
 
 def _prompt_tuning(item: dict[str, np.ndarray], input_length: int) -> PromptTuningConfig | None:
@@ -281,6 +306,7 @@ def build_request(
         external_draft_tokens_config=_draft(item, fast_logits),
         lora_config=_lora(item),
         prompt_tuning_config=_prompt_tuning(item, int(ids.size)),
+        guided_decoding_params=guided_params(item),
     )
     options.beam_width = request.sampling_config.beam_width
     return request, options

@@ -27,8 +27,11 @@ logger = logging.getLogger(__name__)
 
 _SOURCES = [Path(__file__).with_name("kernels") / name
             for name in ("paged_attention.c", "norm_act.c")]
+# No -ffast-math: linking with it sets flush-to-zero for the whole process (crtfastmath)
+# and makes the softmax's -INFINITY undefined; these are the parts the kernels need
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c11",
-          "-fno-math-errno", "-ffast-math"]
+          "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math",
+          "-ffp-contract=fast"]
 _ENV_OFF = "LLMSERVE_CPU_KERNELS"
 _ENV_CACHE = "LLMSERVE_KERNEL_CACHE"
 

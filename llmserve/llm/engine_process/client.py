@@ -157,6 +157,9 @@ class EngineProcessExecutor(RoutedResponses):
     def get_kv_cache_stats(self) -> KvCacheStats:
         return self._query("get_kv_cache_stats")
 
+    def get_current_stats(self) -> IterationStats:
+        return self._query("get_current_stats")
+
     def shutdown(self, wait_for_requests: bool = False,
                  timeout: datetime.timedelta | float | None = None) -> None:
         """As Executor.shutdown; then the engine process exits."""

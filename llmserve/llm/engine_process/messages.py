@@ -157,10 +157,11 @@ _DATACLASSES: list[type] = [
     cfg.SpeculativeDecodingConfig, cfg.PromptLookupConfig, KvEventsConfig,
     st.IterationStats, st.KvCacheStats, st.InflightBatchingStats,
     st.RequestStatsPerIteration, st.RequestStats,
+    rq.GuidedDecodingParams, cfg.GuidedDecodingConfig,
 ]
 _ENUMS: list[type[enum.Enum]] = [
     rq.FinishReason, cfg.ModelType, cfg.CapacitySchedulerPolicy, cfg.BatchingType,
-    cfg.SpeculativeDecodingMode, st.RequestStage,
+    cfg.SpeculativeDecodingMode, st.RequestStage, rq.GuideType, cfg.GuidedDecodingBackend,
 ]
 _DC_TAG, _ENUM_TAG, _STEP_TAG = "__dc__", "__enum__", "__step__"
 _TENSOR_EXT = 1

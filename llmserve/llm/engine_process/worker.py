@@ -25,7 +25,7 @@ from llmserve.llm.executor import Executor
 logger = logging.getLogger("llmserve.engine_process")
 
 QUERIES = frozenset({"get_latest_iteration_stats", "get_latest_request_stats",
-                     "get_kv_cache_stats"})
+                     "get_kv_cache_stats", "get_current_stats"})
 
 
 class Outbox:

@@ -39,6 +39,7 @@ SAME_NAME = (
     "return_generation_logits", "return_kv_cache_reuse_stats", "return_perf_metrics",
     "num_return_sequences", "beam_width", "exclude_input_in_output", "lora_task_id",
     "lora_weights", "lora_config", "prompt_embedding_table", "prompt_vocab_size",
+    "guided_decoding_guide_type", "guided_decoding_guide",
 )
 
 
@@ -299,6 +300,12 @@ class TritonPythonModel:
         if not self.draft_name:
             raise _exception(
                 "num_draft_tokens needs the tensorrt_llm_draft_model_name parameter", "INVALID_ARG"
+            )
+        if any(np.asarray(inputs.get("guided_decoding_guide_type", [])).reshape(-1)):
+            # each target step is a new tensorrt_llm request: a guide would start over
+            raise _exception(
+                "guided decoding with num_draft_tokens is not supported; use the tensorrt_llm "
+                "model's speculative_decoding_mode (prompt_lookup or draft_model) instead", "UNSUPPORTED"
             )
         if int(_scalar(inputs, "beam_width", 1) or 1) > 1 or int(_scalar(inputs, "num_return_sequences", 1) or 1) > 1:
             raise _exception("speculative decoding supports beam_width 1 and one sequence", "UNSUPPORTED")

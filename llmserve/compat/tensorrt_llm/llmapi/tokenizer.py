@@ -1,5 +1,5 @@
 """tensorrt_llm.llmapi.tokenizer: the tokenizer information guided decoding is configured
-with (llmserve accepts that configuration and warns that guided decoding is not supported).
+with (GuidedDecodingConfig's encoded_vocab, tokenizer_str, stop_token_ids).
 """
 
 from __future__ import annotations
