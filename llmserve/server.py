@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from prometheus_client import CollectorRegistry
 from tritonclient.grpc import model_config_pb2 as mc
@@ -250,6 +250,26 @@ class InferenceServer:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+
+    def submit_direct(self, request: InferenceRequest,
+                      deliver: Callable[[InferenceResponse], None]) -> bool:
+        """A BLS call's way in without the event loop: submit `request` to a non-ensemble
+        model from any thread, its responses going to deliver() on the thread that produces
+        them. False for an ensemble (its steps run on the loop: use infer_internal); a
+        refused request raises ServerError."""
+        if not request.arrival_ns:
+            request.arrival_ns = now_ns()
+        mv = self.models.resolve(request.model_name, _version_arg(request.model_version))
+        if mv.is_ensemble:
+            return False
+
+        def logged(resp: InferenceResponse) -> None:
+            if resp.error is not None:
+                _log_failure(request, resp.error, logging.DEBUG)
+            deliver(resp)
+
+        mv.submit(mv.prepare(request, logged))
+        return True
 
     async def infer_internal(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
         """infer() without the shutdown gate: BLS calls and ensemble steps of in-flight requests."""

@@ -114,10 +114,13 @@ def fill_repository(
     force: bool = False,
     extra: dict[str, dict[str, str]] | None = None,
     engine_process: bool = False,
+    python_execution_mode: str = "stub",
 ) -> Path:
     """Copy the templates to out and fill them; returns out. extra: more placeholder
     values per model folder (e.g. the tensorrt_llm LoRA cache parameters). engine_process:
-    the tensorrt_llm models run their executors in engine processes of their own."""
+    the tensorrt_llm models run their executors in engine processes of their own.
+    python_execution_mode: in_process keeps the Python models (pre/postprocessing, BLS) on
+    the server's threads instead of stub processes (PYTHON_EXECUTION_MODE)."""
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"no Hugging Face checkpoint (config.json) in {model_dir}")
     if out.exists():
@@ -149,6 +152,11 @@ def fill_repository(
             if name is not None:
                 with (out / name / "config.pbtxt").open("a") as f:
                     f.write('parameters: { key: "engine_process" value: { string_value: "true" } }\n')
+    if python_execution_mode != "stub":
+        for name in ("preprocessing", "postprocessing", "tensorrt_llm_bls"):
+            with (out / name / "config.pbtxt").open("a") as f:
+                f.write('parameters: { key: "PYTHON_EXECUTION_MODE" value: { string_value: '
+                        f'"{python_execution_mode}" }} }}\n')
     return out
 
 
@@ -170,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="run each tensorrt_llm executor in an engine process of its own "
                              "(default true: 1.4x streamed tokens/s at 32 streams, "
                              "docs/BENCHMARKS.md)")
+    parser.add_argument("--python-execution-mode", choices=["stub", "in_process"],
+                        default="stub",
+                        help="where the Python models run: a stub process per instance "
+                             "(default, Triton's; level or faster at 16 streams) or the "
+                             "server's threads (faster for a single stream on 2 cores; "
+                             "docs/BENCHMARKS.md)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     args = parser.parse_args(argv)
     draft = args.draft
@@ -185,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             decoupled=args.decoupled == "true",
             max_batch_size=args.max_batch_size,
             engine_process=args.engine_process == "true",
+            python_execution_mode=args.python_execution_mode,
             instances=args.instances,
             force=args.force,
         )

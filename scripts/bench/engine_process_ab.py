@@ -29,20 +29,22 @@ ROOT = Path(__file__).resolve().parents[2]
 PORT = 18400
 
 
-def fill_repository(model: Path, out: Path) -> Path:
+def fill_repository(model: Path, out: Path, max_batch_size: int = 64) -> Path:
     subprocess.run([sys.executable, str(ROOT / "scripts" / "fill_demo_repository.py"),
                     str(out), "--model", str(model), "--no-draft", "--force",
-                    "--max-batch-size", "64"], check=True, stdout=subprocess.DEVNULL)
+                    "--max-batch-size", str(max_batch_size)], check=True,
+                   stdout=subprocess.DEVNULL)
     return out
 
 
-def start_server(repo: Path, engine_process: bool, log: Path) -> subprocess.Popen:
+def start_server(repo: Path, engine_process: bool, log: Path,
+                 extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
     env = dict(os.environ, LLMSERVE_ENGINE_PROCESS=str(engine_process).lower(),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-c", "import sys; from llmserve.cli import main; sys.exit(main())",
            "serve", "--model-repository", str(repo), "--http-port", str(PORT),
-           "--grpc-port", str(PORT + 1), "--metrics-port", str(PORT + 2)]
+           "--grpc-port", str(PORT + 1), "--metrics-port", str(PORT + 2), *extra_args]
     server = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -58,8 +60,9 @@ def start_server(repo: Path, engine_process: bool, log: Path) -> subprocess.Pope
     raise RuntimeError(f"the server did not come up; see {log}")
 
 
-async def one(client: httpx.AsyncClient, prompt: str, osl: int) -> tuple[int, float, list]:
-    body = {"model": "ensemble", "prompt": prompt, "max_tokens": osl, "stream": True,
+async def one(client: httpx.AsyncClient, prompt: str, osl: int,
+              model: str = "ensemble") -> tuple[int, float, list]:
+    body = {"model": model, "prompt": prompt, "max_tokens": osl, "stream": True,
             "ignore_eos": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     stamps, tokens = [], 0
@@ -75,7 +78,8 @@ async def one(client: httpx.AsyncClient, prompt: str, osl: int) -> tuple[int, fl
     return tokens, stamps[0] - start if stamps else float("nan"), stamps
 
 
-async def load(concurrency: int, requests: int, osl: int) -> dict[str, float]:
+async def load(concurrency: int, requests: int, osl: int,
+               model: str = "ensemble") -> dict[str, float]:
     prompts = [f"Once upon a time, story number {i} began with" for i in range(requests)]
     queue: asyncio.Queue = asyncio.Queue()
     for p in prompts:
@@ -84,7 +88,7 @@ async def load(concurrency: int, requests: int, osl: int) -> dict[str, float]:
 
     async def worker(client: httpx.AsyncClient) -> None:
         while not queue.empty():
-            results.append(await one(client, queue.get_nowait(), osl))
+            results.append(await one(client, queue.get_nowait(), osl, model))
 
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{PORT}", timeout=600,
@@ -98,16 +102,21 @@ async def load(concurrency: int, requests: int, osl: int) -> dict[str, float]:
             "itl_ms": statistics.mean(gaps) * 1e3 if gaps else float("nan")}
 
 
-def main() -> None:
+def load_arguments(concurrency: list[int], requests: int, out: str) -> argparse.ArgumentParser:
+    """The A/B scripts' common options: rounds, load shape, checkpoint, output folder."""
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--concurrency", type=int, nargs="+", default=concurrency)
+    p.add_argument("--requests", type=int, default=requests)
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--osl", type=int, default=64)
     p.add_argument("--model", type=Path, default=ROOT / "models" / "demo-llm")
-    p.add_argument("--out", type=Path, default=ROOT / "build" / "bench_engine_process")
-    args = p.parse_args()
+    p.add_argument("--out", type=Path, default=ROOT / "build" / out)
+    return p
+
+
+def main() -> None:
+    args = load_arguments([1, 32], 64, "bench_engine_process").parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     repo = fill_repository(args.model.resolve(), args.out / "repo")
     rows: dict[tuple[str, int], list[dict]] = {}
@@ -124,10 +133,16 @@ def main() -> None:
             finally:
                 server.terminate()
                 server.wait(60)
+    print_medians([(f"{mode:>14} c={conc:<3}", rs) for (mode, conc), rs
+                   in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0]))])
+
+
+def print_medians(rows: list[tuple[str, list[dict]]]) -> None:
+    """One line per (label, each round's result): the medians, and each round's tok/s."""
     print("\nmedian over rounds")
-    for (mode, conc), rs in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for label, rs in rows:
         med = {k: statistics.median(r[k] for r in rs) for k in rs[0]}
-        print(f"{mode:>14} c={conc:<3} {med['tok_s']:7.1f} tok/s  ttft {med['ttft_ms']:7.1f} ms"
+        print(f"{label} {med['tok_s']:7.1f} tok/s  ttft {med['ttft_ms']:7.1f} ms"
               f"  itl {med['itl_ms']:6.2f} ms  (tok/s per round: "
               f"{', '.join(str(round(r['tok_s'])) for r in rs)})")
 

@@ -7,6 +7,9 @@ both alike:
   echo_1m   the same with a 1 MiB FP32 input and output (shared memory both ways)
   stream    a decoupled model sending 256 responses per request from execute
   bls       a model whose execute makes one BLS call to echo (stub -> server -> stub)
+  raw       the stub alone: an exec message to echo's stub and its done message, from a
+            StubProcess with no server around it (the channel, both sides' decoding and
+            the model's execute; no scheduler, no event loop)
 
     .venv/bin/python scripts/bench/python_stub_roundtrip.py [--rounds 3] [--requests 2000]
 """
@@ -15,13 +18,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import logging
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from tritonclient.grpc import model_config_pb2 as mc
 
+from llmserve.backends.python.stub_env import interpreter_for
+from llmserve.backends.python.stub_process import StubProcess
+from llmserve.backends.python.stub_settings import MIB, PythonBackendSettings
 from llmserve.core.types import InferenceRequest, Tensor
 from llmserve.options import ServerOptions
 from llmserve.server import InferenceServer
@@ -107,6 +118,60 @@ def measure(repo: Path, mode: str, requests: int) -> dict[str, dict]:
     return out
 
 
+class _Done:
+    """Just enough of a stub's handler to time exec -> done."""
+
+    def __init__(self, link: Any):
+        self.link = link
+        self.init: concurrent.futures.Future = concurrent.futures.Future()
+        self.done = threading.Event()
+
+    def on_message(self, message: tuple) -> None:
+        if message[0] == "init_done":
+            self.init.set_result(message)
+        elif message[0] == "done":
+            self.done.set()
+        else:
+            self.link.handle_common(message)
+
+    def on_exit(self, reason: str) -> None:
+        return None
+
+    def hang_deadline(self) -> float | None:
+        return None
+
+    def on_hang(self) -> None:
+        return None
+
+
+def raw_round_trip(repo: Path, requests: int) -> float:
+    """Median µs from sending an exec message to echo's stub to its done message."""
+    settings = PythonBackendSettings()
+    process = StubProcess("echo_raw", interpreter_for(mc.ModelConfig(name="echo"), repo / "echo"),
+                          settings)
+    handler = _Done(process.link)
+    process.start({"mode": "model", "model_file": str(repo / "echo" / "1" / "model.py"),
+                   "model_name": "echo", "args": {}, "decoupled": False,
+                   "rules": ["echo", "echo_raw", False, False], "log_level": logging.WARNING,
+                   "shm_prefix": "bench_", "shm_default": MIB, "shm_growth": MIB}, handler)
+    handler.init.result(60)
+    data = np.arange(4, dtype=np.int32)
+    latencies = []
+    try:
+        for i in range(requests + 50):
+            wire = (i, "echo", [process.link.pack("X", "INT32", data)], ["Y"], "", 0, -1, 0, 0,
+                    {}, False)
+            handler.done.clear()
+            start = time.perf_counter()
+            process.link.send(("exec", i, [wire]))
+            handler.done.wait()
+            latencies.append(time.perf_counter() - start)
+    finally:
+        process.link.call("finalize", timeout=30)
+        process.stop(10)
+    return statistics.median(latencies[50:]) * 1e6
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
@@ -120,6 +185,9 @@ def main() -> None:
                 rows.setdefault((model, mode), []).append(r)
                 print(f"round {rnd} {mode:>10} {model:>8}: median {r['us']:8.1f} us/request, "
                       f"{r['resp_s']:9.0f} responses/s", flush=True)
+        us = raw_round_trip(repo, args.requests)
+        rows.setdefault(("raw", "stub"), []).append({"us": us, "resp_s": 1e6 / us})
+        print(f"round {rnd}       stub      raw: median {us:8.1f} us/round trip", flush=True)
     print("\nmedian over rounds")
     for (model, mode), rs in sorted(rows.items()):
         print(f"{model:>8} {mode:>10}: {statistics.median(r['us'] for r in rs):8.1f} us/request, "

@@ -273,3 +273,21 @@ def test_large_inputs_reach_a_stub_without_a_copy(backend_server):
             assert time.monotonic() < deadline, inst.link.arena.in_use()
             time.sleep(0.05)
         assert inst.link.arena.size() >= (1 << 20) + (3 << 20)
+
+
+def test_model_control_from_inside_a_model(backend_server):
+    def ask(mode):
+        [resp] = backend_server.run(collect(backend_server, make_request("control", {"MODE": np.array([mode])})))
+        assert resp.error is None, resp.error
+        return resp.output("OUT").data[0].decode()
+
+    assert ask("ready:add_sub") == "True"
+    assert ask("ready:no_such_model") == "False"
+    # this server's control mode is none: the server's refusal reaches the model as is
+    assert ask("load:add_sub") == "explicit model load / unload is not allowed in model control mode 'none'"
+    assert ask("unload:add_sub").startswith("explicit model load / unload is not allowed")
+
+
+def test_a_models_own_is_ready_decides_its_readiness(backend_server):
+    assert backend_server.model_ready("add_sub")
+    assert not backend_server.model_ready("not_ready")

@@ -84,3 +84,13 @@ def test_filled_templates_load(filled, model, backend):
 def test_fill_refuses_existing_folder(filled):
     with pytest.raises(FileExistsError):
         fill_demo_repository.fill_repository(filled, filled.parent / "ckpt")
+
+
+def test_fill_can_keep_the_python_models_in_process(filled):
+    repo = fill_demo_repository.fill_repository(filled.parent / "in_process", filled.parent / "ckpt",
+                                                python_execution_mode="in_process")
+    for model in ("preprocessing", "postprocessing", "tensorrt_llm_bls"):
+        config = load_model_config(repo / model, ServerOptions(model_repositories=[repo]))
+        assert config.parameters["PYTHON_EXECUTION_MODE"].string_value == "in_process"
+    config = load_model_config(filled / "preprocessing", ServerOptions(model_repositories=[filled]))
+    assert "PYTHON_EXECUTION_MODE" not in config.parameters  # stubs, the default

@@ -66,6 +66,11 @@ class PythonInstance(BackendInstance):
         except ModelInitError as exc:
             raise Unavailable(str(exc)) from exc
 
+    @property
+    def obj(self) -> object:
+        """The model's TritonPythonModel object."""
+        return self.runner.obj
+
     def execute(self, batch: list[SchedRequest]) -> concurrent.futures.Future | None:
         for sreq in batch:
             sreq.backend_state.setdefault("decoupled", self.decoupled)

@@ -1,7 +1,8 @@
 """Business Logic Scripting: a model's InferenceRequest.exec/async_exec run through the
-server's normal inference path on the server loop; responses cross back to the calling
-thread (sync) or the calling event loop (async). In a stub process the "server" is the
-stub's link to the real one (start_bls), which runs start() there.
+server's normal inference path (submitted from the calling thread, or on the server loop
+for ensembles); responses cross back to the calling thread (sync) or the calling event
+loop (async). In a stub process the "server" is the stub's link to the real one
+(start_bls), which runs start() there.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ def start(server: Any, request: CoreRequest, put, decoupled: bool) -> None:
             put(refused)
             put(_END)
             return
+    if _start_direct(server, request, put):
+        return
 
     async def pump() -> None:
         try:
@@ -81,6 +84,26 @@ def start(server: Any, request: CoreRequest, put, decoupled: bool) -> None:
     if running is loop:
         raise InternalError("BLS requests cannot be made from the server's event loop")
     asyncio.run_coroutine_threadsafe(pump(), loop)
+
+
+def _start_direct(server: Any, request: CoreRequest, put) -> bool:
+    """A call to a non-ensemble model goes in from this thread and its responses come
+    from the thread that makes them: no event-loop hop either way (ensembles: False)."""
+    submit = getattr(server, "submit_direct", None)
+    if submit is None:
+        return False
+
+    def deliver(resp: CoreResponse) -> None:
+        put(resp)
+        if resp.final:
+            put(_END)
+
+    try:
+        return submit(request, deliver)
+    except ServerError as exc:
+        put(exc)
+        put(_END)
+        return True
 
 
 def _convert(item: Any) -> InferenceResponse:
