@@ -56,15 +56,11 @@ def fill(config: Path, values: dict[str, str]) -> None:
 def fill_stock_repository(dst: Path, ckpt: Path) -> Path:
     """Copy the stock folder to dst and fill every config.pbtxt with the stock script;
     plus nd_tensorrt_llm: the stock tensorrt_llm folder again, decoupled_mode false and
-    normalize_log_probs true, served in a stub process (tensorrt_llm in-process)."""
+    normalize_log_probs true."""
     shutil.copytree(stock_model_set(), dst)
     values = template_values(ckpt)
     for model, model_values in values.items():
         fill(dst / model / "config.pbtxt", model_values)
-    # tensorrt_llm on the server's threads, where the tests look into its model object;
-    # nd_tensorrt_llm (and the rest) in stub processes, the default
-    with (dst / "tensorrt_llm" / "config.pbtxt").open("a") as f:
-        f.write('parameters: { key: "PYTHON_EXECUTION_MODE" value: { string_value: "in_process" } }\n')
     nd = dst / "nd_tensorrt_llm"
     shutil.copytree(stock_model_set() / "tensorrt_llm", nd)
     config = nd / "config.pbtxt"
