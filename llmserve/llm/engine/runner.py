@@ -129,8 +129,10 @@ class ModelRunner:
     # -- forward ----------------------------------------------------------------------
 
     def _check(self, chunks: list[SeqChunk], cache: KVCache) -> int:
+        """Per-chunk checks, O(chunks). The ids themselves are checked where they are
+        used: on CPU, torch's embedding and index ops and the decode kernel raise
+        IndexError for one out of range, which forward() turns into InvalidArgument."""
         max_end = 0
-        vocab = self.arch.vocab_size
         for chunk in chunks:
             n = len(chunk.token_ids)
             if n == 0:
@@ -141,17 +143,27 @@ class ModelRunner:
                 raise InvalidArgument(f"SeqChunk logits '{chunk.logits}' not in {_LOGITS_MODES}")
             end = chunk.start_pos + n
             needed = (end + cache.block_size - 1) // cache.block_size
-            table = chunk.block_table
-            if len(table) < needed:
+            if len(chunk.block_table) < needed:
                 raise InvalidArgument(
-                    f"block table has {len(table)} blocks, {needed} needed for {end} tokens"
+                    f"block table has {len(chunk.block_table)} blocks, {needed} needed for "
+                    f"{end} tokens"
                 )
-            if min(table[:needed]) < 0 or max(table[:needed]) >= cache.num_blocks:
-                raise InvalidArgument(f"block id out of range [0, {cache.num_blocks})")
-            if min(chunk.token_ids) < 0 or max(chunk.token_ids) >= vocab:
-                raise InvalidArgument(f"token id out of range [0, {vocab})")
             max_end = max(max_end, end)
         return max_end
+
+    def _raise_bad_ids(self, chunks: list[SeqChunk], cache: KVCache) -> None:
+        """InvalidArgument naming the first chunk with a token or block id out of range.
+        A Python scan of every id: run after a CPU forward failed, and before every
+        forward elsewhere (on CUDA an out-of-range index is a device-side assert that
+        poisons the context)."""
+        vocab = self.arch.vocab_size
+        for i, chunk in enumerate(chunks):
+            end = chunk.start_pos + len(chunk.token_ids)
+            table = chunk.block_table[: (end + cache.block_size - 1) // cache.block_size]
+            if min(table) < 0 or max(table) >= cache.num_blocks:
+                raise InvalidArgument(f"chunk {i}: block id out of range [0, {cache.num_blocks})")
+            if min(chunk.token_ids) < 0 or max(chunk.token_ids) >= vocab:
+                raise InvalidArgument(f"chunk {i}: token id out of range [0, {vocab})")
 
     def forward(self, chunks: list[SeqChunk]) -> torch.Tensor:
         """One batched forward over all chunks. Writes their K/V into the cache and
@@ -161,18 +173,27 @@ class ModelRunner:
         if not chunks:
             return torch.empty(0, self.arch.vocab_size, dtype=torch.float32, device=self.device)
         max_end = self._check(chunks, cache)
+        if self.device.type != "cpu":
+            self._raise_bad_ids(chunks, cache)
         with torch.inference_mode():
-            meta = build_step(chunks, cache.block_size, self.model.window_set, self.device,
-                              self._decode_kernel)
-            self.rope.ensure(max_end)
-            cos = self.rope.cos.index_select(0, meta.positions)
-            sin = self.rope.sin.index_select(0, meta.positions)
-            self._dynamic_rope(chunks, meta.chunk_rows, cos, sin)
-            lora = self._lora.build(chunks, meta.chunk_rows, self.lora_source, self.device)
-            hidden = self.model.forward(meta, cache, cos, sin, lora)
-            if meta.num_logit_rows == 0:
-                return torch.empty(0, self.arch.vocab_size, dtype=torch.float32, device=self.device)
-            return self.model.logits(hidden)
+            try:
+                return self._forward(chunks, cache, max_end)
+            except IndexError:
+                self._raise_bad_ids(chunks, cache)
+                raise
+
+    def _forward(self, chunks: list[SeqChunk], cache: KVCache, max_end: int) -> torch.Tensor:
+        meta = build_step(chunks, cache.block_size, self.model.window_set, self.device,
+                          self._decode_kernel)
+        self.rope.ensure(max_end)
+        cos = self.rope.cos.index_select(0, meta.positions)
+        sin = self.rope.sin.index_select(0, meta.positions)
+        self._dynamic_rope(chunks, meta.chunk_rows, cos, sin)
+        lora = self._lora.build(chunks, meta.chunk_rows, self.lora_source, self.device)
+        hidden = self.model.forward(meta, cache, cos, sin, lora)
+        if meta.num_logit_rows == 0:
+            return torch.empty(0, self.arch.vocab_size, dtype=torch.float32, device=self.device)
+        return self.model.logits(hidden)
 
     def _dynamic_rope(
         self, chunks: list[SeqChunk], rows: list[int], cos: torch.Tensor, sin: torch.Tensor

@@ -163,3 +163,26 @@ def test_forward_validates_chunks(tmp_path):
             runner.forward([chunk])
     empty = runner.forward([])
     assert empty.shape == (0, runner.arch.vocab_size) and empty.dtype == torch.float32
+
+
+def test_out_of_range_ids_are_invalid_argument_on_every_path(tmp_path):
+    # The runner scans no ids on the CPU path: torch's embedding and index ops and the C
+    # decode kernel raise IndexError, and forward() names the chunk. Each case reaches a
+    # different one: the decode kernel (a context block), index_copy_ (the new token's
+    # slot), the embedding (a token), the gather of a cached prefix (a long chunk).
+    runner = ModelRunner(make_tiny_checkpoint(tmp_path, "llama", with_tokenizer=False))
+    runner.allocate_kv_cache(num_blocks=8, block_size=4)
+    assert runner._decode_kernel
+    good = SeqChunk([5], 0, [0], "last")
+    cases = [  # (chunk, what the runner reports, the IndexError that caught it)
+        (SeqChunk([5], 5, [8, 1], "last"), "block id", "paged_decode_f32"),
+        (SeqChunk([5], 5, [1, -2], "last"), "block id", "index_copy_"),
+        (SeqChunk([5, 320], 0, [2], "last"), "token id", "index out of range"),
+        (SeqChunk(list(range(5, 25)), 4, [-1, 2, 3, 4, 5, 6], "last"), "block id",
+         "index out of range"),
+    ]
+    for bad, what, source in cases:
+        with pytest.raises(InvalidArgument, match=f"chunk 1: {what} out of range") as err:
+            runner.forward([good, bad])
+        assert source in str(err.value.__context__)
+    assert runner.forward([good]).shape == (1, runner.arch.vocab_size)  # still serving
