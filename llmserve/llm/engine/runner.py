@@ -11,11 +11,12 @@ import torch
 from llmserve.core.errors import InvalidArgument, NotFound, Unavailable
 
 from .attention import SeqChunk, build_step
-from .config import ArchConfig, load_arch_config, resolve_dtype
+from .config import ArchConfig, load_arch_config
 from .cpu_kernels import kernels
 from .kv_cache import KVCache, kv_cache_bytes_per_block
 from .lora import LoraBatchBuilder, LoraSource
 from .models.llama import LlamaModel
+from .quant import resolve_weight_formats, weight_format_note
 from .rope import RopeTable
 from .weights import load_state_dict, stored_dtype
 
@@ -39,7 +40,8 @@ def _meminfo_available() -> int:
 class ModelRunner:
     """Owns the model weights, the rope table and the KV cache tensors of one model."""
 
-    def __init__(self, model_path: str | Path, *, dtype: str = "auto", device: str = "cpu"):
+    def __init__(self, model_path: str | Path, *, dtype: str = "auto", device: str = "cpu",
+                 weight_only_precision: str | None = None):
         path = Path(model_path)
         if not path.is_dir():
             raise NotFound(f"model folder '{path}' does not exist")
@@ -50,7 +52,8 @@ class ModelRunner:
         arch = load_arch_config(path)
         if arch.checkpoint_dtype is None:
             arch.checkpoint_dtype = stored_dtype(path)
-        arch.dtype = resolve_dtype(dtype, arch, self.device.type)
+        arch.dtype, arch.weight_dtype, arch.weight_only_precision = resolve_weight_formats(
+            dtype, arch, self.device.type, weight_only_precision)
         arch.device = str(self.device)
         self.arch: ArchConfig = arch
         with torch.inference_mode():
@@ -67,13 +70,14 @@ class ModelRunner:
         for window in set(arch.layer_windows) - {None}:
             logger.info("sliding-window attention of %d tokens on some layers", window)
         logger.info(
-            "loaded %s (%s, %d layers, hidden %d) as %s on %s",
+            "loaded %s (%s, %d layers, hidden %d) as %s on %s%s",
             path,
             arch.model_type,
             arch.num_layers,
             arch.hidden_size,
             arch.dtype,
             self.device,
+            weight_format_note(arch),
         )
 
     # -- KV cache ---------------------------------------------------------------------

@@ -38,8 +38,9 @@ def test_sharded_checkpoint_loads(tmp_path):
 
 
 def test_bfloat16_checkpoint_runs_in_bfloat16(tmp_path):
+    # dtype "auto" on CPU keeps the bf16 weights under float32 activations (test_quant.py)
     path = make_tiny_checkpoint(tmp_path, "llama", dtype="bfloat16", with_tokenizer=False)
-    runner = ModelRunner(path)
+    runner = ModelRunner(path, dtype="bfloat16")
     assert runner.arch.dtype == torch.bfloat16
     assert runner.model.embed.dtype == torch.bfloat16
     assert runner.kv_cache_bytes_per_block(8) == 2 * 2 * 8 * 2 * 16 * 2
