@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from llmserve.core.errors import Unsupported
 
-from .quant import Bf16Weight, Int8Weight, bf16_weights_supported, int8_supported
+from .quant import Bf16Weight, Int8Weight, int8_supported
 
 logger = logging.getLogger(__name__)
 
@@ -76,19 +76,20 @@ class Linears:
         self.fn: LinearFn = _onednn_linear if self.packed else F.linear
         self.bf16_weights = weight_dtype == torch.bfloat16 and dtype == torch.float32
         self.int8 = quantize == "int8"
-        if (self.bf16_weights or self.int8) and not (self.packed and dtype == torch.float32):
-            raise Unsupported("weight-only bf16/int8 weights need float32 activations on a "
-                              "CPU with oneDNN")
-        if self.bf16_weights and not bf16_weights_supported():
+        cpu_f32 = device.type == "cpu" and dtype == torch.float32
+        if self.bf16_weights and not (cpu_f32 and self._supported(torch.bfloat16)):
             raise Unsupported("bf16 weights under float32 activations need oneDNN's bf16 "
-                              "GEMM, which this CPU lacks")
-        if self.int8 and not int8_supported():
-            raise Unsupported("weight-only int8 needs torch._weight_int8pack_mm")
-        if self.bf16_weights or self.int8:
+                              "GEMM on CPU")
+        if self.int8 and not (cpu_f32 and int8_supported()):
+            raise Unsupported("int8 weights need float32 activations on CPU and "
+                              "torch._weight_int8pack_mm")
+        if self.int8:
             self.fn = _weight_only_linear
-            logger.info("CPU linears: float32 activations, %s weights",
-                        "int8 (layers) and " + ("bf16" if self.bf16_weights else "float32")
-                        + " (LM head)" if self.int8 else "bf16")
+            logger.info("CPU linears: float32 activations, int8 layer weights, %s LM head",
+                        "bf16" if self.bf16_weights else "float32")
+        elif self.bf16_weights:
+            self.fn = _weight_only_linear
+            logger.info("CPU linears: float32 activations, bf16 weights")
         elif self.packed:
             logger.info("CPU linears: oneDNN with prepacked %s weights", dtype)
 

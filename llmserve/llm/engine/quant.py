@@ -87,11 +87,11 @@ class Bf16Weight:
 
 
 def bf16_weights_supported() -> bool:
-    """oneDNN's bf16 GEMM is there and the CPU runs it natively (AVX512-BF16 or AMX);
-    elsewhere it is emulated and slower than float32."""
-    return (torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    """oneDNN's bf16 GEMM is there and on (not LLMSERVE_CPU_ONEDNN=0): without it bf16
+    weights would run through torch's slow default bf16 GEMM."""
+    from .linear import Linears  # linear.py imports this module
+
+    return Linears._supported(torch.bfloat16)
 
 
 def int8_supported() -> bool:

@@ -147,10 +147,10 @@ class ModelRunner:
                 raise InvalidArgument(f"SeqChunk logits '{chunk.logits}' not in {_LOGITS_MODES}")
             end = chunk.start_pos + n
             needed = (end + cache.block_size - 1) // cache.block_size
-            if len(chunk.block_table) < needed:
+            table = chunk.block_table
+            if len(table) < needed:
                 raise InvalidArgument(
-                    f"block table has {len(chunk.block_table)} blocks, {needed} needed for "
-                    f"{end} tokens"
+                    f"block table has {len(table)} blocks, {needed} needed for {end} tokens"
                 )
             max_end = max(max_end, end)
         return max_end

@@ -130,7 +130,8 @@ class LlamaModel:
         for layer in self.layers:
             for name in ("qkv", "o_proj", "gate_up", "down"):
                 setattr(layer, name, self.linears.pack(getattr(layer, name)))
-        self.head = self.linears.pack(self.lm_head, quantize=False)  # logits stay exact
+        # the LM head stays out of int8: its rounding would go straight into the logits
+        self.head = self.linears.pack(self.lm_head, quantize=False)
         # fused C row kernels (RMSNorm with its residual add, SiLU * up, RoPE) on CPU fp32
         self.row_kernels = (device.type == "cpu" and dtype == torch.float32
                             and cpu_kernels.rows_supported(self.norm))
