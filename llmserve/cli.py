@@ -6,6 +6,7 @@ a model's completed configuration as the HTTP config endpoint returns it.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -14,6 +15,12 @@ from pathlib import Path
 
 from llmserve.core.errors import ServerError
 from llmserve.options import ServerOptions
+from llmserve.restrictions import (
+    GRPC_HEADER_PREFIX,
+    HTTP_GROUPS,
+    TRITON_GROUPS,
+    parse_restriction,
+)
 
 log = logging.getLogger("llmserve")
 
@@ -173,6 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=_port, default=8002)
     serve.add_argument("--http-max-input-size", type=_positive_int, default=64 * 1024 * 1024,
                        help="largest HTTP request body in bytes")
+    serve.add_argument("--http-restricted-api", action="append", default=[],
+                       metavar="API[,API...]:HEADER=VALUE",
+                       help="calls to these API groups need the header with this value "
+                            f"(groups: {', '.join(HTTP_GROUPS)})")
+    serve.add_argument("--grpc-restricted-protocol", action="append", default=[],
+                       metavar="PROTOCOL[,PROTOCOL...]:KEY=VALUE",
+                       help="calls to these gRPC groups need the metadata "
+                            f"'{GRPC_HEADER_PREFIX}KEY' with this value")
+    serve.add_argument("--openai-api-key", metavar="KEY",
+                       help="the OpenAI routes need 'Authorization: Bearer KEY'")
     serve.add_argument("--log-verbose", type=_positive_int, default=0)
     for flag in ("--log-info", "--log-warning", "--log-error"):
         serve.add_argument(flag, type=parse_bool, nargs="?", const=True, default=True,
@@ -295,6 +312,19 @@ def _serve_options(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     options.model_load_thread_count = max(1, args.model_load_thread_count)
     options.exit_timeout_secs = args.exit_timeout_secs
     options.http_max_body_bytes = args.http_max_input_size
+    flags = (("--http-restricted-api", args.http_restricted_api, HTTP_GROUPS, "api",
+              options.http_restricted_apis, ""),
+             ("--grpc-restricted-protocol", args.grpc_restricted_protocol, TRITON_GROUPS,
+              "protocol", options.grpc_restricted_protocols, GRPC_HEADER_PREFIX))
+    for flag, values, groups, what, into, prefix in flags:
+        for text in values:
+            try:
+                parse_restriction(text, groups, what, into, header_prefix=prefix)
+            except ValueError as exc:
+                parser.error(f"{flag}: {exc}")
+    if args.openai_api_key is not None and not args.openai_api_key:
+        parser.error("--openai-api-key must not be empty")
+    options.openai_api_key = args.openai_api_key
     return options
 
 
@@ -344,7 +374,12 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     reserve_frontend_cpu()
     from llmserve.server import run_server
 
-    return int(run_server(options) or 0)
+    code = int(run_server(options) or 0)
+    # The server has stopped and finalized its models; what is left is the interpreter's
+    # teardown, whose last garbage collection over torch's and transformers' objects
+    # took seconds on top of --exit-timeout-secs. Frozen objects are left to the OS.
+    gc.freeze()
+    return code
 
 
 def _config_show(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

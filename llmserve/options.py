@@ -37,6 +37,10 @@ class ServerOptions:
     model_load_thread_count: int = 4
     exit_timeout_secs: float = 30.0
     http_max_body_bytes: int = 64 * 1024 * 1024
+    # --http-restricted-api / --grpc-restricted-protocol: group -> (header, value)
+    http_restricted_apis: dict[str, tuple[str, str]] = field(default_factory=dict)
+    grpc_restricted_protocols: dict[str, tuple[str, str]] = field(default_factory=dict)
+    openai_api_key: str | None = None  # OpenAI routes need "Authorization: Bearer KEY"
 
     def default_max_batch_size(self) -> int:
         value = self.backend_config.get("", {}).get("default-max-batch-size", "4")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import threading
 from collections.abc import AsyncIterator
 
@@ -29,6 +30,8 @@ from llmserve.scheduling.response_cache import ResponseCache, cache_size
 from llmserve.scheduling.validate import dtype_api_name, requested_output_names, validate_request
 
 log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL_S = 0.0005
 
 EXTENSIONS = [
     "classification", "sequence", "model_repository", "model_repository(unload_dependents)",
@@ -65,6 +68,11 @@ class InferenceServer:
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         """Scan and load per the control mode. With exit_on_error a failed model raises."""
+        # The frontends' event loop shares the interpreter lock with the engine thread,
+        # which holds it for its Python work between torch calls: with the default 5 ms
+        # switch interval every loop wake-up could wait 5 ms, and a 503 under overload
+        # took hundreds of ms. A waiting thread now gets the lock within 0.5 ms.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.loop = asyncio.get_running_loop()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -136,18 +144,21 @@ class InferenceServer:
         mv = self._version(name, version)
         entry = self.models.entries[name]
         config = mv.config
-        lead = [-1] if config.max_batch_size > 0 else []
-
-        def tensors(items) -> list[dict]:
-            return [{"name": t.name, "datatype": dtype_api_name(t.data_type),
-                     "shape": lead + [int(d) for d in t.dims]} for t in items]
-
+        # the tensor lists follow from the version's fixed config: built once (every
+        # generate request reads them, and an LLM model set declares dozens of inputs)
+        tensors = mv.__dict__.get("_metadata_tensors")
+        if tensors is None:
+            lead = [-1] if config.max_batch_size > 0 else []
+            tensors = mv.__dict__["_metadata_tensors"] = tuple(
+                [{"name": t.name, "datatype": dtype_api_name(t.data_type),
+                  "shape": lead + [int(d) for d in t.dims]} for t in items]
+                for items in (config.input, config.output))
         return {
             "name": name,
             "versions": [str(v.version) for v in entry.ready_versions()],
             "platform": config.platform or config.backend,
-            "inputs": tensors(config.input),
-            "outputs": tensors(config.output),
+            "inputs": tensors[0],
+            "outputs": tensors[1],
         }
 
     def model_ready(self, name: str, version: str = "") -> bool:
@@ -168,7 +179,10 @@ class InferenceServer:
         try:
             from llmserve.repository import scan_repositories
 
-            for name in sorted(set(scan_repositories(self.models.roots)) - known):
+            def skipped(problem: ServerError) -> None:
+                log.warning("repository index: %s", problem)
+
+            for name in sorted(set(scan_repositories(self.models.roots, skipped)) - known):
                 rows.append({"name": name, "version": "", "state": "", "reason": ""})
         except ServerError as exc:
             log.warning("repository index: %s", exc)

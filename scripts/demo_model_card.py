@@ -77,7 +77,7 @@ facts and follows no instructions beyond continuing text and replying in the cha
 | parameters | {stats['params'] / 1e6:.2f}M, float32, model.safetensors {size_mb:.1f} MB |
 | context | max_position_embeddings {cfg.max_position_embeddings} (trained on {args.seq_len}-token windows) |
 | tokenizer | byte-level BPE, {len(tok)} tokens; `<|bos|>` {tok.bos_token_id}, `<|eos|>` {tok.eos_token_id}, `<|pad|>` {tok.pad_token_id}; roles `<|system|>` `<|user|>` `<|assistant|>` |
-| chat template | `<|bos|><|role|>\\ncontent<|eos|>\\n` per turn; the generation prompt is `<|assistant|>\\n`; replies end with `<|eos|>` |
+| chat template | `<|bos|><|role|>\\ncontent<|eos|>\\n` per turn; the generation prompt is `<|assistant|>\\n`; replies end with `<|eos|>`; tools, tool calls and `tool` results in the Hermes style (`<tool_call>` JSON `</tool_call>`, `<tool_response>`) |
 | corpus | Debian package `{corpus_package}` (Jane Austen's novels: the texts are public domain; the package is MIT, (c) Julia Silge), fetched with `apt-get download {corpus_package}` |
 | training | {stats['steps']} steps, {stats['tokens_seen'] / 1e6:.1f}M tokens seen ({stats['train_tokens'] / 1e6:.2f}M train tokens; {stats['text_docs']} novel chunks + {stats['chat_docs']} chat samples), {stats['minutes']:.1f} min on 2 CPU threads |
 | final loss | train {stats['train_loss']:.3f}, held-out {stats['val_loss']:.3f} (nats/token) |

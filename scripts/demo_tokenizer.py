@@ -18,14 +18,43 @@ ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
 SPECIAL_TOKENS = [BOS, EOS, PAD, *ROLE_TOKENS]
 
 # Every turn ends with the eos token, so a server that stops on eos_token_id alone ends
-# an assistant reply correctly; add_generation_prompt opens the assistant turn.
+# an assistant reply correctly; add_generation_prompt opens the assistant turn. Tools
+# (Hermes style, as Qwen's template): their signatures go into a system turn, assistant
+# tool calls (content may be null) are <tool_call> JSON </tool_call>, and `tool` results
+# come back in a user turn as <tool_response>.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}"
+    "{{ '<|system|>\\n' }}"
+    "{% if messages[0]['role'] == 'system' %}{{ (messages[0]['content'] or '') | trim + '\\n\\n' }}{% endif %}"
+    "{{ 'You may call functions. Their signatures are in <tools></tools>:\\n<tools>\\n' }}"
+    "{% for tool in tools %}"
+    "{{ (tool.function if tool.function is defined else tool) | tojson + '\\n' }}"
+    "{% endfor %}"
+    "{{ '</tools>\\nTo call one, answer with <tool_call>\\n{\"name\": <name>, \"arguments\": "
+    "<arguments object>}\\n</tool_call>' + eos_token + '\\n' }}"
+    "{% endif %}"
     "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant', 'tool'] %}"
     "{{ raise_exception('Unknown role: ' + message['role']) }}"
     "{% endif %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] | trim + eos_token + '\\n' }}"
+    "{% if message['role'] == 'system' and tools and loop.first %}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<|user|>\\n<tool_response>\\n' + (message['content'] or '') | trim + "
+    "'\\n</tool_response>' + eos_token + '\\n' }}"
+    "{% elif message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{{ '<|assistant|>\\n' }}"
+    "{% if message['content'] %}{{ message['content'] | trim + '\\n' }}{% endif %}"
+    "{% for call in message['tool_calls'] %}"
+    "{% set f = call.function if call.function is defined else call %}"
+    "{{ '<tool_call>\\n{\"name\": ' + f.name | tojson + ', \"arguments\": ' + "
+    "(f.arguments if f.arguments is string else f.arguments | tojson) + '}\\n</tool_call>' }}"
+    "{% if not loop.last %}{{ '\\n' }}{% endif %}"
+    "{% endfor %}"
+    "{{ eos_token + '\\n' }}"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>\\n' + (message['content'] or '') | trim + eos_token + '\\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )

@@ -93,13 +93,32 @@ def test_chat_template(main_tok, main_model) -> None:
     assert ids.count(main_tok.eos_token_id) == 4
     assert ids[0] == main_tok.bos_token_id
     with pytest.raises(Exception, match="Unknown role"):
-        main_tok.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+        main_tok.apply_chat_template([{"role": "robot", "content": "x"}], tokenize=False)
     prompt = torch.tensor([ids])
     with torch.no_grad():
         out = main_model.generate(prompt, do_sample=False, max_new_tokens=40,
                                   pad_token_id=main_tok.pad_token_id)
     reply = main_tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
     assert reply.strip(), "empty chat reply"
+
+
+def test_chat_template_tools(main_tok) -> None:
+    """Tools, an assistant tool call with null content and a tool result render in the
+    Hermes style that the OpenAI API parses (llmserve/frontends/openai/tools.py)."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    conversation = [
+        {"role": "user", "content": "Weather in Bath?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+         "function": {"name": "get_weather", "arguments": {"city": "Bath"}}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "Rain"},
+    ]
+    rendered = main_tok.apply_chat_template(conversation, tools=tools, tokenize=False,
+                                            add_generation_prompt=True)
+    assert '<tools>\n{"name": "get_weather"' in rendered
+    assert ('<|assistant|>\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Bath"}}'
+            '\n</tool_call><|eos|>\n<|user|>\n<tool_response>\nRain\n</tool_response><|eos|>\n'
+            '<|assistant|>\n') in rendered
 
 
 def test_draft_shares_vocabulary(main_tok, main_model) -> None:

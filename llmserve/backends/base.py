@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import concurrent.futures
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from llmserve.core.errors import ServerError
 from llmserve.options import ServerOptions
 from llmserve.scheduling.request import SchedRequest
 
@@ -27,6 +29,9 @@ class ModelSpec:
     config_json: str  # as the config endpoint shows it
     options: ServerOptions
     server: Any  # the InferenceServer (BLS, model control and metrics for Python models)
+    # on_fatal(reason): what serves the version is lost (a dead engine or stub process);
+    # it goes UNAVAILABLE with the reason and its instances are released
+    on_fatal: Callable[[str], None] | None = None
 
     @property
     def version_dir(self) -> Path:
@@ -69,6 +74,11 @@ class BackendModel(ABC):
 
     @abstractmethod
     def create_instance(self, instance: InstanceSpec) -> BackendInstance: ...
+
+    def admission_error(self, request: SchedRequest) -> ServerError | None:
+        """An error to answer `request` with at once, before it is queued (an LLM
+        executor whose queue is full); None admits it."""
+        return None
 
     def unload(self) -> None:
         """Release model-level state after every instance was finalized."""

@@ -76,6 +76,10 @@ class Unavailable(ServerError):
     code = ErrorCode.UNAVAILABLE
 
 
+class QueueFull(Unavailable):
+    """A bounded request queue is full (the caller may map it to its own message)."""
+
+
 class Unsupported(ServerError):
     code = ErrorCode.UNSUPPORTED
 

@@ -128,7 +128,8 @@ async def start_frontends(
             logger.info("HTTP (KServe v2) on %s:%d", options.http_address, fe.http_port)
         if options.allow_grpc:
             fe._grpc, fe.grpc_port = await start_grpc(
-                server, options.grpc_address, options.grpc_port
+                server, options.grpc_address, options.grpc_port,
+                options.grpc_restricted_protocols,
             )
             logger.info("gRPC (KServe v2) on %s:%d", options.grpc_address, fe.grpc_port)
         if options.allow_metrics:

@@ -25,6 +25,7 @@ from llmserve.frontends.grpc_wire import (
     param_value,
     statistics_response,
 )
+from llmserve.frontends.restricted import RestrictedProtocolInterceptor, Restrictions
 from llmserve.frontends.tensors import parse_version
 
 logger = logging.getLogger(__name__)
@@ -336,14 +337,17 @@ def health_handler(server: Any) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": method})
 
 
-async def start_grpc(server: Any, address: str, port: int) -> tuple[grpc.aio.Server, int]:
-    """Start the gRPC server; returns it and the bound port."""
+async def start_grpc(server: Any, address: str, port: int,
+                     restrictions: Restrictions | None = None) -> tuple[grpc.aio.Server, int]:
+    """Start the gRPC server; returns it and the bound port. restrictions: the
+    --grpc-restricted-protocol groups (group -> metadata key, value)."""
     options = [
         ("grpc.max_send_message_length", _MAX_MESSAGE),
         ("grpc.max_receive_message_length", _MAX_MESSAGE),
         ("grpc.so_reuseport", 0),
     ]
-    grpc_server = grpc.aio.server(options=options)
+    interceptors = [RestrictedProtocolInterceptor(restrictions)] if restrictions else []
+    grpc_server = grpc.aio.server(options=options, interceptors=interceptors)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceServicer(server), grpc_server
     )

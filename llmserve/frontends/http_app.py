@@ -22,11 +22,12 @@ from llmserve.frontends.errors import (
     error_response,
     http_error,
 )
-from llmserve.frontends.http_common import BodyLimitMiddleware
+from llmserve.frontends.http_common import BodyLimitMiddleware, ErrorGuardMiddleware
 from llmserve.frontends.http_generate import generate_router
 from llmserve.frontends.http_kserve import kserve_router
 from llmserve.frontends.load_metrics import LoadMetricsMiddleware
-from llmserve.frontends.openai import openai_router
+from llmserve.frontends.openai import add_openai_schemas, openai_router
+from llmserve.frontends.restricted import RestrictedApiMiddleware
 from llmserve.options import ServerOptions
 
 
@@ -37,6 +38,7 @@ def build_http_app(
     app.include_router(kserve_router(server, options))
     app.include_router(generate_router(server, options))
     app.include_router(openai_router(server, options))
+    add_openai_schemas(app)
     for router in routers:
         app.include_router(router)
 
@@ -54,9 +56,13 @@ def build_http_app(
     app.add_exception_handler(BodyTooLarge, on_server_error)
     app.add_exception_handler(ClientDisconnected, on_disconnect)
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
-    app.add_exception_handler(Exception, on_server_error)
+    # the last added runs first: restrictions, load metrics, the body limit, the guard
+    app.add_middleware(ErrorGuardMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=options.http_max_body_bytes)
     app.add_middleware(LoadMetricsMiddleware, registry=server.metrics_registry)
+    if options.http_restricted_apis or options.openai_api_key is not None:
+        app.add_middleware(RestrictedApiMiddleware, restrictions=options.http_restricted_apis,
+                           openai_api_key=options.openai_api_key)
     return app
 
 

@@ -14,7 +14,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmserve.core.errors import InvalidArgument
 from llmserve.core.types import CancellationToken
-from llmserve.frontends.errors import BodyTooLarge, ClientDisconnected, error_response
+from llmserve.frontends.errors import (
+    BodyTooLarge,
+    ClientDisconnected,
+    error_response,
+    http_error,
+)
 
 T = TypeVar("T")
 
@@ -53,6 +58,33 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class ErrorGuardMiddleware:
+    """Answer an exception that no handler took with a JSON 500 while the response has
+    not started. Starlette's own last-resort handler answers too but then re-raises, and
+    uvicorn closes the connection, so a keep-alive client's next request would fail."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise  # mid-response: only closing the connection can tell the client
+            await http_error(exc)(scope, receive, send)
 
 
 def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:

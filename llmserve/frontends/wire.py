@@ -4,6 +4,7 @@ binary tensor extension (Inference-Header-Content-Length, binary_data_size, bina
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,11 +44,49 @@ class OutputPolicy:
         return self.binary_default
 
 
+# A JSON escape of a UTF-16 surrogate; only bodies holding one are walked for lone ones.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def parse_json(raw: bytes | memoryview, what: str = "request") -> Any:
+    """A JSON body, or InvalidArgument: malformed, nested too deep, or holding a string
+    that is not valid Unicode (a lone surrogate such as "\\ud800", which JSON allows but
+    UTF-8 cannot carry, so it would fail later wherever the text is encoded)."""
+    data = bytes(raw)
     try:
-        return json.loads(bytes(raw))
+        doc = json.loads(data)
     except (ValueError, RecursionError) as exc:
         raise InvalidArgument(f"failed to parse the {what} JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(data):
+        where = _lone_surrogate_at(doc)
+        if where is not None:
+            raise InvalidArgument(
+                f"failed to parse the {what} JSON: the string at {where} is not valid "
+                "Unicode (it holds a lone UTF-16 surrogate)"
+            )
+    return doc
+
+
+def _lone_surrogate_at(doc: Any) -> str | None:
+    """JSON path of the first key or string that UTF-8 cannot encode, else None."""
+    stack: list[tuple[str, Any]] = [("$", doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"{path} (a key)"
+                stack.append((f"{path}.{key}", item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+    return None
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:

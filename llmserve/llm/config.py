@@ -43,6 +43,13 @@ class SchedulerConfig:
 
 @dataclass(slots=True)
 class KvCacheConfig:
+    """host_cache_size: bytes of host memory that reusable blocks evicted from the device
+    cache move to (and come back from on a prefix hit; needs enable_block_reuse).
+    max_attention_window: keys a query attends to (its own included), one value or one
+    per layer (repeated over the layers); blocks outside every layer's window are freed.
+    sink_token_length: first tokens that windowed layers always attend to
+    (llmserve/llm/attention_window.py)."""
+
     enable_block_reuse: bool = False
     max_tokens: int | None = None
     free_gpu_memory_fraction: float | None = 0.9
@@ -116,6 +123,32 @@ class SpeculativeDecodingConfig:
                 f"{pl.min_matching_ngram_size}, max {pl.max_matching_ngram_size}")
 
 
+class GuidedDecodingBackend(enum.Enum):
+    XGRAMMAR = "xgrammar"
+
+
+@dataclass(slots=True)
+class GuidedDecodingConfig:
+    """Guided decoding (llmserve/llm/guided/). As TensorRT-LLM's: the backend and the
+    tokenizer's vocabulary (encoded_vocab in token id order, tokenizer_str: the Hugging
+    Face tokenizer.json text, stop_token_ids), as generate_xgrammar_tokenizer_info.py
+    writes them. llmserve's additions: tokenizer_dir, a Hugging Face tokenizer folder to
+    read the vocabulary from when encoded_vocab is not given (default: the model's own
+    folder), and json_any_whitespace: JSON guides allow any whitespace between tokens
+    (xgrammar's any_whitespace) instead of compact JSON, which keeps weak models from
+    looping on newlines. Without a GuidedDecodingConfig the executor still serves guided
+    requests, with xgrammar over the model folder's tokenizer (TensorRT-LLM refuses them)."""
+
+    GuidedDecodingBackend = GuidedDecodingBackend
+
+    backend: GuidedDecodingBackend = GuidedDecodingBackend.XGRAMMAR
+    encoded_vocab: list[str] | None = None
+    tokenizer_str: str | None = None
+    stop_token_ids: list[int] | None = None
+    tokenizer_dir: str | None = None
+    json_any_whitespace: bool = False
+
+
 @dataclass(slots=True)
 class ExecutorConfig:
     max_beam_width: int = 1
@@ -129,6 +162,7 @@ class ExecutorConfig:
     batching_type: BatchingType = BatchingType.INFLIGHT
     lora_config: PeftCacheConfig | None = None
     speculative_decoding_config: SpeculativeDecodingConfig | None = None
+    guided_decoding_config: GuidedDecodingConfig | None = None
     iter_stats_max_iterations: int = 1000
     request_stats_max_iterations: int = 0
     # True: TensorRT-LLM's normalised log probs, log P(token | the top-k/top-p set it was
@@ -159,6 +193,9 @@ class ExecutorConfig:
         kv = self.kv_cache_config
         if kv.max_tokens is not None and kv.max_tokens < 1:
             raise InvalidArgument(f"kv_cache_config.max_tokens must be >= 1, got {kv.max_tokens}")
+        if kv.host_cache_size is not None and kv.host_cache_size < 0:
+            raise InvalidArgument(
+                f"kv_cache_config.host_cache_size must be >= 0, got {kv.host_cache_size}")
         fraction = kv.free_gpu_memory_fraction
         if fraction is not None and not 0.0 < fraction <= 1.0:
             raise InvalidArgument(

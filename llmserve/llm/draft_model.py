@@ -74,8 +74,11 @@ class DraftModelProposer:
     def _eligible(self, seq: Seq) -> int:
         """Drafts this sequence may take now (0: none)."""
         state = seq.state
-        if seq.draft_tokens or state.beam is not None or seq.num_pending != 1:
-            return 0  # external drafts pending, beam search, or still prefilling
+        if (seq.draft_tokens or state.beam is not None or seq.num_pending != 1
+                or state.prompt_table is not None):
+            # external drafts pending, beam search, still prefilling, or p-tuning ids
+            # that the draft model's vocabulary cannot embed
+            return 0
         room = state.stop.max_tokens - seq.num_generated - 1  # the bonus token's
         return min(self.k, room)
 

@@ -7,18 +7,17 @@ ResponseRouter (await_responses, callbacks, or asyncio queues via subscribe()).
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import torch
 
-from llmserve.core.errors import InvalidArgument, ServerError, Unavailable, Unsupported
+from llmserve.core.errors import InvalidArgument, QueueFull, ServerError, Unavailable, Unsupported
+from llmserve.llm.attention_window import layer_windows, widest_window
 from llmserve.llm.beam_search import BeamSearch
 from llmserve.llm.block_manager import BlockManager
 from llmserve.llm.config import (
@@ -30,14 +29,18 @@ from llmserve.llm.config import (
 )
 from llmserve.llm.draft_model import draft_model_proposer
 from llmserve.llm.engine_thread import EngineWorker
+from llmserve.llm.guided import GuideCompiler
+from llmserve.llm.host_tier import HostTier
 from llmserve.llm.kv_events import make_publisher
 from llmserve.llm.lora_cache import LoraCache, lora_cache_for
-from llmserve.llm.outputs import error_response
-from llmserve.llm.request import Request, Response
-from llmserve.llm.responses import ResponseRouter
+from llmserve.llm.outputs import build_response, error_response
+from llmserve.llm.prompt_tuning import prepare_prompt_table
+from llmserve.llm.request import FinishReason, PromptTuningConfig, Request
+from llmserve.llm.responses import ResponseRouter, RoutedResponses
+from llmserve.llm.responses import timeout_seconds as _seconds
 from llmserve.llm.sampling import SamplingParams, make_generator
 from llmserve.llm.scheduler import Scheduler
-from llmserve.llm.sequence import RequestState
+from llmserve.llm.sequence import RequestState, SequenceStatus
 from llmserve.llm.speculative import PromptLookupProposer, check_draft_logits
 from llmserve.llm.stats import IterationStats, KvCacheStats, RequestStatsPerIteration
 from llmserve.llm.stepper import Stepper
@@ -45,15 +48,7 @@ from llmserve.llm.stop import StopCriteria
 
 logger = logging.getLogger(__name__)
 
-def _seconds(timeout: datetime.timedelta | float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, datetime.timedelta):
-        return timeout.total_seconds()
-    return float(timeout)
-
-
-class Executor:
+class Executor(RoutedResponses):
     def __init__(self, model_path: str | Path | None,
                  model_type: ModelType = ModelType.DECODER_ONLY,
                  executor_config: ExecutorConfig | None = None, *, runner=None) -> None:
@@ -94,6 +89,8 @@ class Executor:
         self.lora_cache: LoraCache = lora_cache_for(runner, config.lora_config)
         self.block_manager = BlockManager(num_blocks, self.tokens_per_block,
                                           config.kv_cache_config.enable_block_reuse)
+        self._set_attention_windows()
+        self._attach_host_tier()
         self.kv_events = make_publisher(config.kv_events_config)
         if self.kv_events is not None:
             if not config.kv_cache_config.enable_block_reuse:
@@ -105,6 +102,14 @@ class Executor:
                                    config.enable_chunked_context)
         self._warn_ineffective(config)
         self._warned: set[str] = set()
+        self._guides = GuideCompiler(config.guided_decoding_config, model_path, self.vocab_size)
+        if config.guided_decoding_config is not None:
+            try:
+                self._guides.warm_up()
+            except ServerError as exc:  # unguided requests still work; guided ones say why
+                logger.warning("guided decoding is unavailable: %s", exc.message)
+        self._compiling: dict[int, RequestState] = {}  # waiting for their guide's grammar
+        self._cancelled_compiling: set[int] = set()
 
         self._intake: list[RequestState] = []
         self._taken: list[RequestState] = []  # intake being handed to the stepper
@@ -157,13 +162,43 @@ class Executor:
                     num_blocks * per_block / 2**20)
         return num_blocks
 
+    def _set_attention_windows(self) -> None:
+        """KvCacheConfig's windows and sink tokens on top of the checkpoint's windows;
+        blocks that fall out of every layer's window are freed as sequences grow."""
+        kv = self.config.kv_cache_config
+        windows, sink = layer_windows(kv, list(self.runner.arch.layer_windows),
+                                      self.max_seq_len)
+        self.runner.set_attention_windows(windows, sink)
+        widest = widest_window(windows)
+        self.block_manager.set_attention_window(widest, sink if widest else 0)
+        if widest is not None:
+            logger.info("attention window of at most %d tokens (%d sink tokens): blocks "
+                        "outside it are freed", widest, sink)
+
+    def _attach_host_tier(self) -> None:
+        """KvCacheConfig.host_cache_size bytes of host memory for reusable blocks evicted
+        from the device cache (TensorRT-LLM's KV cache offloading)."""
+        kv = self.config.kv_cache_config
+        if not kv.host_cache_size:
+            return
+        if not kv.enable_block_reuse:
+            logger.warning("ExecutorConfig: kv_cache_config.host_cache_size has no effect "
+                           "without enable_block_reuse (only reusable blocks are offloaded)")
+            return
+        per_block = self.runner.kv_cache_bytes_per_block(self.tokens_per_block)
+        slots = int(kv.host_cache_size) // per_block
+        if slots < 1:
+            logger.warning("kv_cache_config.host_cache_size %d is less than one KV block "
+                           "(%d bytes): no host tier", kv.host_cache_size, per_block)
+            return
+        self.runner.allocate_host_kv_cache(slots)
+        self.block_manager.host = HostTier(slots, self.runner.offload_block,
+                                           self.runner.onboard_block)
+        logger.info("KV cache host tier: %d blocks (%.1f MiB)", slots,
+                    slots * per_block / 2**20)
+
     def _warn_ineffective(self, config: ExecutorConfig) -> None:
-        kv = config.kv_cache_config
         ignored = {
-            "kv_cache_config.host_cache_size (no host offload)": kv.host_cache_size,
-            "kv_cache_config.max_attention_window (the checkpoint's windows apply)":
-                kv.max_attention_window is not None,
-            "kv_cache_config.sink_token_length": kv.sink_token_length is not None,
             "speculative_decoding_config.fast_logits (draft logits travel with the request)":
                 config.speculative_decoding_config is not None
                 and config.speculative_decoding_config.fast_logits,
@@ -178,17 +213,24 @@ class Executor:
         with self._cond:
             return self._accepting
 
+    def queue_is_full(self) -> bool:
+        """True while max_queue_size requests wait: enqueue_request would refuse."""
+        limit = self.config.max_queue_size
+        return limit is not None and limit > 0 and self._num_queued >= limit
+
     def enqueue_request(self, request: Request) -> int:
         """Queue request and return its id; raises InvalidArgument for a bad request,
         Unavailable when the queue is full or the executor is shut down."""
-        params, stop, num_seqs, failure = self._validate(request)
+        if self.queue_is_full():  # refuse before the costly validation (checked again below)
+            self._refuse_full()
+        params, stop, num_seqs, failure, tuning = self._validate(request)
+        guide = None
+        if failure is None and request.guided_decoding_params is not None:
+            guide = self._guides.prepare(request.guided_decoding_params)
         with self._cond:
             self._check_accepting()
-            limit = self.config.max_queue_size
-            if limit is not None and limit > 0 and self._num_queued >= limit:
-                raise Unavailable(
-                    f"Maximum queue size of {limit} has been reached, please try again later"
-                )
+            if self.queue_is_full():
+                self._refuse_full()
             request_id = self._next_id
             self._next_id += 1
             if failure is None:
@@ -196,6 +238,8 @@ class Executor:
         # the router is never called with self._cond held: a response callback may call
         # back into the executor (cancel_request) while the loop thread delivers
         state = RequestState(request_id, request, params, stop, num_seqs)
+        if tuning is not None:
+            state.prompt_table = tuning.embedding_table  # on the engine's device
         if request.sampling_config.beam_width > 1:
             state.beam = BeamSearch.for_request(state)
         if failure is None and request.lora_config is not None:
@@ -215,6 +259,12 @@ class Executor:
             seq0.draft_tokens = [int(t) for t in draft.tokens]
             seq0.draft_logits = check_draft_logits(draft.logits, len(draft.tokens),
                                                    self.vocab_size)
+        if guide is not None:
+            # admitted once its grammar is compiled (off this thread and the engine's)
+            with self._cond:
+                self._compiling[request_id] = state
+            guide.add_done_callback(lambda future: self._guide_ready(state, future))
+            return request_id
         with self._cond:
             if not self._accepting:
                 self._num_queued -= 1
@@ -223,6 +273,48 @@ class Executor:
             self._cond.notify_all()
         return request_id
 
+    def _refuse_full(self) -> None:
+        raise QueueFull(f"Maximum queue size of {self.config.max_queue_size} has been "
+                        "reached, please try again later")
+
+    def _guide_ready(self, state: RequestState, future) -> None:
+        """The grammar of a guided request is compiled (or failed): give its sequence a
+        matcher and hand it to the engine, or answer it now."""
+        rid = state.request_id
+        failure = None
+        with self._cond:
+            self._compiling.pop(rid, None)
+            cancelled = rid in self._cancelled_compiling
+            self._cancelled_compiling.discard(rid)
+            if not self._accepting:
+                failure = "Executor is shut down and does not accept requests"
+        if failure is None and not cancelled:
+            if future.cancelled():
+                failure = "guided decoding: compilation was cancelled"
+            elif future.exception() is not None:
+                failure = f"guided decoding: cannot compile the guide: {future.exception()}"
+        if failure is None and not cancelled:
+            end = min(state.stop.end_ids) if state.stop.end_ids else None
+            try:
+                state.seqs[0].guide = self._guides.matcher(future.result(), end,
+                                                           state.stop.max_tokens)
+            except Exception as exc:  # noqa: BLE001 - answered as this request's error
+                failure = f"guided decoding: {exc}"
+            with self._cond:
+                if failure is None and self._accepting:
+                    self._intake.append(state)
+                    self._cond.notify_all()
+                    return
+            failure = failure or "Executor is shut down and does not accept requests"
+        self._dequeued(1)
+        self.lora_cache.release(rid)
+        if cancelled:
+            seq = state.seqs[0]
+            seq.finish_reason, seq.status = FinishReason.CANCELLED, SequenceStatus.FINISHED
+            self._router.deliver(build_response(state, seq, is_final=True))
+        else:
+            self._router.deliver(error_response(state, failure))
+
     def _check_accepting(self) -> None:
         if not self._accepting:
             raise Unavailable("Executor is shut down and does not accept requests")
@@ -230,12 +322,18 @@ class Executor:
     def enqueue_requests(self, requests: list[Request]) -> list[int]:
         return [self.enqueue_request(r) for r in requests]
 
-    def _validate(self, req: Request) -> tuple[SamplingParams, StopCriteria, int, str | None]:
+    def _validate(self, req: Request) -> tuple[SamplingParams, StopCriteria, int, str | None,
+                                               PromptTuningConfig | None]:
         prompt = [int(t) for t in req.input_token_ids]
         if len(prompt) == 0:
             raise InvalidArgument("input_token_ids must not be empty")
-        if min(prompt) < 0 or max(prompt) >= self.vocab_size:
+        tuning = req.prompt_tuning_config
+        if min(prompt) < 0 or (tuning is None and max(prompt) >= self.vocab_size):
             raise InvalidArgument(f"input_token_ids must be in [0, {self.vocab_size})")
+        if tuning is not None:
+            arch = self.runner.arch
+            tuning = prepare_prompt_table(tuning, prompt, self.vocab_size, arch.hidden_size,
+                                          arch.dtype, arch.device)
         max_tokens = int(req.max_tokens)
         if max_tokens < 1:
             raise InvalidArgument(f"max_tokens must be >= 1, got {max_tokens}")
@@ -257,6 +355,9 @@ class Executor:
                 f"({self.max_num_tokens}); enable chunked context to serve it"
             )
         num_seqs = sc.num_return_sequences or 1
+        if req.guided_decoding_params is not None and sc.beam_width > 1:
+            raise InvalidArgument("guided decoding does not support beam search: send "
+                                  "beam_width 1 with a guide")
         if sc.beam_width > 1:
             if num_seqs > sc.beam_width:
                 raise InvalidArgument(f"num_return_sequences ({num_seqs}) exceeds beam_width "
@@ -276,7 +377,11 @@ class Executor:
         # sampled siblings may each copy the shared partial block; beams at most hold
         # one full table each (a copy replaces a shared block)
         extra = 1 if num_seqs > 1 and sc.beam_width == 1 else 0
-        need = (bm.blocks_for(total + num_draft) + extra) * num_seqs
+        per_seq = bm.blocks_for(total + num_draft)
+        if sc.beam_width == 1:  # an attention window bounds the blocks held at once
+            per_seq = bm.max_blocks_held(total + num_draft,
+                                         min(total, self.max_num_tokens) + num_draft)
+        need = (per_seq + extra) * num_seqs
         if need > bm.num_blocks:
             raise InvalidArgument(
                 f"request needs up to {need} KV cache blocks but the cache has only "
@@ -299,8 +404,10 @@ class Executor:
             return_log_probs=req.output_config.return_log_probs,
             log_probs_over_kept=bool(self.config.normalize_log_probs))
         stop = StopCriteria.build(max_tokens, end_id, req.stop_words)
+        if not 0.0 <= float(req.priority) <= 1.0:
+            raise InvalidArgument(f"Request priority must be in [0, 1], got {req.priority}")
         self._warn_request_fields(req)
-        return params, stop, num_seqs, None
+        return params, stop, num_seqs, None, tuning
 
     def _fit_output_len(self, prompt_len: int, max_tokens: int, num_draft: int) -> int:
         """max_tokens lowered to fit max_seq_len with the step's draft tokens, with a
@@ -334,7 +441,6 @@ class Executor:
     def _warn_request_fields(self, req: Request) -> None:
         draft = req.external_draft_tokens_config
         notes = {
-            "priority (requests are served first come, first served)": req.priority != 0.5,
             "external draft tokens with beam_width > 1 (beam search runs without drafts)":
                 draft is not None and bool(draft.tokens) and req.sampling_config.beam_width > 1,
             "sampling (top_k / top_p) with beam_width > 1 (beam search is deterministic)":
@@ -349,52 +455,13 @@ class Executor:
                 self._warned.add(note)
                 logger.warning("Request field %s is accepted but has no effect", note)
 
-    # -- responses ------------------------------------------------------------------------
-
-    def await_responses(
-        self,
-        id: int | list[int] | datetime.timedelta | None = None,  # noqa: A002 (TRT-LLM name)
-        timeout: datetime.timedelta | float | None = None,
-    ) -> list[Response] | list[list[Response]]:
-        """Responses ready for one id (list), several ids (list of lists, waits for any)
-        or all requests (id None). Waits up to timeout (None: until one is ready)."""
-        if isinstance(id, datetime.timedelta):
-            id, timeout = None, id
-        return self._router.await_responses(id, _seconds(timeout))
-
-    def get_num_responses_ready(self, id: int | None = None) -> int:  # noqa: A002
-        return self._router.num_ready(id)
-
-    def add_response_callback(self, request_id: int,
-                              callback: Callable[[Response], None]) -> None:
-        """Deliver request_id's responses to callback (on the executor thread; keep it
-        quick) instead of buffering them for await_responses."""
-        self._router.add_callback(request_id, callback)
-
-    def subscribe(self, request_id: int,
-                  loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Queue[Response]:
-        """An asyncio.Queue (on loop, default the running one) fed with the responses."""
-        return self._router.subscribe(request_id, loop)
-
-    async def iter_responses(self, request_id: int) -> AsyncIterator[Response]:
-        """Async iterator over a request's responses, ending after the final one.
-        Leaving it early (break, aclose, task cancel) cancels the request."""
-        queue = self.subscribe(request_id)
-        final = False
-        try:
-            while not final:
-                response = await queue.get()
-                final = response.is_final
-                yield response
-        finally:
-            if not final:
-                self.cancel_request(request_id)
-
     # -- control --------------------------------------------------------------------------
 
     def cancel_request(self, id: int) -> None:  # noqa: A002
         """Stop the request at the next step; it gets a final CANCELLED response."""
         with self._cond:
+            if id in self._compiling:
+                self._cancelled_compiling.add(id)
             self._cancels.append(id)
             self._cond.notify_all()
 
@@ -417,6 +484,24 @@ class Executor:
                             used_num_blocks=bm.num_used_blocks, tokens_per_block=bm.block_size,
                             cached_num_blocks=bm.num_cached_blocks)
 
+    def get_current_stats(self) -> IterationStats:
+        """What the executor holds now (requests, KV blocks), read between steps without
+        stopping the loop: iteration stats only come from steps, so after the last
+        requests are cancelled they would show the old load for as long as it idles."""
+        with self._cond:
+            waiting = self._num_queued - len(self._intake) - len(self._taken)
+        stepper = self._stepper
+        live = len(stepper.states)
+        return IterationStats(
+            timestamp=datetime.datetime.now().strftime("%m-%d-%Y %H:%M:%S.%f"),
+            iter=stepper.iteration,
+            num_active_requests=max(live - max(waiting, 0), 0),
+            num_queued_requests=max(self._num_queued, 0),
+            num_completed_requests=stepper.num_completed,
+            max_num_active_requests=self.scheduler.max_batch_size,
+            kv_cache_stats=self.get_kv_cache_stats(),
+        )
+
     def shutdown(self, wait_for_requests: bool = False,
                  timeout: datetime.timedelta | float | None = None) -> None:
         """Stop accepting requests; finish the active ones first when wait_for_requests
@@ -431,6 +516,7 @@ class Executor:
             self._cond.notify_all()
         if threading.current_thread() is not self._thread:
             self._stopped.wait()
+        self._guides.shutdown()
 
     def __enter__(self) -> Executor:
         return self

@@ -19,6 +19,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 MEDIUM = "GPU"  # vLLM's name for the device tier, also used on CPU engines
+HOST_MEDIUM = "CPU"  # vLLM's name for blocks offloaded to host memory
 _MASK = (1 << 64) - 1
 END_SEQ = (-1).to_bytes(8, "big", signed=True)
 
@@ -52,16 +53,16 @@ class KvEventsConfig:
 
 
 def block_stored(hashes: list[int], parent: int | None, token_ids: list[int],
-                 block_size: int, lora_id: int | None) -> dict[str, Any]:
+                 block_size: int, lora_id: int | None, medium: str = MEDIUM) -> dict[str, Any]:
     return {"type": "BlockStored", "block_hashes": [external_hash(h) for h in hashes],
             "parent_block_hash": None if parent is None else external_hash(parent),
             "token_ids": token_ids, "block_size": block_size, "lora_id": lora_id,
-            "medium": MEDIUM, "lora_name": None if lora_id is None else str(lora_id)}
+            "medium": medium, "lora_name": None if lora_id is None else str(lora_id)}
 
 
-def block_removed(hashes: list[int]) -> dict[str, Any]:
+def block_removed(hashes: list[int], medium: str = MEDIUM) -> dict[str, Any]:
     return {"type": "BlockRemoved", "block_hashes": [external_hash(h) for h in hashes],
-            "medium": MEDIUM}
+            "medium": medium}
 
 
 def all_blocks_cleared() -> dict[str, Any]:

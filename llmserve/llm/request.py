@@ -1,12 +1,14 @@
 """Request and response types of the executor API, mirroring TensorRT-LLM's bindings.
 
 Request carries the prompt, SamplingConfig, OutputConfig and optional stop/bad words,
-embedding bias, LoRA and draft tokens; Response carries either an error or a Result.
+embedding bias, LoRA, a p-tuning prompt table, draft tokens and a guide
+(GuidedDecodingParams); Response carries either an error or a Result.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import InitVar, dataclass, field
 
 import torch
@@ -52,6 +54,12 @@ class SamplingConfig:
             self.seed = random_seed
 
     def validate(self) -> None:
+        # NaN fails every range check below only by luck of comparison order, and an
+        # infinite value passes some; neither means anything to the sampler.
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise InvalidArgument(f"{name} must be a finite number, got {value}")
         if self.beam_width < 1:
             raise InvalidArgument(f"beam_width must be >= 1, got {self.beam_width}")
         if self.top_k is not None and self.top_k < 0:
@@ -80,6 +88,11 @@ class SamplingConfig:
             raise InvalidArgument(
                 f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}"
             )
+
+
+_FLOAT_FIELDS = ("top_p", "top_p_min", "top_p_decay", "temperature",
+                 "beam_search_diversity_rate", "repetition_penalty", "presence_penalty",
+                 "frequency_penalty", "length_penalty")
 
 
 def _get_random_seed(self: SamplingConfig) -> int | None:
@@ -119,6 +132,48 @@ class ExternalDraftTokensConfig:
     fast_logits: bool | None = None
 
 
+class GuideType(enum.Enum):
+    """What a guide constrains the output to (TensorRT-LLM's GuidedDecodingParams.GuideType;
+    the values are the names the model set's guided_decoding_guide_type input takes)."""
+
+    JSON = "json"  # any JSON document (an object or an array); no guide text
+    JSON_SCHEMA = "json_schema"  # a JSON document valid under the JSON schema in guide
+    REGEX = "regex"  # text matching the regular expression in guide (whole match)
+    EBNF_GRAMMAR = "ebnf_grammar"  # text of the EBNF grammar in guide (root rule `root`)
+    STRUCTURAL_TAG = "structural_tag"  # free text with tagged, schema-checked sections
+
+
+@dataclass(slots=True)
+class GuidedDecodingParams:
+    """A request's guide: every sampled token keeps the output a prefix of the guide's
+    language, and the request ends only where the guide allows (structured output)."""
+
+    GuideType = GuideType  # as TensorRT-LLM spells it: GuidedDecodingParams.GuideType.JSON
+
+    guide_type: GuideType
+    guide: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.guide_type, str):
+            try:
+                self.guide_type = GuideType(self.guide_type.strip().lower())
+            except ValueError:
+                names = ", ".join(t.value for t in GuideType)
+                raise InvalidArgument(
+                    f"unknown guide type '{self.guide_type}'; expected one of {names}") from None
+
+
+@dataclass(slots=True)
+class PromptTuningConfig:
+    """p-tuning: prompt token ids at or past the vocabulary size (vocab_size + i) embed as
+    row i of embedding_table [rows, hidden] instead of a vocabulary row. With block reuse,
+    input_token_extra_ids (one per prompt token; 0 for ordinary tokens, the same value
+    for the same table) take part in the block hash, as in TensorRT-LLM."""
+
+    embedding_table: torch.Tensor
+    input_token_extra_ids: list[int] | None = None
+
+
 @dataclass(slots=True)
 class Request:
     input_token_ids: list[int]
@@ -133,6 +188,8 @@ class Request:
     embedding_bias: torch.Tensor | None = None  # [vocab_size] added to the logits
     external_draft_tokens_config: ExternalDraftTokensConfig | None = None
     lora_config: LoraConfig | None = None
+    guided_decoding_params: GuidedDecodingParams | None = None
+    prompt_tuning_config: PromptTuningConfig | None = None
     client_id: int | None = None
     priority: float = 0.5
 

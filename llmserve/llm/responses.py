@@ -2,15 +2,18 @@
 
 A response goes to the request's callback when one is registered (the asyncio bridge
 uses call_soon_threadsafe), otherwise into a buffer that await_responses() drains.
+RoutedResponses is the executor API's response half, shared by Executor and the engine
+process proxy (llmserve/llm/engine_process/client.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from llmserve.core.errors import InvalidArgument
 from llmserve.llm.request import Response
@@ -123,3 +126,59 @@ class ResponseRouter:
         for r in responses:
             if r.is_final:
                 self._live.discard(r.request_id)
+
+
+def timeout_seconds(timeout: datetime.timedelta | float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, datetime.timedelta):
+        return timeout.total_seconds()
+    return float(timeout)
+
+
+class RoutedResponses:
+    """The response calls of the executor API over self._router (a ResponseRouter);
+    the class using it provides cancel_request."""
+
+    _router: ResponseRouter
+
+    def cancel_request(self, id: int) -> None:  # noqa: A002
+        raise NotImplementedError
+
+    def await_responses(
+        self,
+        id: int | list[int] | datetime.timedelta | None = None,  # noqa: A002 (TRT-LLM name)
+        timeout: datetime.timedelta | float | None = None,
+    ) -> list[Response] | list[list[Response]]:
+        """Responses ready for one id (list), several ids (list of lists, waits for any)
+        or all requests (id None). Waits up to timeout (None: until one is ready)."""
+        if isinstance(id, datetime.timedelta):
+            id, timeout = None, id
+        return self._router.await_responses(id, timeout_seconds(timeout))
+
+    def get_num_responses_ready(self, id: int | None = None) -> int:  # noqa: A002
+        return self._router.num_ready(id)
+
+    def add_response_callback(self, request_id: int, callback: Callback) -> None:
+        """Deliver request_id's responses to callback (on the executor thread; keep it
+        quick) instead of buffering them for await_responses."""
+        self._router.add_callback(request_id, callback)
+
+    def subscribe(self, request_id: int,
+                  loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Queue[Response]:
+        """An asyncio.Queue (on loop, default the running one) fed with the responses."""
+        return self._router.subscribe(request_id, loop)
+
+    async def iter_responses(self, request_id: int) -> AsyncIterator[Response]:
+        """Async iterator over a request's responses, ending after the final one.
+        Leaving it early (break, aclose, task cancel) cancels the request."""
+        queue = self.subscribe(request_id)
+        final = False
+        try:
+            while not final:
+                response = await queue.get()
+                final = response.is_final
+                yield response
+        finally:
+            if not final:
+                self.cancel_request(request_id)

@@ -1,9 +1,10 @@
 """Token sampling, vectorised across the batch, with per-request generators.
 
 Logits processing order (as TensorRT-LLM): embedding bias, repetition / presence /
-frequency penalties, min_tokens (end ids banned), bad words and no-repeat n-grams,
-temperature, top-k, top-p. Each sequence samples with its own torch.Generator, drawing
-exactly one noise vector per sampled token, so its samples depend on its seed only.
+frequency penalties, min_tokens (end ids banned), bad words and no-repeat n-grams, the
+guide's token mask (guided sequences only), temperature, top-k, top-p. Each sequence
+samples with its own torch.Generator, drawing exactly one noise vector per sampled
+token, so its samples depend on its seed only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Protocol
 
 import torch
 
+from llmserve.llm.guided.matcher import apply_guides, check_guided, guided_rows
 from llmserve.llm.request import SamplingConfig
 
 
@@ -124,7 +126,10 @@ def sample(logits: torch.Tensor, rows: Seq[SampleRow],
     tokens = logits.argmax(dim=-1)
     sample_idx = [i for i, p in enumerate(params) if not p.greedy]
     want_log_probs = any(p.return_log_probs for p in params)
+    guided = guided_rows(rows)
     if not sample_idx and not want_log_probs:
+        if guided:
+            check_guided(tokens, rows, guided)
         return SampleOutput(tokens.tolist(), None)  # all greedy: the common fast path
     temps = torch.tensor([p.temperature for p in params], device=device)
     scaled = logits / temps.unsqueeze(1)
@@ -141,6 +146,8 @@ def sample(logits: torch.Tensor, rows: Seq[SampleRow],
             for i in sample_idx
         ]).to(device)
         tokens.index_copy_(0, idx, (probs / noise).argmax(dim=-1))
+    if guided:
+        check_guided(tokens, rows, guided)
     log_probs = None
     if want_log_probs:
         lp = torch.log_softmax(scaled, dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
@@ -162,9 +169,14 @@ def _log_prob_over_kept(row: int, token: int, sample_idx: list[int],
 
 def apply_logits_processors(logits: torch.Tensor, rows: Seq[SampleRow],
                             params: Seq[SamplingParams]) -> None:
-    """Embedding bias, penalties and bans (everything before temperature), in place."""
+    """Embedding bias, penalties, bans and guides (everything before temperature), in
+    place. A row whose guide allows only banned tokens keeps the guide's tokens."""
     _apply_bias_and_penalties(logits, rows, params)
+    guided = guided_rows(rows)
+    before = logits[guided] if guided else None  # advanced indexing: a copy
     _apply_bans(logits, rows, params)
+    if guided:
+        apply_guides(logits, rows, guided, before)
 
 
 def _apply_bias_and_penalties(logits: torch.Tensor, rows: Seq[SampleRow],
@@ -179,7 +191,8 @@ def _apply_bias_and_penalties(logits: torch.Tensor, rows: Seq[SampleRow],
         # repetition penalty looks at prompt and output tokens
         seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device)
         for i in rep_rows:
-            seen[i, torch.tensor(rows[i].token_ids, device=device)] = True
+            ids = torch.tensor(rows[i].token_ids, device=device)
+            seen[i, ids[ids < vocab]] = True  # (p-tuning ids past the vocabulary: no logit)
         rep = torch.tensor([p.repetition_penalty for p in params], device=device).unsqueeze(1)
         penalized = torch.where(logits > 0, logits / rep, logits * rep)
         logits.copy_(torch.where(seen, penalized, logits))

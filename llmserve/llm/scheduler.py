@@ -1,7 +1,7 @@
 """The per-step scheduler: which sequences run, with how many tokens, under which policy.
 
 Each step spends a token budget (max_num_tokens) on running sequences first (decode
-tokens and unfinished prefill chunks), then admits waiting ones in arrival order
+tokens and unfinished prefill chunks), then admits waiting ones by priority, then arrival order
 (inflight batching). The capacity policy decides admission and what happens when KV
 blocks run out: GUARANTEED_NO_EVICT reserves each request's worst case, MAX_UTILIZATION
 admits greedily and preempts the newest sequence (recomputed later), STATIC_BATCH admits
@@ -60,7 +60,17 @@ class Scheduler:
     # -- bookkeeping -------------------------------------------------------------
 
     def add(self, state: RequestState) -> None:
-        self.waiting.append(state.seqs[0])
+        """Queue a new request: after every waiting request of at least its priority
+        (TensorRT-LLM's Request.priority, higher first), so equal priorities stay FIFO."""
+        seq = state.seqs[0]
+        priority = state.request.priority
+        if not self.waiting or self.waiting[-1].state.request.priority >= priority:
+            self.waiting.append(seq)
+            return
+        index = next(i for i, w in enumerate(self.waiting)
+                     if w.status is not SequenceStatus.PREEMPTED
+                     and w.state.request.priority < priority)
+        self.waiting.insert(index, seq)
 
     def add_forked(self, child: Sequence) -> None:
         child.status = SequenceStatus.RUNNING
@@ -150,9 +160,10 @@ class Scheduler:
             need_slots = 1 + (seq.state.unforked_extra() if seq.index == 0 else 0)
             if slots + need_slots > self.max_batch_size:
                 break
-            computed = self.bm.computed_blocks(seq, extra_keys(seq))
-            if seq.state.wants_context_logits and seq.in_prompt:
-                computed = []  # context logits need every prompt row computed
+            computed: list[int] = []
+            if not (seq.state.wants_context_logits and seq.in_prompt):
+                # (context logits need every prompt row computed: no reuse then)
+                computed = self.bm.computed_blocks(seq, extra_keys(seq))
             pending = len(seq.token_ids) - len(computed) * self.bm.block_size
             # a recomputation after preemption may always be chunked (it is internal)
             chunkable = self.enable_chunked_context or seq.num_generated > 0
@@ -184,7 +195,7 @@ class Scheduler:
             budget -= num + num_draft
             slots += need_slots
             if self._reserving():
-                reserved += max(0, worst - len(seq.block_table))
+                reserved += max(0, worst - self.bm.held(seq))
 
     def _victim(self) -> Sequence | None:
         """The newest running sequence that is not a beam. Beams of one request advance
@@ -231,8 +242,12 @@ class Scheduler:
 
     def _worst_case(self, seq: Sequence) -> int:
         state = seq.state
-        blocks = self.bm.blocks_for(seq.prompt_len + state.stop.max_tokens
-                                    + len(seq.draft_tokens))
+        total = seq.prompt_len + state.stop.max_tokens + len(seq.draft_tokens)
+        if state.beam is None:  # an attention window bounds what a sequence holds
+            span = min(total, self.max_num_tokens) + len(seq.draft_tokens)
+            blocks = self.bm.max_blocks_held(total, span)
+        else:
+            blocks = self.bm.blocks_for(total)
         # siblings share the prompt's partial block until one copies it on write (a
         # beam's copy replaces a shared block: a full table per beam is its worst case)
         return blocks + (1 if state.num_sequences > 1 and state.beam is None else 0)
@@ -245,7 +260,7 @@ class Scheduler:
                 beam_states.add(seq.state)
                 continue
             worst = self._worst_case(seq)
-            total += max(0, worst - len(seq.block_table))
+            total += max(0, worst - self.bm.held(seq))
             if seq.index == 0:
                 total += seq.state.unforked_extra() * worst
         for state in beam_states:

@@ -20,6 +20,7 @@ from llmserve.llm.stop import StopCriteria
 
 if TYPE_CHECKING:
     from llmserve.llm.beam_search import BeamSearch
+    from llmserve.llm.guided import GuideMatcher
 
 
 class SequenceStatus(enum.Enum):
@@ -59,6 +60,7 @@ class Sequence:
     # the logits row of the newest token, held until every beam of the request has one
     beam_score: float = 0.0
     beam_logits: torch.Tensor | None = None
+    guide: GuideMatcher | None = None  # guided decoding: the grammar's state
 
     @property
     def request_id(self) -> int:
@@ -108,6 +110,13 @@ class RequestState:
         self.error: str | None = None  # set when the request fails before it runs
         self.beam: BeamSearch | None = None  # beam_width > 1: the search's own state
         prompt = [int(t) for t in request.input_token_ids]  # numpy / torch ints too
+        # p-tuning: the request's prompt table (the executor puts it on the engine's
+        # device and dtype) and the prompt's extra ids, which join the block hash
+        ptc = request.prompt_tuning_config
+        self.prompt_table: torch.Tensor | None = None if ptc is None else ptc.embedding_table
+        self.token_extra_ids: list[int] | None = None
+        if ptc is not None and ptc.input_token_extra_ids is not None:
+            self.token_extra_ids = [int(t) for t in ptc.input_token_extra_ids]
         self.seqs: list[Sequence] = [Sequence(self, 0, prompt, len(prompt))]
         self.seqs[0].cur_top_p = params.top_p
 

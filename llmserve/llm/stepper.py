@@ -66,6 +66,10 @@ class Stepper:
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
+    @property
+    def num_completed(self) -> int:
+        return self._completed
+
     def num_queued(self) -> int:
         return sum(1 for s in self.states.values() if not s.first_scheduled_ns)
 
@@ -154,7 +158,8 @@ class Stepper:
             mode = "last" if completes else "none"
         lora = seq.state.request.lora_config
         return SeqChunk(tokens, start, list(seq.block_table), mode,
-                        lora_task_id=None if lora is None else int(lora.task_id))
+                        lora_task_id=None if lora is None else int(lora.task_id),
+                        prompt_table=seq.state.prompt_table)
 
     def _process(self, out: SchedulerOutput, chunks: list[SeqChunk],
                  logits: torch.Tensor) -> None:
@@ -177,6 +182,7 @@ class Stepper:
                     state.context_logits.append(rows[first:n_ctx].float().cpu())
             seq.num_computed += num_real
             self.bm.cache_full_blocks(seq, extra_keys(seq))
+            self.bm.release_out_of_window(seq)
             if seq.num_computed < len(seq.token_ids):
                 continue  # more prefill chunks to come
             last = rows[num_real - 1] if chunk.logits == "all" else rows[0]
@@ -221,6 +227,8 @@ class Stepper:
                              status=SequenceStatus.RUNNING,
                              generator=make_generator(state.params.seed, index),
                              cur_top_p=state.params.top_p)
+            if parent.guide is not None:  # nothing accepted yet: the same start state
+                child.guide = parent.guide.fork()
             self.bm.fork(parent, child)
             child.num_new_blocks = 0
             state.seqs.append(child)
@@ -261,6 +269,7 @@ class Stepper:
         if not seq.is_finished:
             seq.num_computed += accepted  # the accepted drafts' K/V written this step
             self.bm.cache_full_blocks(seq, extra_keys(seq))
+            self.bm.release_out_of_window(seq)
 
     def _append(self, seq: Sequence, token: int, log_prob: float | None,
                 raw: torch.Tensor | None) -> bool:
@@ -272,9 +281,14 @@ class Stepper:
         state.last_iter = self.iteration
         self._touched[seq] = None
         reason = FinishReason.NOT_FINISHED
-        if state.stop.is_end(token):
+        guide = seq.guide
+        if state.stop.is_end(token) or (guide is not None and guide.is_stop(token)):
             reason = FinishReason.END_ID
         else:
+            if guide is not None and not guide.accept(token):
+                # every sampled token passed the guide's mask: a bug, not the user's error
+                logger.error("request %d: token %d is outside its guide", seq.request_id,
+                             token)
             seq.token_ids.append(token)
             if log_prob is not None:
                 seq.log_probs.append(log_prob)

@@ -18,6 +18,7 @@ from llmserve.core.errors import InvalidArgument, NotFound, ServerError, Unavail
 from llmserve.models.entry import ModelEntry, dir_signature
 from llmserve.models.version import ModelState, ModelVersion
 from llmserve.repository import find_model, load_model_config, scan_repositories, select_versions
+from llmserve.repository.naming import check_model_name, printable
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,10 @@ class ModelManager:
                 raise InvalidArgument(f"unexpected load parameter '{key}': file contents must be "
                                       "given as 'file:<relative path>'")
             rel = Path(key[len("file:"):])
-            if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            if rel.is_absolute() or ".." in rel.parts or not rel.parts or "\0" in key:
                 shutil.rmtree(base, ignore_errors=True)
-                raise InvalidArgument(f"invalid file path '{rel}' in load request of '{name}'")
+                raise InvalidArgument(f"invalid file path '{printable(str(rel))}' in load "
+                                      f"request of '{printable(name)}'")
             target = model_dir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(bytes(content))
@@ -124,50 +126,80 @@ class ModelManager:
     async def load(self, name: str, config_json: str | None = None,
                    files: dict[str, bytes] | None = None) -> None:
         """Load or reload `name`; raises ServerError with the reason when it fails."""
-        entry = self._entry(name)
-        async with entry.lock:
-            temp_dir = None
+        while True:
+            entry = self._entry(name)
+            async with entry.lock:
+                if self.entries.get(name) is not entry:
+                    continue  # a failed load dropped it while we waited: start over
+                old, old_temp = await self._load_locked(name, entry, config_json, files)
+                break
+        stale = [v for v in old.values() if v.state != ModelState.UNAVAILABLE]
+        if stale or old_temp is not None:
+            # the previous versions finish their in-flight requests in the background
+            asyncio.create_task(self._retire(stale, old_temp))
+
+    def _forget_if_no_model(self, name: str, entry: ModelEntry) -> None:
+        """Drop the entry of a failed load whose name is no model folder (a client's
+        typo, a path, a load from files that failed) unless it still serves versions,
+        so failed loads cannot grow the repository index without bound."""
+        if entry.ready_versions():
+            return
+        try:
+            in_repository = bool(self.roots) and find_model(self.roots, name) is not None
+        except ServerError:
+            in_repository = False
+        if not in_repository and self.entries.get(name) is entry:
+            self.entries.pop(name, None)
+
+    async def _load_locked(self, name: str, entry: ModelEntry, config_json: str | None,
+                           files: dict[str, bytes] | None) -> tuple[dict, Path | None]:
+        temp_dir = None
+        try:
             if files:
                 if not config_json:
-                    raise InvalidArgument(f"failed to load '{name}': a config must be given "
-                                          "together with files")
+                    raise InvalidArgument(f"failed to load '{printable(name)}': a config must "
+                                          "be given together with files")
+                check_model_name(name)  # it becomes a folder name
                 temp_dir = self._files_dir(name, files)
                 model_dir = temp_dir
             else:
                 model_dir = find_model(self.roots, name) if self.roots else None
                 if model_dir is None and config_json is None:
-                    if not entry.versions:
-                        self.entries.pop(name, None)
-                    raise InvalidArgument(f"failed to load '{name}', failed to poll from model repository")
+                    raise InvalidArgument(f"failed to load '{printable(name)}', failed to poll "
+                                          "from model repository")
                 if model_dir is None:
-                    raise InvalidArgument(f"failed to load '{name}': no model folder in the repository")
-            loop = asyncio.get_running_loop()
-            signature = dir_signature(model_dir)
-            try:
-                config = await loop.run_in_executor(
-                    self.pool, load_model_config, model_dir, self.options, config_json)
-                await self._load_dependencies(name, config)
-                new = await loop.run_in_executor(self.pool, self._load_versions, name, model_dir, config)
-            except BaseException as exc:
-                if temp_dir is not None:
-                    shutil.rmtree(temp_dir.parent, ignore_errors=True)
-                entry.signature = signature  # poll mode retries only after another change
-                if not entry.ready_versions():
-                    entry.state, entry.reason = ModelState.UNAVAILABLE, _reason(exc)
-                    entry.model_dir = entry.model_dir or model_dir
-                    failed = getattr(exc, "version", None)
-                    entry.versions = {failed.version: failed} if failed is not None else {}
-                log.error("failed to load model '%s': %s", name, _reason(exc))
-                raise
-            old, old_temp = entry.versions, entry.temp_dir
-            entry.versions, entry.config, entry.model_dir = new, config, model_dir
-            entry.temp_dir, entry.signature = temp_dir, signature
-            entry.state, entry.reason = ModelState.READY, ""
-            log.info("loaded model '%s' version(s) %s", name, sorted(new))
-        stale = [v for v in old.values() if v.state != ModelState.UNAVAILABLE]
-        if stale or old_temp is not None:
-            # the previous versions finish their in-flight requests in the background
-            asyncio.create_task(self._retire(stale, old_temp))
+                    raise InvalidArgument(f"failed to load '{printable(name)}': no model folder "
+                                          "in the repository")
+        except BaseException:
+            self._forget_if_no_model(name, entry)
+            raise
+        loop = asyncio.get_running_loop()
+        signature = dir_signature(model_dir)
+        try:
+            config = await loop.run_in_executor(
+                self.pool, load_model_config, model_dir, self.options, config_json)
+            await self._load_dependencies(name, config)
+            new = await loop.run_in_executor(self.pool, self._load_versions, name, model_dir, config)
+        except BaseException as exc:
+            if temp_dir is not None:
+                shutil.rmtree(temp_dir.parent, ignore_errors=True)
+            entry.signature = signature  # poll mode retries only after another change
+            if not entry.ready_versions():
+                entry.state, entry.reason = ModelState.UNAVAILABLE, _reason(exc)
+                entry.model_dir = entry.model_dir or model_dir
+                failed = getattr(exc, "version", None)
+                entry.versions = {failed.version: failed} if failed is not None else {}
+            log.error("failed to load model '%s': %s", printable(name),
+                      printable(_reason(exc), limit=4000))
+            if temp_dir is not None:
+                self._forget_if_no_model(name, entry)
+            raise
+        old, old_temp = entry.versions, entry.temp_dir
+        entry.versions, entry.config, entry.model_dir = new, config, model_dir
+        entry.temp_dir, entry.signature = temp_dir, signature
+        entry.state, entry.reason = ModelState.READY, ""
+        log.info("loaded model '%s' version(s) %s", printable(name), sorted(new))
+        return old, old_temp
 
     def _load_versions(self, name: str, model_dir: Path, config: mc.ModelConfig) -> dict[int, ModelVersion]:
         versions = select_versions(model_dir, config)
@@ -230,7 +262,7 @@ class ModelManager:
                 entry.temp_dir = None
                 entry.model_dir = find_model(self.roots, name) if self.roots else None
             entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
-            log.info("unloaded model '%s'", name)
+            log.info("unloaded model '%s'", printable(name))
         if unload_dependents and config is not None and config.HasField("ensemble_scheduling"):
             for step in config.ensemble_scheduling.step:
                 if step.model_name != name:
@@ -247,8 +279,11 @@ class ModelManager:
 
     async def poll_once(self) -> None:
         """Load new models, unload removed ones, reload changed ones."""
+        def skipped(problem: ServerError) -> None:
+            log.error("repository poll: %s", problem)
+
         try:
-            found = scan_repositories(self.roots)
+            found = scan_repositories(self.roots, skipped)
         except ServerError as exc:
             log.error("repository poll: %s", exc)
             return

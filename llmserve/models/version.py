@@ -7,6 +7,7 @@ import enum
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from llmserve.scheduling.sequence_controls import uses_sequence_batcher
 from llmserve.scheduling.validate import output_transform, requested_output_names, validate_request
 
 log = logging.getLogger(__name__)
+
+_WORKER_EXIT_SECS = 30.0  # without a drain limit: how long an instance may take to stop
 
 
 class ModelState(str, enum.Enum):
@@ -96,6 +99,8 @@ class ModelVersion:
         self._grantees: list[Grantee] = []
         self._idle = threading.Condition()
         self._inflight = 0
+        self._live: dict[int, SchedRequest] = {}  # in flight, by id(): failed at unload
+        self._release_lock = threading.Lock()  # unload and fail() release instances once
 
     # -- lifecycle ----------------------------------------------------------------------
     def load(self) -> None:
@@ -107,7 +112,7 @@ class ModelVersion:
             self.queue.load_initial_states(self.model_dir)
         spec = ModelSpec(self.name, self.version, self.model_dir, self.config,
                          json.dumps(config_to_json_dict(self.config)), self.server.options,
-                         self.server)
+                         self.server, on_fatal=self.fail)
         self._backend_model = load_backend_model(self.backend, spec)
         try:
             for ispec in instance_specs(self.config):
@@ -131,7 +136,31 @@ class ModelVersion:
             self._workers.append(t)
         self.state = ModelState.READY
 
+    def fail(self, reason: str) -> None:
+        """What serves this version is lost (its engine process died): it turns
+        UNAVAILABLE with reason, queued requests fail and its instances are released in
+        the background. A load of the model (or a poll that sees a change) replaces it."""
+        if self.state != ModelState.READY:
+            return
+        self.state, self.reason = ModelState.UNAVAILABLE, reason
+        log.error("model '%s' version %d is UNAVAILABLE: %s", self.name, self.version, reason)
+        threading.Thread(target=self._stop_serving, args=(reason,), daemon=True,
+                         name=f"model-{self.name}-failed").start()
+
+    def _stop_serving(self, reason: str) -> None:
+        if self.queue is not None:
+            for sreq in self.queue.stop():
+                sreq.fail(Unavailable(f"model '{self.name}' version {self.version} is "
+                                      f"unavailable: {reason}"))
+        for t in self._workers:
+            t.join(timeout=30)
+        self._finalize_instances()
+
     def _finalize_instances(self) -> None:
+        with self._release_lock:
+            self._finalize_instances_locked()
+
+    def _finalize_instances_locked(self) -> None:
         for inst in self._instances:
             try:
                 inst.finalize()
@@ -159,22 +188,38 @@ class ModelVersion:
             return self._idle.wait_for(lambda: self._inflight == 0, timeout)
 
     def unload(self, drain_timeout: float | None) -> None:
-        """Blocking: finish in-flight requests (up to drain_timeout), then finalize."""
+        """Blocking: finish in-flight requests (up to drain_timeout, None: no limit), then
+        finalize. Requests still in flight after drain_timeout fail at once, and an
+        instance stuck in execute is left behind, so unload (and shutdown, with
+        --exit-timeout-secs) takes about drain_timeout, not drain_timeout plus a wait
+        per worker thread."""
         self.state = ModelState.UNLOADING
+        gone = Unavailable(f"model '{self.name}' version {self.version} was unloaded")
         if not self.wait_idle(drain_timeout):
             log.warning("model '%s' version %d: %d requests still in flight at unload",
                         self.name, self.version, self.inflight())
+            with self._idle:
+                left = list(self._live.values())
+            for sreq in left:
+                sreq.fail(gone)
         if self.queue is not None:
             for sreq in self.queue.stop():
-                sreq.fail(Unavailable(f"model '{self.name}' version {self.version} was unloaded"))
+                sreq.fail(gone)
+        deadline = time.monotonic() + (_WORKER_EXIT_SECS if drain_timeout is None else 1.0)
         for t in self._workers:
-            t.join(timeout=30)
+            t.join(timeout=max(deadline - time.monotonic(), 0.0))
+        stuck = [t.name for t in self._workers if t.is_alive()]
         self._workers = []
         limiter = getattr(self.server, "rate_limiter", None)
         for grantee in self._grantees:
             limiter.unregister(grantee)
         self._grantees = []
-        self._finalize_instances()
+        if stuck:
+            # finalize must not run beside a live execute; the threads are daemons
+            log.warning("model '%s' version %d: %s still executing at unload; not finalized",
+                        self.name, self.version, ", ".join(stuck))
+        else:
+            self._finalize_instances()
         self.state = ModelState.UNAVAILABLE
         self.reason = "unloaded"
 
@@ -198,18 +243,23 @@ class ModelVersion:
         if self.state != ModelState.READY:
             raise Unavailable(f"Request for unknown model: '{self.name}' version {self.version} "
                               "is not at ready state")
+        refusal = self._backend_model.admission_error(sreq) if self._backend_model else None
+        if refusal is not None:  # as a full queue below: answered at once, not counted
+            raise refusal
         start = sreq.request.arrival_ns or now_ns()
 
         def done(resp: InferenceResponse) -> None:
             self.stats.request_done(not sreq.sink.failed, now_ns() - start)
             with self._idle:
                 self._inflight -= 1
+                self._live.pop(id(sreq), None)
                 self._idle.notify_all()
 
         sreq.sink.add_final_callback(done)
         sreq.requeue = self.queue.requeue
         with self._idle:
             self._inflight += 1
+            self._live[id(sreq)] = sreq
         withdraw = self.orderer.register(sreq) if self.orderer is not None else None
         if self.cache is not None and self.cache.answer(sreq):
             return  # answered from the response cache
@@ -220,6 +270,7 @@ class ModelVersion:
                 withdraw()
             with self._idle:
                 self._inflight -= 1
+                self._live.pop(id(sreq), None)
                 self._idle.notify_all()
             raise
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from llmserve.config.errors import ConfigError
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)?")
+MAX_NAME_LENGTH = 255  # NAME_MAX of common file systems
 NAME_RULE = ("model names may contain only letters (a-z, A-Z), digits (0-9), '_' and '-', "
              "plus an optional '.<backend>' suffix")
 
@@ -20,10 +21,19 @@ def name_problem(name: str) -> str | None:
     if not name:
         return "the model name is empty"
     if name in (".", "..") or "/" in name or "\\" in name:
-        return f"'{name}' is a path, not a model name"
+        return f"'{printable(name)}' is a path, not a model name"
     if not _NAME.fullmatch(name):
-        return f"invalid model name '{name}': {NAME_RULE}"
+        return f"invalid model name '{printable(name)}': {NAME_RULE}"
+    if len(name) > MAX_NAME_LENGTH:  # a folder name longer than the file system takes
+        return f"invalid model name '{name[:32]}...': longer than {MAX_NAME_LENGTH} characters"
     return None
+
+
+def printable(name: str, limit: int = 200) -> str:
+    """`name` safe to log and quote: control characters escaped (a CR/LF in a client's
+    model name must not forge a log line) and long names cut."""
+    text = name.encode("unicode_escape").decode("ascii") if not name.isprintable() else name
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def check_model_name(name: str, where: str = "") -> None:

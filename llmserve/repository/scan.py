@@ -6,6 +6,7 @@ appearing in two roots an error.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from llmserve.config.errors import ConfigError
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 _SKIPPED = {"__pycache__"}
 
 
-def _model_dirs(root: Path) -> list[Path]:
+def _model_dirs(root: Path, on_problem: Callable[[ConfigError], None] | None) -> list[Path]:
     if not root.exists():
         raise ConfigError(f"model repository '{root}' does not exist")
     if not root.is_dir():
@@ -30,25 +31,34 @@ def _model_dirs(root: Path) -> list[Path]:
         if entry.name.startswith(".") or entry.name in _SKIPPED or not entry.is_dir():
             continue  # hidden folders (.git, .ipynb_checkpoints) and files are not models
         problem = name_problem(entry.name)
+        error = None
         if problem:
-            raise ConfigError(f"{entry}: {problem}")
-        if entry.is_symlink() and not is_within(entry, root):
-            raise ConfigError(f"{entry}: model folder is a symlink leading outside the model "
-                              f"repository (to {entry.resolve()}); refused")
-        out.append(entry)
+            error = ConfigError(f"{entry}: {problem}")
+        elif entry.is_symlink() and not is_within(entry, root):
+            error = ConfigError(f"{entry}: model folder is a symlink leading outside the model "
+                                f"repository (to {entry.resolve()}); refused")
+        if error is None:
+            out.append(entry)
+        elif on_problem is None:
+            raise error
+        else:
+            on_problem(error)
     return out
 
 
-def scan_repositories(roots: list[Path]) -> dict[str, Path]:
+def scan_repositories(roots: list[Path],
+                      on_problem: Callable[[ConfigError], None] | None = None) -> dict[str, Path]:
     """Model name -> model folder over all roots (ConfigError, INVALID_ARG, for a bad
-    folder name, an escaping symlink, a missing root, or a name found in two roots)."""
+    folder name, an escaping symlink, a missing root, or a name found in two roots).
+    With on_problem, a bad folder is reported to it and left out instead, so one bad
+    folder does not hide the others (the repository index, poll mode)."""
     found: dict[str, Path] = {}
     seen_roots: set[Path] = set()
     for root in roots:
         if Path(root).resolve() in seen_roots:
             continue  # the same root given twice
         seen_roots.add(Path(root).resolve())
-        for model_dir in _model_dirs(Path(root)):
+        for model_dir in _model_dirs(Path(root), on_problem):
             other = found.get(model_dir.name)
             if other is not None:
                 raise ConfigError(f"model '{model_dir.name}' appears in more than one model "

@@ -6,11 +6,15 @@ Ragged inputs are flattened and concatenated, as Triton hands them to a backend.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from llmserve.core.errors import Cancelled, InternalError, InvalidArgument, ServerError
+from llmserve.core.types import Tensor
 from llmserve.scheduling.request import SchedRequest
+from llmserve.scheduling.sequence_state import save_states
 
 
 def live_requests(model_name: str, batch: list[SchedRequest]) -> list[SchedRequest]:
@@ -77,3 +81,27 @@ def split_outputs(config: mc.ModelConfig, batch: list[SchedRequest],
             per_request[i][name] = array[offset : offset + n]
             offset += n
     return per_request
+
+
+def run_and_respond(model_name: str, batch: list[SchedRequest],
+                    run: Callable[[list[SchedRequest]], list[dict[str, np.ndarray]]],
+                    api_names: Mapping[str, str]) -> None:
+    """The framework backends' execute: fail the cancelled requests, run the others as one
+    batch (a ServerError fails them all), keep each sequence's implicit state, and answer
+    each request with the outputs it asked for (api_names: output -> datatype name)."""
+    live = live_requests(model_name, batch)
+    if not live:
+        return
+    try:
+        per_request = run(live)
+    except ServerError as e:
+        fail_all(live, e)
+        return
+    for sreq, outputs in zip(live, per_request, strict=True):
+        try:
+            save_states(sreq, outputs, model_name)
+        except ServerError as e:
+            sreq.fail(e)
+            continue
+        sreq.respond([Tensor(n, api_names[n], outputs[n])
+                      for n in sreq.output_names if n in outputs])

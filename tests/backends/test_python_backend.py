@@ -230,3 +230,20 @@ def test_bad_inputs_raise_before_first_response(backend_server):
         backend_server.run(collect(backend_server, make_request("add_sub", {"INPUT0": a.astype(np.float64), "INPUT1": a})))
     with pytest.raises(InvalidArgument, match="unknown model"):
         backend_server.run(collect(backend_server, make_request("nope", {"INPUT0": a})))
+
+
+def test_a_models_namespace_package_stays_in_its_table(tmp_path):
+    """A `lib/` folder without __init__.py (tensorrtllm_backend's tensorrt_llm_bls has one)
+    is a namespace package with no __file__: it must join the model's table and leave
+    sys.modules, or the next model's `lib` imports would find it."""
+    import sys
+
+    from llmserve.backends.python.loader import import_model_module
+
+    folder = tmp_path / "ns_model" / "1"
+    (folder / "lib").mkdir(parents=True)
+    (folder / "lib" / "tools.py").write_text("VALUE = 'mine'\n")
+    (folder / "model.py").write_text("from lib.tools import VALUE\n")
+    module = import_model_module(folder / "model.py", "ns_model", 1)
+    assert module.VALUE == "mine"
+    assert "lib" not in sys.modules and "lib.tools" not in sys.modules

@@ -235,3 +235,9 @@ def test_shutdown_drains_or_cancels(make_executor):
     last = collect(ex2, [rid])[rid][-1]
     assert last.result.finish_reasons == [FinishReason.CANCELLED]
     assert ex2.get_kv_cache_stats().used_num_blocks == 0
+
+
+def test_priority_outside_zero_to_one_is_refused(make_executor):
+    ex = make_executor()
+    with pytest.raises(InvalidArgument, match=r"priority must be in \[0, 1\]"):
+        ex.enqueue_request(greedy_request(prompt(4, 1), 2, priority=1.5))

@@ -152,3 +152,20 @@ def test_abort_frees_blocks_of_running_and_waiting():
     sched.abort(a)
     sched.abort(b)
     assert not sched.has_work() and sched.bm.num_free_blocks == sched.bm.num_blocks
+
+
+def test_waiting_requests_are_admitted_by_priority_then_arrival():
+    """TensorRT-LLM's Request.priority (0..1, higher first); equal priorities stay FIFO."""
+    from llmserve.llm import CapacitySchedulerPolicy, Request
+    from llmserve.llm.block_manager import BlockManager
+    from llmserve.llm.sampling import SamplingParams
+    from llmserve.llm.scheduler import Scheduler
+    from llmserve.llm.sequence import RequestState
+    from llmserve.llm.stop import StopCriteria
+
+    sched = Scheduler(BlockManager(64, 8), CapacitySchedulerPolicy.GUARANTEED_NO_EVICT,
+                      max_batch_size=1, max_num_tokens=64, enable_chunked_context=False)
+    for rid, priority in ((1, 0.5), (2, 0.5), (3, 0.9), (4, 0.1), (5, 0.9)):
+        req = Request([5, 6, 7], 2, priority=priority)
+        sched.add(RequestState(rid, req, SamplingParams(), StopCriteria.build(2, None, None), 1))
+    assert [s.state.request_id for s in sched.waiting] == [3, 5, 1, 2, 4]

@@ -68,6 +68,7 @@ HONOURED = {
                                               .prompt_lookup.max_matching_ngram_size == 4),
     "prompt_lookup_min_matching_ngram_size": ("2", lambda s, c: c.speculative_decoding_config
                                               .prompt_lookup.min_matching_ngram_size == 2),
+    "engine_process": ("true", lambda s, c: s.engine_process),
 }
 # Read, but checked elsewhere (or not honoured on purpose): every other parameter
 # read_settings consults must be in HONOURED.
@@ -78,6 +79,8 @@ NOT_HERE = {
     "lora_prefetch_dir",  # test_llm_set_lora.py
     "draft_model_dir", "draft_model_num_tokens",  # test_llm_set_speculative.py
     "kv_cache_host_memory_bytes", "sink_token_length",  # README: accepted without effect
+    # test_llm_set_guided.py
+    "guided_decoding_backend", "xgrammar_tokenizer_info_path", "guided_decoding_json_whitespace",
     *P.INEFFECTIVE_PARAMETERS,  # test_ineffective_parameters_warn
 }
 
@@ -160,7 +163,7 @@ def test_build_request_errors():
     (item,) = rm.split_batch(_batch(streaming=[True]), True)
     with pytest.raises(InvalidArgument, match="decoupled mode"):
         rm.build_request(item, 0, decoupled=False, default_exclude_input=False)
-    (item,) = rm.split_batch(_batch(prompt_vocab_size=[3]), True)
+    (item,) = rm.split_batch(_batch(encoder_output_lengths=[3]), True)
     with pytest.raises(Unsupported):
         rm.build_request(item, 0, decoupled=True, default_exclude_input=False)
     (item,) = rm.split_batch(_batch(input_lengths=[9]), True)
@@ -168,6 +171,33 @@ def test_build_request_errors():
         rm.build_request(item, 0, decoupled=True, default_exclude_input=False)
     with pytest.raises(InvalidArgument, match="batch size"):
         rm.split_batch(_batch(temperature=[1.0, 1.0]), True)
+
+
+def test_window_sink_and_host_memory_parameters(tmp_path):
+    raw = {"gpt_model_path": str(tmp_path), "max_attention_window_size": "64,128",
+           "sink_token_length": "4", "kv_cache_host_memory_bytes": "1000000",
+           "kv_cache_onboard_blocks": "true"}
+    s = P.read_settings(raw)
+    kv = s.executor_config.kv_cache_config
+    assert kv.max_attention_window == [64, 128] and kv.sink_token_length == 4
+    assert kv.host_cache_size == 1000000 and s.warnings == []
+    raw["max_attention_window_size"] = "32"
+    assert P.read_settings(raw).executor_config.kv_cache_config.max_attention_window == 32
+
+
+def test_prompt_tuning_inputs_map_to_the_request():
+    table = np.arange(12, dtype=np.float16).reshape(1, 1, 3, 4)
+    (item,) = rm.split_batch(_batch(prompt_embedding_table=table, prompt_vocab_size=[3],
+                                    prompt_table_extra_ids=np.array([[7, 7, 0, 5]], np.uint64)),
+                             True)
+    req, _ = rm.build_request(item, 0, decoupled=True, default_exclude_input=False)
+    ptc = req.prompt_tuning_config
+    assert ptc.embedding_table.shape == (3, 4) and ptc.embedding_table[2, 3] == 11
+    assert ptc.input_token_extra_ids == [7, 7, 0]  # cut to input_lengths, as upstream
+    (item,) = rm.split_batch(_batch(prompt_table_extra_ids=np.array([[1, 1, 1]], np.uint64)),
+                             True)
+    req, _ = rm.build_request(item, 0, decoupled=True, default_exclude_input=False)
+    assert req.prompt_tuning_config is None  # extra ids mean nothing without a table
 
 
 def test_decoding_mode_restricts_sampling():
@@ -186,4 +216,6 @@ def test_every_template_input_is_read_rejected_or_ignored_by_design():
     assert len(inputs) > 40 and rm.unused_config_inputs(inputs) == []
     # a newer tensorrtllm_backend input llmserve does not implement: reported for the
     # load-time warning
-    assert rm.unused_config_inputs(inputs + ["guided_decoding_guide"]) == ["guided_decoding_guide"]
+    assert rm.unused_config_inputs(inputs + ["retention_token_range_starts"]) == [
+        "retention_token_range_starts"]
+    assert "guided_decoding_guide" in inputs  # read since guided decoding exists

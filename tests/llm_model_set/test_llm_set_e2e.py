@@ -99,3 +99,21 @@ def test_dropped_stream_cancels_and_frees_kv_blocks(served):
     assert stats.used_num_blocks == 0 and stats.free_num_blocks == total
     time.sleep(0.2)
     assert 0 < generated() - before < 200
+
+
+def test_guided_in_process_and_refused_with_bls_draft_model(served):
+    """A JSON-schema guide through the in-process executor (the guided suite's server runs
+    it in an engine process); the BLS's draft-model path would restart the guide at each
+    step, so it refuses guides."""
+    import json
+
+    schema = {"type": "object", "properties": {"w": {"type": "string", "maxLength": 5}},
+              "required": ["w"], "additionalProperties": False}
+    guide = {"guided_decoding_guide_type": np.array([[b"json_schema"]], dtype=object),
+             "guided_decoding_guide": np.array([[json.dumps(schema).encode()]], dtype=object)}
+    for model in ("ensemble", "tensorrt_llm_bls"):
+        text = text_of(served.infer(model, text_request(PROMPT, 30, **guide)))
+        assert set(json.loads(text)) == {"w"}, text
+    with pytest.raises(AssertionError, match="num_draft_tokens is not supported"):
+        served.infer("tensorrt_llm_bls", text_request(
+            PROMPT, 10, num_draft_tokens=np.array([[3]], np.int32), **guide))

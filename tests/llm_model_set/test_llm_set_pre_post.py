@@ -90,6 +90,18 @@ def test_preprocessing_without_special_tokens(tok_dir, tok):
     assert BOS_ID not in out["INPUT_ID"][0].tolist()
 
 
+def test_preprocessing_extra_ids_only_mark_prompt_table_ids(pre):
+    """PROMPT_TABLE_EXTRA_ID goes to ids past the vocabulary (p-tuning's); text tokens
+    get 0, as upstream, so blocks of ordinary text stay shared."""
+    req = request(pb_utils, QUERY=np.array([[b"Hello"]], dtype=object),
+                  REQUEST_OUTPUT_LEN=np.array([[3]], np.int32),
+                  PROMPT_TABLE_EXTRA_ID=np.array([[9]], np.uint64))
+    (resp,) = pre.execute([req])
+    out = outputs(resp)
+    assert out["OUT_PROMPT_TABLE_EXTRA_IDS"].shape == out["INPUT_ID"].shape
+    assert not out["OUT_PROMPT_TABLE_EXTRA_IDS"].any()
+
+
 def test_preprocessing_bad_bias_is_an_error(pre):
     req = request(
         pb_utils,

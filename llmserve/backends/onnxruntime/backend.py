@@ -19,13 +19,11 @@ from llmserve.backends.onnxruntime.model_check import check_model_io
 from llmserve.backends.onnxruntime.session import session_settings
 from llmserve.config.autocomplete_onnx import tensor_infos
 from llmserve.core import datatypes
-from llmserve.core.errors import InternalError, InvalidArgument, ServerError, Unavailable
-from llmserve.core.types import Tensor
+from llmserve.core.errors import InternalError, InvalidArgument, Unavailable
 from llmserve.repository import model_file_path
-from llmserve.scheduling.batching import concat_inputs, fail_all, live_requests, split_outputs
+from llmserve.scheduling.batching import concat_inputs, run_and_respond, split_outputs
 from llmserve.scheduling.request import SchedRequest
 from llmserve.scheduling.sequence_controls import sequence_input_types, state_output_types
-from llmserve.scheduling.sequence_state import save_states
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +80,8 @@ class OnnxInstance(BackendInstance):
 
     # -- execute ------------------------------------------------------------------------
     def execute(self, batch: list[SchedRequest]) -> concurrent.futures.Future | None:
-        live = live_requests(self.name, batch)
-        if not live:
-            return None
-        try:
-            per_request = self._run(live)
-        except ServerError as e:
-            fail_all(live, e)
-            return None
-        for sreq, outputs in zip(live, per_request, strict=True):
-            try:
-                save_states(sreq, outputs, self.name)
-            except ServerError as e:
-                sreq.fail(e)
-                continue
-            sreq.respond([Tensor(n, self.output_dtypes[n].api_name, outputs[n])
-                          for n in sreq.output_names if n in outputs])
+        run_and_respond(self.name, batch, self._run,
+                        {n: d.api_name for n, d in self.output_dtypes.items()})
         return None
 
     def _run(self, live: list[SchedRequest]) -> list[dict[str, np.ndarray]]:

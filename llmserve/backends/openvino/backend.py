@@ -20,10 +20,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from llmserve.backends.base import BackendInstance, BackendModel, InstanceSpec, ModelSpec
 from llmserve.backends.openvino.settings import OpenVinoSettings, parse_settings
-from llmserve.core.errors import InternalError, InvalidArgument, ServerError, Unavailable
-from llmserve.core.types import Tensor
+from llmserve.core.errors import InternalError, InvalidArgument, Unavailable
 from llmserve.repository import model_file_path
-from llmserve.scheduling.batching import concat_inputs, fail_all, live_requests, split_outputs
+from llmserve.scheduling.batching import concat_inputs, run_and_respond, split_outputs
 from llmserve.scheduling.request import SchedRequest
 
 log = logging.getLogger(__name__)
@@ -129,17 +128,8 @@ class OpenVinoInstance(BackendInstance):
         self.output_dtypes = {o.name: mc.DataType.Name(o.data_type) for o in self.config.output}
 
     def execute(self, batch: list[SchedRequest]) -> concurrent.futures.Future | None:
-        live = live_requests(self.name, batch)
-        if not live:
-            return None
-        try:
-            per_request = self._run(live)
-        except ServerError as e:
-            fail_all(live, e)
-            return None
-        for sreq, outputs in zip(live, per_request, strict=True):
-            sreq.respond([Tensor(n, self.output_dtypes[n][5:], outputs[n])
-                          for n in sreq.output_names if n in outputs])
+        run_and_respond(self.name, batch, self._run,
+                        {n: t[len("TYPE_"):] for n, t in self.output_dtypes.items()})
         return None
 
     def _run(self, live: list[SchedRequest]) -> list[dict[str, np.ndarray]]:

@@ -204,11 +204,17 @@ class PythonInstance(BackendInstance):
     def _finish_default(self, batch: list[SchedRequest], result: Any, resched_ids: set[int],
                         fail_open: Any) -> None:
         if result is None:
-            # allowed when every request was answered through its response sender
-            if any(not s.sink.closed for s in batch if id(s) not in resched_ids):
-                fail_open(self._failure(
-                    "Expected a list in the execute return, got None (or respond through the "
-                    "response sender)"))
+            # Triton (24.06+): the model answers through each request's response sender,
+            # in execute or later from another thread (tensorrtllm_backend's Python
+            # tensorrt_llm model does). A request whose sender the model never took can
+            # never be answered: it fails now rather than hang.
+            unanswerable = [s for s in batch if id(s) not in resched_ids and not s.sink.closed
+                            and s.backend_state.get("sender") is None]
+            if unanswerable:
+                error = self._failure("Expected a list in the execute return, got None (or "
+                                      "respond through the response sender)")
+                for sreq in unanswerable:
+                    sreq.fail(error)
             return
         if not isinstance(result, (list, tuple)) or len(result) != len(batch):
             size = len(result) if isinstance(result, (list, tuple)) else 1

@@ -9,6 +9,10 @@ that runs later in the model's own code, in initialize or execute (`import helpe
 `from lib.util import f`, relative imports inside its packages), is served from that
 table, or imported into it with the folder on sys.path. Imports made by any other code
 go through Python's import unchanged.
+
+A model's imports of a package llmserve stands in for (`tensorrt_llm`, when the real one
+is not installed; llmserve/compat/modules.py) are answered from the stand-in, for that
+model's code only: no top-level module of that name ever enters sys.modules.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from llmserve.backends.hf_imports import prewarm_transformers
+from llmserve.compat.modules import provided_modules
 
 T = TypeVar("T")
 _lock = threading.RLock()
@@ -39,6 +44,16 @@ _builtin_import = builtins.__import__
 
 def _under(file: str, folder: str) -> bool:
     return bool(file) and (file == folder or file.startswith(folder.rstrip("/") + "/"))
+
+
+def _location(module: ModuleType) -> str:
+    """Where a module lives: its file, or its first folder for a namespace package (no
+    __init__.py, as tensorrtllm_backend's tensorrt_llm_bls/1/lib), which has no file."""
+    file = getattr(module, "__file__", None)
+    if file:
+        return file
+    path = getattr(module, "__path__", None)
+    return next(iter(path), "") if path is not None else ""
 
 
 class ModelModules:
@@ -78,7 +93,7 @@ class ModelModules:
                 sys.path.remove(self.folder)
                 for name in set(sys.modules) - before:
                     module = sys.modules[name]
-                    if _under(getattr(module, "__file__", None) or "", self.folder):
+                    if _under(_location(module), self.folder):
                         self.modules[name] = module
                         self.adopt(module)
                 for name in self.modules:
@@ -101,13 +116,26 @@ def _model_import(name: str, globals: dict | None = None, locals: Any = None,
                   fromlist: Any = (), level: int = 0) -> ModuleType:
     ref = _OWNERS.get(id(globals)) if globals is not None else None
     table = ref() if ref is not None else None
-    if table is None or (level == 0 and not table.owns(name.partition(".")[0])):
+    if table is None:
         return _builtin_import(name, globals, locals, fromlist, level)
+    if level == 0 and not table.owns(top := name.partition(".")[0]):
+        provided = provided_modules(top)
+        if provided is None:
+            return _builtin_import(name, globals, locals, fromlist, level)
+        return _stand_in(provided, name, fromlist)
     if level == 0:
         module = table.cached(name, fromlist)
         if module is not None:
             return module
     return table.run(lambda: _builtin_import(name, globals, locals, fromlist, level))
+
+
+def _stand_in(provided: dict[str, ModuleType], name: str, fromlist: Any) -> ModuleType:
+    """What `import name` / `from name import ...` gives from a stand-in package."""
+    module = provided.get(name)
+    if module is None:
+        raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+    return module if fromlist else provided[name.partition(".")[0]]
 
 
 def _install() -> None:

@@ -27,12 +27,10 @@ from llmserve.backends.pytorch.io_mapping import (
 )
 from llmserve.core import datatypes
 from llmserve.core.errors import InternalError, InvalidArgument, ServerError, Unavailable
-from llmserve.core.types import Tensor
 from llmserve.repository import model_file_path
-from llmserve.scheduling.batching import concat_inputs, fail_all, live_requests, split_outputs
+from llmserve.scheduling.batching import concat_inputs, run_and_respond, split_outputs
 from llmserve.scheduling.request import SchedRequest
 from llmserve.scheduling.sequence_controls import sequence_input_types, state_output_types
-from llmserve.scheduling.sequence_state import save_states
 
 log = logging.getLogger(__name__)
 
@@ -177,28 +175,18 @@ class TorchInstance(BackendInstance):
                  self.io.output_naming.value)
 
     def execute(self, batch: list[SchedRequest]) -> concurrent.futures.Future | None:
-        live = live_requests(self.name, batch)
-        if not live:
-            return None
+        run_and_respond(self.name, batch, self._run_checked,
+                        {n: datatypes.config_to_api(t) for n, t in self.output_types.items()})
+        return None
+
+    def _run_checked(self, live: list[SchedRequest]) -> list[dict[str, np.ndarray]]:
         try:
-            per_request = self._run(live)
-        except ServerError as e:
-            fail_all(live, e)
-            return None
+            return self._run(live)
+        except ServerError:
+            raise
         except Exception as e:  # TorchScript raises RuntimeError (torch.jit.Error) from forward
             log.error("model '%s': forward() failed: %s", self.name, e)
-            for sreq in live:
-                sreq.fail(InternalError(f"PyTorch execute failure: {_first_line(e)}"))
-            return None
-        for sreq, outputs in zip(live, per_request, strict=True):
-            try:
-                save_states(sreq, outputs, self.name)
-            except ServerError as e:
-                sreq.fail(e)
-                continue
-            sreq.respond([Tensor(n, datatypes.config_to_api(self.output_types[n]), outputs[n])
-                          for n in sreq.output_names if n in outputs])
-        return None
+            raise InternalError(f"PyTorch execute failure: {_first_line(e)}") from None
 
     def _to_tensor(self, name: str, array: np.ndarray) -> torch.Tensor:
         if not array.flags.writeable or not array.flags.c_contiguous:

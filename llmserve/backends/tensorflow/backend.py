@@ -21,10 +21,9 @@ from llmserve.backends.tensorflow.graph import (
     open_model,
     read_init_ops,
 )
-from llmserve.core.errors import InternalError, InvalidArgument, ServerError
-from llmserve.core.types import Tensor
+from llmserve.core.errors import InternalError, InvalidArgument
 from llmserve.repository import model_file_path
-from llmserve.scheduling.batching import concat_inputs, fail_all, live_requests, split_outputs
+from llmserve.scheduling.batching import concat_inputs, run_and_respond, split_outputs
 from llmserve.scheduling.request import SchedRequest
 
 log = logging.getLogger(__name__)
@@ -99,17 +98,8 @@ class TensorFlowInstance(BackendInstance):
         self.output_order = [o.name for o in self.config.output]
 
     def execute(self, batch: list[SchedRequest]) -> concurrent.futures.Future | None:
-        live = live_requests(self.name, batch)
-        if not live:
-            return None
-        try:
-            per_request = self._run(live)
-        except ServerError as e:
-            fail_all(live, e)
-            return None
-        for sreq, outputs in zip(live, per_request, strict=True):
-            sreq.respond([Tensor(n, _api_name(self.output_types[n]), outputs[n])
-                          for n in sreq.output_names if n in outputs])
+        run_and_respond(self.name, batch, self._run,
+                        {n: _api_name(t) for n, t in self.output_types.items()})
         return None
 
     def _run(self, live: list[SchedRequest]) -> list[dict[str, np.ndarray]]:

@@ -12,7 +12,9 @@ import threading
 from llmserve.backends.base import BackendInstance, BackendModel, InstanceSpec, ModelSpec
 from llmserve.backends.tensorrtllm.backend import TensorRTLLMModel
 from llmserve.backends.tensorrtllm.parameters import INEFFECTIVE_PARAMETERS
+from llmserve.core.errors import ServerError
 from llmserve.llm.kv_events import KvEventsConfig
+from llmserve.scheduling.request import SchedRequest
 
 __all__ = ["INEFFECTIVE_PARAMETERS", "TensorRTLLMModel", "load_model"]
 
@@ -47,7 +49,8 @@ class _Model(BackendModel):
     def __init__(self, spec: ModelSpec):
         registry = getattr(spec.server, "metrics_registry", None)
         self.model = TensorRTLLMModel(
-            spec.config, spec.model_dir, spec.version, metrics_registry=registry
+            spec.config, spec.model_dir, spec.version, metrics_registry=registry,
+            on_fatal=spec.on_fatal,
         )
         events = getattr(spec.options, "kv_events_config", None)
         if events:
@@ -57,6 +60,10 @@ class _Model(BackendModel):
 
     def create_instance(self, instance: InstanceSpec) -> BackendInstance:
         return _Instance(self.model)
+
+    def admission_error(self, request: SchedRequest) -> ServerError | None:
+        # refused in the caller's thread: under overload a 503 needs no worker thread
+        return self.model.admission_error(request)
 
     def unload(self) -> None:
         self.model.unload()

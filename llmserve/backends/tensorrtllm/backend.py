@@ -23,9 +23,16 @@ from llmserve.backends.tensorrtllm import request_mapping as rm
 from llmserve.backends.tensorrtllm.metrics import LlmMetrics
 from llmserve.backends.tensorrtllm.parameters import BackendSettings, read_settings
 from llmserve.backends.tensorrtllm.response_mapping import add_batch_dim, result_tensors
-from llmserve.backends.tensorrtllm.text import Utf8HoldBack, load_tokenizer
+from llmserve.backends.tensorrtllm.text import Utf8HoldBack, incomplete_token_ids, load_tokenizer
 from llmserve.core import datatypes
-from llmserve.core.errors import Cancelled, InternalError, InvalidArgument, ServerError, Unavailable
+from llmserve.core.errors import (
+    Cancelled,
+    InternalError,
+    InvalidArgument,
+    QueueFull,
+    ServerError,
+    Unavailable,
+)
 from llmserve.core.types import Tensor
 
 logger = logging.getLogger(__name__)
@@ -55,6 +62,7 @@ class _Item:
     finals: list = field(default_factory=list)  # non-decoupled: final Results per sequence
     last_token_s: dict[int, float] = field(default_factory=dict)
     arrival_s: float = field(default_factory=time.monotonic)
+    wanted: frozenset[str] | None = None  # output names to build, set on the first response
 
 
 def _parameters(config) -> dict[str, str]:
@@ -72,8 +80,11 @@ def _output_dtypes(config) -> dict[str, tuple[str, np.dtype]]:
 class TensorRTLLMModel:
     """One loaded tensorrt_llm model version (one instance: the executor owns the device)."""
 
-    def __init__(self, config, model_dir: Path, version: int = 1, metrics_registry=None):
+    def __init__(self, config, model_dir: Path, version: int = 1, metrics_registry=None,
+                 on_fatal=None):
+        """on_fatal(reason): the engine process died; the model cannot serve any more."""
         self.config = config
+        self._on_fatal = on_fatal
         self.name = config.name
         self.decoupled = bool(config.model_transaction_policy.decoupled)
         self.batched = int(config.max_batch_size) > 0
@@ -108,9 +119,17 @@ class TensorRTLLMModel:
         prewarm_transformers()
 
         s = self.settings
-        self.executor = Executor(s.engine_dir, ModelType.DECODER_ONLY, s.executor_config)
+        if s.engine_process:
+            from llmserve.llm.engine_process import EngineProcessExecutor
+
+            self.executor = EngineProcessExecutor(
+                s.engine_dir, ModelType.DECODER_ONLY, s.executor_config, name=self.name,
+                on_death=self._on_fatal)
+        else:
+            self.executor = Executor(s.engine_dir, ModelType.DECODER_ONLY, s.executor_config)
         if s.tokenizer_dir is not None:
             self.tokenizer = load_tokenizer(s.tokenizer_dir)
+            incomplete_token_ids(self.tokenizer)  # at load, not on the first stream
         for target, name in ((self._dispatch_loop, "responses"), (self._stats_loop, "stats")):
             t = threading.Thread(target=target, name=f"trtllm-{self.name}-{name}", daemon=True)
             t.start()
@@ -133,6 +152,19 @@ class TensorRTLLMModel:
             g.sched.fail(Unavailable(f"model '{self.name}' was unloaded"))
 
     # ------------------------------------------------------------------ requests
+    def admission_error(self, sched) -> ServerError | None:
+        """Unavailable while the executor's queue is full (a `stop` request still
+        passes: it frees room)."""
+        if not self._queue_is_full():
+            return None
+        inputs = {name: t.data for name, t in sched.inputs.items()}
+        return None if _stop_flag(inputs) else Unavailable(QUEUE_FULL)
+
+    def _queue_is_full(self) -> bool:
+        # an executor in an engine process is asked when a request arrives there
+        check = getattr(self.executor, "queue_is_full", None)
+        return check is not None and check()
+
     def execute(self, requests: list) -> None:
         """Enqueue every request; answers arrive later from the dispatcher thread."""
         for sched in requests:
@@ -151,6 +183,8 @@ class TensorRTLLMModel:
             return
         if len(items) > 1 and not self.decoupled:
             raise InvalidArgument(rm.BATCH_NEEDS_DECOUPLED)
+        if self._queue_is_full():  # overload: refuse before building the requests
+            raise Unavailable(QUEUE_FULL)
         built = []
         for index, item in enumerate(items):
             request, options = rm.build_request(
@@ -163,16 +197,12 @@ class TensorRTLLMModel:
                                     "fast_logits", False),
             )
             request.embedding_bias = self._fit_bias(request.embedding_bias)
+            if request.guided_decoding_params is not None and not self.settings.guided_decoding:
+                raise InvalidArgument(f"model '{self.name}' does not serve guided decoding "
+                                      "(its guided_decoding_backend is none)")
             built.append((request, options))
         group = _Group(sched)
         for request, options in built:
-            try:
-                rid = self.executor.enqueue_request(request)
-            except ServerError as e:
-                self._abort_group(group)
-                if "queue" in str(e).lower():
-                    raise Unavailable(QUEUE_FULL) from None
-                raise
             item = _Item(
                 group=group,
                 options=options,
@@ -180,11 +210,25 @@ class TensorRTLLMModel:
                 exclude_input=request.output_config.exclude_input_from_output,
                 pad_id=request.pad_id if request.pad_id is not None else 0,
             )
+            # enqueued and recorded under the lock _on_response takes, so no response can
+            # be handled before its id is known (TensorRT-LLM's backend does the same);
+            # with an engine process the first tokens may come back within microseconds
             with self._lock:
-                self._items[rid] = item
-                group.remaining.add(rid)
-                if sched.request.id:
-                    self._by_triton_id.setdefault(sched.request.id, set()).add(rid)
+                try:
+                    rid = self.executor.enqueue_request(request)
+                except ServerError as e:
+                    failed = e
+                else:
+                    failed = None
+                    self._items[rid] = item
+                    group.remaining.add(rid)
+                    if sched.request.id:
+                        self._by_triton_id.setdefault(sched.request.id, set()).add(rid)
+            if failed is not None:
+                self._abort_group(group)
+                if isinstance(failed, QueueFull):
+                    raise Unavailable(QUEUE_FULL) from None
+                raise failed
         sched.request.cancel.add_callback(lambda: self._cancel_group(group))
 
     def _fit_bias(self, bias):
@@ -220,7 +264,7 @@ class TensorRTLLMModel:
     def _abort_group(self, group: _Group) -> None:
         self._cancel_group(group)
         with self._lock:
-            for rid in group.remaining:
+            for rid in list(group.remaining):  # _forget discards from the set
                 self._forget(rid)
 
     def _forget(self, rid: int) -> None:
@@ -248,10 +292,16 @@ class TensorRTLLMModel:
                 logger.error("tensorrt_llm '%s': awaiting responses failed: %s", self.name, e)
                 continue
             for response in responses:
+                with self._lock:
+                    item = self._items.get(response.request_id)
                 try:
                     self._on_response(response)
-                except Exception:  # one bad response must not stop the dispatcher
+                except Exception as exc:  # one bad response must not stop the dispatcher,
+                    # nor leave its request waiting for a final response that never comes
                     logger.exception("tensorrt_llm '%s': response handling failed", self.name)
+                    if item is not None:
+                        self._fail_group(item.group, InternalError(
+                            f"tensorrt_llm '{self.name}': response handling failed: {exc}"))
             self._poll_cancellations()
 
     def _poll_cancellations(self) -> None:
@@ -338,20 +388,21 @@ class TensorRTLLMModel:
         return n
 
     def _tensors(self, item: _Item, result, output_ids=None) -> list[Tensor]:
+        if item.wanted is None:  # the config's outputs the request asked for (all when none)
+            asked = getattr(item.group.sched, "output_names", None)
+            item.wanted = frozenset(n for n in self._dtypes if not asked or n in asked)
         raw = result_tensors(
             result,
             item.options,
+            wanted=item.wanted,
             output_ids=output_ids,
             pad_id=item.pad_id,
             num_output_tokens=item.generated.get(result.sequence_index, 0),
         )
         if self.batched:
             raw = add_batch_dim(raw)
-        wanted = getattr(item.group.sched, "output_names", None)
         out = []
         for name, value in raw.items():
-            if name not in self._dtypes or (wanted and name not in wanted):
-                continue
             api, dtype = self._dtypes[name]
             out.append(Tensor(name, api, np.ascontiguousarray(value, dtype=dtype)))
         return out
@@ -381,10 +432,13 @@ class TensorRTLLMModel:
                 continue
             try:
                 stats = self.executor.get_latest_iteration_stats()
+                current = getattr(self.executor, "get_current_stats", None)
+                if stats:
+                    self._metrics.update_from_stats(stats[-1])
+                elif current is not None:  # no step since the last look: what is held now
+                    self._metrics.update_held(current())
             except ServerError:
                 continue
-            if stats:
-                self._metrics.update_from_stats(stats[-1])
 
 
 def _stop_flag(inputs: dict[str, np.ndarray]) -> bool:

@@ -68,25 +68,42 @@ class LlmMetrics:
 
     def update_from_stats(self, stats) -> None:
         f, (m, v) = self._f, self._labels
-        f.request.labels(m, v, "active").set(stats.num_active_requests)
+        self._set_held(stats)
         f.request.labels(m, v, "max").set(stats.max_num_active_requests)
-        f.request.labels(m, v, "waiting").set(stats.num_queued_requests)
-        f.request.labels(m, v, "completed").set(stats.num_completed_requests)
         ib = stats.inflight_batching_stats
         f.request.labels(m, v, "scheduled").set(ib.num_scheduled_requests)
         f.request.labels(m, v, "context").set(ib.num_context_requests)
         kv = stats.kv_cache_stats
         f.kv_blocks.labels(m, v, "max").set(kv.max_num_blocks)
-        f.kv_blocks.labels(m, v, "free").set(kv.free_num_blocks)
-        f.kv_blocks.labels(m, v, "used").set(kv.used_num_blocks)
         f.kv_blocks.labels(m, v, "tokens_per").set(kv.tokens_per_block)
         f.kv_blocks.labels(m, v, "reused").set(kv.reused_blocks)
-        f.kv_blocks.labels(m, v, "cached").set(kv.cached_num_blocks)
         f.inflight.labels(m, v, "total_context_tokens").set(ib.num_ctx_tokens)
         f.inflight.labels(m, v, "generation_requests").set(ib.num_gen_requests)
         f.inflight.labels(m, v, "micro_batch_id").set(ib.micro_batch_id)
         f.inflight.labels(m, v, "paused_requests").set(ib.num_paused_requests)
         f.general.labels(m, v, "iteration_counter").set(stats.iter)
+
+    def update_held(self, stats) -> None:
+        """Between steps: the request and KV block gauges from a live snapshot; the
+        per-step batch gauges fall to 0 once no request is left."""
+        f, (m, v) = self._f, self._labels
+        self._set_held(stats)
+        if stats.num_active_requests == 0 and stats.num_queued_requests == 0:
+            for kind in ("scheduled", "context"):
+                f.request.labels(m, v, kind).set(0)
+            for kind in ("total_context_tokens", "generation_requests", "paused_requests"):
+                f.inflight.labels(m, v, kind).set(0)
+
+    def _set_held(self, stats) -> None:
+        """The gauges of what is held: requests and KV blocks."""
+        f, (m, v) = self._f, self._labels
+        f.request.labels(m, v, "active").set(stats.num_active_requests)
+        f.request.labels(m, v, "waiting").set(stats.num_queued_requests)
+        f.request.labels(m, v, "completed").set(stats.num_completed_requests)
+        kv = stats.kv_cache_stats
+        f.kv_blocks.labels(m, v, "free").set(kv.free_num_blocks)
+        f.kv_blocks.labels(m, v, "used").set(kv.used_num_blocks)
+        f.kv_blocks.labels(m, v, "cached").set(kv.cached_num_blocks)
 
     def observe_tokens(self, count: int) -> None:
         if count > 0:

@@ -14,11 +14,25 @@ Speculative decoding (llmserve's additions, vLLM-style prompt lookup):
   speculative_decoding_mode: "draft_model" runs the checkpoint at draft_model_dir (same
       tokenizer; relative to the model folder or absolute) inside the executor, proposing
       draft_model_num_tokens (default 4) greedy drafts per step for every request.
+
+Guided decoding (as TensorRT-LLM's): guided_decoding_backend "xgrammar" (or unset:
+llmserve serves guides either way, over the tokenizer of tokenizer_dir or engine_dir)
+or "none" (guided requests are refused); xgrammar_tokenizer_info_path: a JSON file with
+encoded_vocab, tokenizer_str and stop_token_ids (generate_xgrammar_tokenizer_info.py),
+used instead of the tokenizer folder. llmserve's addition:
+guided_decoding_json_whitespace "compact" (default) or "any" (JSON guides allow any
+whitespace, which weak models can loop on).
+
+Process placement (llmserve's addition): engine_process "true" runs the executor in an
+engine process of its own (llmserve/llm/engine_process); unset, the environment variable
+LLMSERVE_ENGINE_PROCESS decides (default false: the executor runs in the server process).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +42,7 @@ from llmserve.llm.config import (
     BatchingType,
     CapacitySchedulerPolicy,
     ExecutorConfig,
+    GuidedDecodingConfig,
     KvCacheConfig,
     PeftCacheConfig,
     PromptLookupConfig,
@@ -45,10 +60,12 @@ _PLACEHOLDER = re.compile(r"^\$\{?\w*\}?$")
 INEFFECTIVE_PARAMETERS: dict[str, str] = {
     "participant_ids": "orchestrator/MPI mode does not exist: one process owns the engine",
     "recv_poll_period_ms": "orchestrator mode does not exist",
-    "executor_worker_path": "no separate executor worker process is spawned",
+    "executor_worker_path": "llmserve's engine process (parameter engine_process) runs "
+                            "its own worker, not this binary",
     "FORCE_CPU_ONLY_INPUT_TENSORS": "input tensors are always host numpy arrays",
     "cross_kv_cache_fraction": "encoder-decoder models are not supported",
-    "kv_cache_onboard_blocks": "no host KV offload tier to onboard blocks from",
+    "kv_cache_onboard_blocks": "offloaded KV blocks are always copied back (onboarded) "
+                               "before reuse; attention never reads host memory",
     "gpu_weights_percent": "weights are never streamed from host memory",
     "lookahead_window_size": "lookahead decoding is not implemented",
     "lookahead_ngram_size": "lookahead decoding is not implemented",
@@ -59,8 +76,6 @@ INEFFECTIVE_PARAMETERS: dict[str, str] = {
     "multi_block_mode": "attention is PyTorch SDPA, no multi-block kernel option",
     "cuda_graph_mode": "the PyTorch engine does not capture CUDA graphs",
     "cuda_graph_cache_size": "the PyTorch engine does not capture CUDA graphs",
-    "guided_decoding_backend": "guided decoding is not implemented",
-    "xgrammar_tokenizer_info_path": "guided decoding is not implemented",
 }
 
 # Values of INEFFECTIVE_PARAMETERS that mean "off" and need no warning.
@@ -73,7 +88,6 @@ _HARMLESS = {
     "cuda_graph_cache_size": {"0"},
     "enable_context_fmha_fp32_acc": {"false", "0", "no"},
     "kv_cache_onboard_blocks": {"true", "1", "yes"},
-    "guided_decoding_backend": {"none"},
 }
 
 _LORA_KEYS = (
@@ -111,6 +125,8 @@ class BackendSettings:
     stats_check_period_ms: int = 100
     decoding_mode: str | None = None  # top_k | top_p | top_k_top_p | beam_search
     tokenizer_dir: Path | None = None
+    guided_decoding: bool = True  # False: guided_decoding_backend "none"
+    engine_process: bool = False  # the executor in a process of its own
     warnings: list[str] = field(default_factory=list)
 
 
@@ -253,6 +269,38 @@ def _speculative(p: _Params, model_dir: Path | None) -> SpeculativeDecodingConfi
     )
 
 
+def _guided(p: _Params, model_dir: Path | None,
+            tokenizer_dir: Path | None) -> GuidedDecodingConfig | None:
+    """GuidedDecodingConfig from the guided_decoding_* parameters; None: guided decoding
+    off (guided_decoding_backend "none")."""
+    backend = (p.get("guided_decoding_backend") or "xgrammar").lower()
+    if backend == "none":
+        return None
+    if backend != "xgrammar":
+        raise InvalidArgument(f"parameter 'guided_decoding_backend': llmserve supports "
+                              f"xgrammar or none, got '{backend}'")
+    whitespace = (p.get("guided_decoding_json_whitespace") or "compact").lower()
+    if whitespace not in ("compact", "any"):
+        raise InvalidArgument("parameter 'guided_decoding_json_whitespace': expected compact "
+                              f"or any, got '{whitespace}'")
+    config = GuidedDecodingConfig(
+        tokenizer_dir=None if tokenizer_dir is None else str(tokenizer_dir),
+        json_any_whitespace=whitespace == "any")
+    info_path = p.get("xgrammar_tokenizer_info_path")
+    if info_path is not None:
+        path = _resolve_path(info_path, model_dir)
+        try:
+            info = json.loads(path.read_text())
+            config.encoded_vocab = [str(t) for t in info["encoded_vocab"]]
+            config.tokenizer_str = info.get("tokenizer_str")
+            stops = info.get("stop_token_ids")
+            config.stop_token_ids = None if stops is None else [int(t) for t in stops]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgument(f"parameter 'xgrammar_tokenizer_info_path': cannot read "
+                                  f"the xgrammar tokenizer info at '{path}': {exc}") from None
+    return config
+
+
 def _warn_ineffective(p: _Params) -> list[str]:
     warnings = []
     for name, why in INEFFECTIVE_PARAMETERS.items():
@@ -263,6 +311,11 @@ def _warn_ineffective(p: _Params) -> list[str]:
         logger.warning(msg)
         warnings.append(msg)
     return warnings
+
+
+def _engine_process_default() -> bool:
+    value = os.environ.get("LLMSERVE_ENGINE_PROCESS", "")
+    return False if is_unset(value) else parse_bool("LLMSERVE_ENGINE_PROCESS", value)
 
 
 def read_settings(
@@ -330,8 +383,10 @@ def read_settings(
     )
     if decoding_mode == "beam_search" and config.max_beam_width < 2:
         logger.warning("decoding_mode beam_search with max_beam_width 1 decodes greedily")
-    config.validate()
     tokenizer = p.get("tokenizer_dir")
+    tokenizer_dir = _resolve_path(tokenizer, model_dir) if tokenizer else None
+    config.guided_decoding_config = _guided(p, model_dir, tokenizer_dir or engine_dir)
+    config.validate()
     return BackendSettings(
         engine_dir=engine_dir,
         executor_config=config,
@@ -339,6 +394,8 @@ def read_settings(
         cancellation_check_period_ms=p.as_int("cancellation_check_period_ms", 100),
         stats_check_period_ms=p.as_int("stats_check_period_ms", 100),
         decoding_mode=decoding_mode,
-        tokenizer_dir=_resolve_path(tokenizer, model_dir) if tokenizer else None,
+        tokenizer_dir=tokenizer_dir,
+        guided_decoding=config.guided_decoding_config is not None,
+        engine_process=p.as_bool("engine_process", _engine_process_default()),
         warnings=_warn_ineffective(p),
     )

@@ -16,8 +16,10 @@ import torch
 from llmserve.core.errors import InvalidArgument, Unsupported
 from llmserve.llm.request import (
     ExternalDraftTokensConfig,
+    GuidedDecodingParams,
     LoraConfig,
     OutputConfig,
+    PromptTuningConfig,
     Request,
     SamplingConfig,
 )
@@ -32,9 +34,6 @@ BATCH_NEEDS_DECOUPLED = (
 _UNSUPPORTED_INPUTS = {
     "encoder_input_features": "encoder-decoder models are not supported",
     "encoder_output_lengths": "encoder-decoder models are not supported",
-    "prompt_embedding_table": "prompt tuning (prompt_embedding_table) is not supported",
-    "prompt_vocab_size": "prompt tuning (prompt_vocab_size) is not supported",
-    "prompt_table_extra_ids": "prompt tuning (prompt_table_extra_ids) is not supported",
 }
 
 # Every input build_request and the speculative path read; with the unsupported ones
@@ -51,7 +50,10 @@ HANDLED_INPUTS = frozenset({
     "return_context_logits", "return_generation_logits", "return_kv_cache_reuse_stats",
     "return_perf_metrics", "return_num_input_tokens", "return_num_output_tokens",
     "exclude_input_in_output", "streaming", "stop", "num_return_sequences", "lora_task_id",
-    "lora_weights", "lora_config",
+    "lora_weights", "lora_config", "prompt_embedding_table", "prompt_table_extra_ids",
+    "guided_decoding_guide_type", "guided_decoding_guide",
+    # read by nothing, as in TensorRT-LLM's executor: the table's rows say its size
+    "prompt_vocab_size",
 })
 IGNORED_INPUTS = frozenset({"decoder_input_ids", "decoder_input_lengths"})
 
@@ -142,8 +144,9 @@ def _sampling(item: dict[str, np.ndarray], decoding_mode: str | None) -> Samplin
     elif decoding_mode == "top_p":
         top_k = None
     early = _scalar(item, "early_stopping")
+    beam_width = _scalar(item, "beam_width")  # absent: 1; 0 is refused, as TensorRT-LLM does
     config = SamplingConfig(
-        beam_width=int(_scalar(item, "beam_width") or 1),
+        beam_width=1 if beam_width is None else int(beam_width),
         top_k=top_k,
         top_p=top_p,
         top_p_min=_scalar(item, "runtime_top_p_min"),
@@ -192,6 +195,46 @@ def _lora(item: dict[str, np.ndarray]) -> LoraConfig | None:
         weights=None if weights is None else torch.from_numpy(np.array(weights, np.float32)),
         config=None if config is None else torch.from_numpy(np.array(config, np.int32)),
     )
+
+
+def _text(item: dict[str, np.ndarray], name: str) -> str | None:
+    value = item.get(name)
+    if value is None or np.asarray(value).size == 0:
+        return None
+    first = np.asarray(value).reshape(-1)[0]
+    text = first.decode("utf-8") if isinstance(first, bytes) else str(first)
+    return text if text.strip() else None  # an empty string (a client filling every
+    # input) counts as absent
+
+
+def guided_params(item: dict[str, np.ndarray]) -> GuidedDecodingParams | None:
+    """guided_decoding_guide_type ("json", "json_schema", "regex", "ebnf_grammar",
+    "structural_tag") and guided_decoding_guide, as TensorRT-LLM reads them."""
+    kind, guide = _text(item, "guided_decoding_guide_type"), _text(item, "guided_decoding_guide")
+    if kind is None:
+        if guide is not None:
+            raise InvalidArgument("input 'guided_decoding_guide' needs "
+                                  "'guided_decoding_guide_type'")
+        return None
+    return GuidedDecodingParams(kind, guide)
+
+
+def _prompt_tuning(item: dict[str, np.ndarray], input_length: int) -> PromptTuningConfig | None:
+    """prompt_embedding_table [rows, hidden] (a leading 1 dropped) and, with it, the
+    first input_length prompt_table_extra_ids (ignored without a table, as upstream)."""
+    table = item.get("prompt_embedding_table")
+    if table is None or np.asarray(table).size == 0:
+        return None
+    arr = np.asarray(table)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.dtype.kind != "f":
+        raise InvalidArgument("prompt_embedding_table must be a floating-point tensor")
+    extra = item.get("prompt_table_extra_ids")
+    ids = None
+    if extra is not None and np.asarray(extra).size > 0:
+        ids = [int(t) for t in np.asarray(extra).reshape(-1)[:input_length]]
+    return PromptTuningConfig(torch.from_numpy(np.array(arr)), ids)
 
 
 def build_request(
@@ -262,6 +305,8 @@ def build_request(
         embedding_bias=bias_t,
         external_draft_tokens_config=_draft(item, fast_logits),
         lora_config=_lora(item),
+        prompt_tuning_config=_prompt_tuning(item, int(ids.size)),
+        guided_decoding_params=guided_params(item),
     )
     options.beam_width = request.sampling_config.beam_width
     return request, options

@@ -97,18 +97,40 @@ def embedding_bias(
     return out
 
 
+def _anchor(tokenizer) -> tuple[list[int], str]:
+    """A fixed one-token text to decode behind, and its own text (cached per tokenizer)."""
+    cached = getattr(tokenizer, "_llmserve_anchor", None)
+    if cached is None:
+        ids = tokenizer.encode("a", add_special_tokens=False)
+        head = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        cached = (list(ids), head)
+        tokenizer._llmserve_anchor = cached
+    return cached
+
+
 def decode_continuation(tokenizer, ids: Sequence[int], skip_special_tokens: bool) -> str:
     """Text of `ids` as they read in the middle of a text: SentencePiece tokenizers drop
     the leading space of a text's first token, so decode behind a fixed anchor and cut it."""
-    anchor = tokenizer.encode("a", add_special_tokens=False)
+    anchor, head = _anchor(tokenizer)
     if not anchor or not ids:
         return tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
     kwargs = {"skip_special_tokens": skip_special_tokens, "clean_up_tokenization_spaces": False}
-    head = tokenizer.decode(anchor, **kwargs)
-    full = tokenizer.decode(list(anchor) + list(ids), **kwargs)
+    full = tokenizer.decode(anchor + list(ids), **kwargs)
     if head and full.startswith(head):
         return full[len(head) :]
     return tokenizer.decode(list(ids), **kwargs)
+
+
+def incomplete_token_ids(tokenizer) -> frozenset[int]:
+    """Ids whose text alone is not whole characters (byte-fallback and partial byte-level
+    BPE tokens decode to U+FFFD): only these can end a delta in a split character."""
+    cached = getattr(tokenizer, "_llmserve_incomplete", None)
+    if cached is None:
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))],
+                                       clean_up_tokenization_spaces=False)
+        cached = frozenset(i for i, t in enumerate(texts) if REPLACEMENT_CHAR in t)
+        tokenizer._llmserve_incomplete = cached
+    return cached
 
 
 class Utf8HoldBack:
@@ -117,10 +139,13 @@ class Utf8HoldBack:
 
     def __init__(self, tokenizer) -> None:
         self._tokenizer = tokenizer
+        self._incomplete = incomplete_token_ids(tokenizer)
         self._pending: list[int] = []
 
     def push(self, tokens: Sequence[int], final: bool) -> list[int]:
         """Tokens to emit now (all pending ones when final)."""
+        if not self._pending and not any(int(t) in self._incomplete for t in tokens):
+            return [int(t) for t in tokens]  # whole characters: no decode needed
         self._pending.extend(int(t) for t in tokens)
         if not final and len(self._pending) < MAX_HELD_TOKENS and self._pending:
             text = self._tokenizer.decode(self._pending, clean_up_tokenization_spaces=False)

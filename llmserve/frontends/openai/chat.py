@@ -1,6 +1,7 @@
-"""POST /v1/chat/completions: messages rendered with the tokenizer's chat template, n
-choices, logprobs / top_logprobs, usage, and the streamed chat.completion.chunk deltas
-(role in the first delta of each choice, finish_reason in its last)."""
+"""POST /v1/chat/completions: messages (tool calls and tool results too) rendered with
+the tokenizer's chat template, n choices, logprobs / top_logprobs, usage, structured
+output and tool calls (tools.py), and the streamed chat.completion.chunk deltas (role in
+the first delta of each choice, content or tool_calls, finish_reason in its last)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,21 @@ from llmserve.frontends.openai.protocol import (
     ChatDelta,
     ChatMessageOut,
     ChatStreamChoice,
+    FunctionCall,
+    ToolCall,
     Usage,
     new_id,
 )
 from llmserve.frontends.openai.request_params import gen_params, max_tokens_for, with_seed
 from llmserve.frontends.openai.streaming import cancel_all, collect, merge, sse_response, start_all
+from llmserve.frontends.openai.structured import request_guide
+from llmserve.frontends.openai.tool_parsers import CallStart, Content, Event, parse_all
+from llmserve.frontends.openai.tools import (
+    ToolPlan,
+    template_message,
+    template_tools,
+    tool_plan,
+)
 
 
 def render_prompt(req: ChatCompletionRequest, model: TextModel, tok: Any) -> str:
@@ -36,13 +47,17 @@ def render_prompt(req: ChatCompletionRequest, model: TextModel, tok: Any) -> str
         raise bad_request(f"model '{model.name}' has no chat template (its tokenizer defines "
                           "none); use /v1/completions", param="messages")
     try:
-        conversation = [{"role": m.role, "content": m.text()} for m in req.messages]
+        conversation = [template_message(m) for m in req.messages]
     except ValueError as exc:
         raise bad_request(str(exc), param="messages") from None
+    kwargs = dict(req.chat_template_kwargs or {})
+    tools = template_tools(req)
+    if tools is not None:
+        kwargs["tools"] = tools
     try:
         text = tok.apply_chat_template(conversation, tokenize=False,
                                        add_generation_prompt=req.add_generation_prompt,
-                                       **(req.chat_template_kwargs or {}))
+                                       **kwargs)
     except Exception as exc:  # noqa: BLE001 - jinja errors (raise_exception) are the user's
         raise bad_request(f"cannot apply the chat template: {exc}", param="messages") from None
     bos = tok.bos_token
@@ -59,9 +74,9 @@ def _adds_bos(tok: Any) -> bool:
 async def create_chat_completion(server: Any, catalog: ModelCatalog, http: Request,
                                  req: ChatCompletionRequest) -> Response:
     model = catalog.resolve(req.model)
-    if req.tools:
-        raise bad_request("tools are not supported", param="tools")
+    guide = request_guide(req)
     tok = await asyncio.to_thread(catalog.tokenizer, model)
+    plan = tool_plan(req, tok, guided=guide is not None)
     prompt = render_prompt(req, model, tok)
     ids = tok.encode(prompt, add_special_tokens=model.add_special_tokens)
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
@@ -70,42 +85,76 @@ async def create_chat_completion(server: Any, catalog: ModelCatalog, http: Reque
         raise bad_request(f"{param} must be at least 1", param=param)
     max_tokens = max_tokens_for(model, requested, len(ids), "messages")
     params = gen_params(req, max_tokens, tok, logprobs=req.logprobs,
-                        top_logprobs=req.top_logprobs or 0)
+                        top_logprobs=req.top_logprobs or 0, guide=guide or plan.guide)
     rid = new_id("chatcmpl")
     gens = [Generation(server, model, tok, prompt, with_seed(params, i), ids, rid)
             for i in range(req.n)]
     await start_all(http, gens)
     if req.stream:
-        return sse_response(_stream(req, rid, gens, len(ids)), lambda: cancel_all(gens))
+        return sse_response(_stream(req, rid, gens, len(ids), plan), lambda: cancel_all(gens))
     results = await collect(http, gens)
-    choices = [
-        ChatChoice(index=i, message=ChatMessageOut(content=r.text),
-                   logprobs=chat_logprobs(r.logprobs) if req.logprobs else None,
-                   finish_reason=r.finish_reason)  # type: ignore[arg-type]
-        for i, r in enumerate(results)
-    ]
+    choices = []
+    for i, r in enumerate(results):
+        message, finish = ChatMessageOut(content=r.text), r.finish_reason
+        parser = plan.parser()
+        if parser is not None:
+            content, calls = parse_all(parser, r.text)
+            if calls and not parser.broken:
+                message = ChatMessageOut(content=content, tool_calls=[
+                    ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
+                    for c in calls])
+                finish = "tool_calls"
+        choices.append(ChatChoice(
+            index=i, message=message,
+            logprobs=chat_logprobs(r.logprobs) if req.logprobs else None,
+            finish_reason=finish))  # type: ignore[arg-type]
     usage = Usage.of(len(ids), sum(r.completion_tokens for r in results))
     body = ChatCompletionResponse(id=rid, model=req.model, choices=choices, usage=usage)
     return JSONResponse(body.model_dump())
 
 
 async def _stream(req: ChatCompletionRequest, rid: str, gens: list[Generation],
-                  prompt_tokens: int) -> AsyncIterator[ChatCompletionChunk]:
+                  prompt_tokens: int, plan: ToolPlan) -> AsyncIterator[ChatCompletionChunk]:
     def chunk(choice: ChatStreamChoice) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=rid, model=req.model, choices=[choice])
 
     for i in range(len(gens)):
         yield chunk(ChatStreamChoice(index=i, delta=ChatDelta(role="assistant", content="")))
     tokens = [0] * len(gens)
+    parsers = [plan.parser() for _ in gens]
+    called = [False] * len(gens)
     async for i, delta in merge(gens):
         tokens[i] = max(tokens[i], delta.completion_tokens)
-        if delta.text or delta.logprobs:
-            yield chunk(ChatStreamChoice(
-                index=i, delta=ChatDelta(content=delta.text),
-                logprobs=chat_logprobs(delta.logprobs) if req.logprobs else None))
+        logprobs = chat_logprobs(delta.logprobs) if req.logprobs and delta.logprobs else None
+        parser = parsers[i]
+        if parser is None:
+            if delta.text or delta.logprobs:
+                yield chunk(ChatStreamChoice(index=i, delta=ChatDelta(content=delta.text),
+                                             logprobs=logprobs))
+        else:
+            events = parser.feed(delta.text) if delta.text else []
+            if delta.finish_reason is not None:
+                events += parser.finish()
+            for n, event in enumerate(events):
+                called[i] |= not isinstance(event, Content)
+                yield chunk(ChatStreamChoice(index=i, delta=event_delta(event),
+                                             logprobs=logprobs if n == 0 else None))
+            if not events and logprobs is not None:
+                yield chunk(ChatStreamChoice(index=i, delta=ChatDelta(), logprobs=logprobs))
         if delta.finish_reason is not None:
+            finish = "tool_calls" if called[i] and not parser.broken else delta.finish_reason
             yield chunk(ChatStreamChoice(index=i, delta=ChatDelta(),
-                                         finish_reason=delta.finish_reason))  # type: ignore[arg-type]
+                                         finish_reason=finish))  # type: ignore[arg-type]
     if req.include_usage():
         yield ChatCompletionChunk(id=rid, model=req.model, choices=[],
                                   usage=Usage.of(prompt_tokens, sum(tokens)))
+
+
+def event_delta(event: Event) -> ChatDelta:
+    """One parser event as a chat delta (OpenAI's delta.tool_calls shape)."""
+    if isinstance(event, Content):
+        return ChatDelta(content=event.text)
+    if isinstance(event, CallStart):
+        return ChatDelta(tool_calls=[{"index": event.index, "id": event.id, "type": "function",
+                                      "function": {"name": event.name, "arguments": ""}}])
+    return ChatDelta(tool_calls=[{"index": event.index, "function": {"arguments": event.text}}])

@@ -23,6 +23,7 @@ from llmserve.frontends.openai.protocol import (
 )
 from llmserve.frontends.openai.request_params import gen_params, max_tokens_for, with_seed
 from llmserve.frontends.openai.streaming import cancel_all, collect, merge, sse_response, start_all
+from llmserve.frontends.openai.structured import request_guide
 
 
 def prompt_texts(req: CompletionRequest, model: TextModel, tok: Any) -> list[tuple[str, list[int]]]:
@@ -60,6 +61,7 @@ async def create_completion(server: Any, catalog: ModelCatalog, http: Request,
         raise bad_request("best_of must be at least n", param="best_of")
     if req.stream and best_of > req.n:
         raise bad_request("best_of > n cannot be streamed", param="best_of")
+    guide = request_guide(req)
     tok = await asyncio.to_thread(catalog.tokenizer, model)
     prompts = prompt_texts(req, model, tok)
     want_lp = req.logprobs is not None
@@ -69,7 +71,7 @@ async def create_completion(server: Any, catalog: ModelCatalog, http: Request,
         max_tokens = max_tokens_for(model, req.max_tokens, len(ids), "prompt")
         params = gen_params(req, max_tokens, tok, logprobs=want_lp or best_of > req.n,
                             top_logprobs=req.logprobs or 0,
-                            prompt_logprobs=req.echo and want_lp)
+                            prompt_logprobs=req.echo and want_lp, guide=guide)
         gens += [Generation(server, model, tok, text, with_seed(params, i), ids, rid)
                  for i in range(best_of)]
     await start_all(http, gens)

@@ -17,6 +17,7 @@ from llmserve.frontends.openai.errors import bad_request
 from llmserve.frontends.openai.logprobs import TokenLogprob, prompt_logprobs, step_logprobs
 from llmserve.frontends.openai.models_discovery import TextModel
 from llmserve.frontends.openai.stop_strings import StopChecker
+from llmserve.frontends.openai.structured import Guide
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class GenParams:
     logit_bias: dict[int, float] | None = None
     stream: bool = False  # the client streams: a decoupled model streams too
     lora_task_id: int | None = None
+    guide: Guide | None = None  # structured output / tool calls
 
 
 @dataclass(slots=True)
@@ -131,6 +133,10 @@ def model_inputs(model: TextModel, prompt: str, p: GenParams, tokenizer: Any) ->
         words, weights = _bias_words(tokenizer, p.logit_bias)
         put("logit_bias", words, "embedding_bias_words")
         put("logit_bias", weights, "embedding_bias_weights")
+    if p.guide is not None:
+        put("response_format", p.guide.type, "guided_decoding_guide_type")
+        if p.guide.text:
+            put("response_format", p.guide.text, "guided_decoding_guide")
     for name in ("return_num_input_tokens", "return_num_output_tokens"):
         if model.has_input(name):
             values[name] = True

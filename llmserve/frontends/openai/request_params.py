@@ -12,6 +12,7 @@ from llmserve.frontends.openai.errors import bad_request
 from llmserve.frontends.openai.generation import GenParams
 from llmserve.frontends.openai.models_discovery import TextModel
 from llmserve.frontends.openai.protocol import _SamplingRequest
+from llmserve.frontends.openai.structured import Guide
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +57,10 @@ def logit_bias_ids(bias: dict[str, float] | None, vocab_size: int) -> dict[int, 
 
 
 def gen_params(req: _SamplingRequest, max_tokens: int, tokenizer: Any, *, logprobs: bool,
-               top_logprobs: int, prompt_logprobs: bool = False) -> GenParams:
-    """GenParams shared by the choices of a request (seed is per choice: see with_seed)."""
+               top_logprobs: int, prompt_logprobs: bool = False,
+               guide: Guide | None = None) -> GenParams:
+    """GenParams shared by the choices of a request (seed is per choice: see with_seed);
+    guide: the request's structured output (request_guide()) or its tool-call guide."""
     bias = logit_bias_ids(getattr(req, "logit_bias", None), len(tokenizer))
     if req.min_tokens is not None and req.min_tokens > max_tokens:
         raise bad_request("min_tokens must not exceed max_tokens", param="min_tokens")
@@ -79,6 +82,7 @@ def gen_params(req: _SamplingRequest, max_tokens: int, tokenizer: Any, *, logpro
         logit_bias=bias,
         stream=req.stream,
         lora_task_id=req.lora_task_id,
+        guide=guide,
     )
 
 

@@ -3,12 +3,12 @@ FastAPI router that the HTTP frontend mounts on the KServe port."""
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 from pydantic import ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -24,9 +24,39 @@ from llmserve.frontends.openai.protocol import (
     ModelCard,
     ModelList,
 )
+from llmserve.frontends.wire import parse_json
 from llmserve.options import ServerOptions
 
 logger = logging.getLogger(__name__)
+
+
+def _body_schemas() -> tuple[dict[type, dict], dict[str, Any]]:
+    """JSON schemas of the request bodies, referenced from the routes' OpenAPI entries
+    ($ref -> components/schemas), so /openapi.json documents what the routes parse."""
+    keys, doc = models_json_schema(
+        [(CompletionRequest, "validation"), (ChatCompletionRequest, "validation")],
+        ref_template="#/components/schemas/{model}")
+    return {model: ref for (model, _), ref in keys.items()}, doc.get("$defs", {})
+
+
+_REFS, _DEFS = _body_schemas()
+
+
+def _body(schema: type) -> dict[str, Any]:
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": _REFS[schema]}}}}
+
+
+def add_openai_schemas(app: FastAPI) -> None:
+    """Put the request body schemas into the app's OpenAPI components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = build()
+        doc.setdefault("components", {}).setdefault("schemas", {}).update(_DEFS)
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _card(model: TextModel) -> ModelCard:
@@ -39,11 +69,7 @@ def openai_router(server: Any, options: ServerOptions) -> APIRouter:
     limit = options.http_max_body_bytes
 
     async def body_of(request: Request, schema: type) -> Any:
-        raw = await read_body(request, limit)
-        try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise bad_request(f"request body is not valid JSON: {exc}") from None
+        doc = parse_json(await read_body(request, limit))  # InvalidArgument: 400
         if not isinstance(doc, dict):
             raise bad_request("request body must be a JSON object")
         return schema.model_validate(doc)
@@ -72,11 +98,11 @@ def openai_router(server: Any, options: ServerOptions) -> APIRouter:
         except Exception as exc:  # noqa: BLE001
             return error_response(exc)
 
-    @router.post("/v1/completions")
+    @router.post("/v1/completions", openapi_extra=_body(CompletionRequest))
     async def completions(request: Request) -> Response:
         return await guarded(request, CompletionRequest, create_completion)
 
-    @router.post("/v1/chat/completions")
+    @router.post("/v1/chat/completions", openapi_extra=_body(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
         return await guarded(request, ChatCompletionRequest, create_chat_completion)
 

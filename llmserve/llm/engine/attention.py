@@ -12,6 +12,10 @@ import torch.nn.functional as F
 from .cpu_kernels import paged_decode
 from .kv_cache import KVCache
 
+# A block table entry for a block freed because it fell out of every layer's attention
+# window (and holds no sink token): never read, its position in the table kept.
+FREED_BLOCK = -1
+
 
 @dataclass(slots=True)
 class SeqChunk:
@@ -20,8 +24,11 @@ class SeqChunk:
     token_ids: list[int]  # tokens to run: a prefill chunk, 1 decode token, or 1 + k drafts
     start_pos: int  # tokens of this sequence already in the KV cache
     block_table: list[int]  # physical blocks covering [0, start_pos + len(token_ids))
+    # (FREED_BLOCK entries: blocks outside the attention window, never read)
     logits: str = "last"  # "last" | "all" | "none": which rows need logits
     lora_task_id: int | None = None  # LoRA adapter applied to this chunk's tokens
+    # p-tuning: [rows, hidden]; token id vocab_size + i embeds as row i
+    prompt_table: torch.Tensor | None = None
 
 
 @dataclass(slots=True)
@@ -77,12 +84,24 @@ class StepMetadata:
     logit_rows: torch.Tensor | None  # rows of the stream needing logits, in chunk order
     num_logit_rows: int
     chunk_rows: list[int]  # first row of each chunk in the stream, in chunk order
+    sink: int = 0  # sink tokens every windowed layer keeps attending to
 
 
-def _window_ok(keys: torch.Tensor, query_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+def _live(table: list[int]) -> list[int]:
+    """The table with freed entries pointing at the sequence's own last block: gathers
+    stay in range and read finite values, which the window masks then exclude."""
+    if FREED_BLOCK not in table:
+        return table
+    return [table[-1] if b == FREED_BLOCK else b for b in table]
+
+
+def _window_ok(keys: torch.Tensor, query_pos: torch.Tensor, window: int | None,
+               sink: int = 0) -> torch.Tensor:
+    """Causal, and with a window: the last window - sink keys (the query's own included)
+    plus the first sink keys (StreamingLLM's attention sinks)."""
     allowed = keys <= query_pos
     if window is not None:
-        allowed &= keys > query_pos - window
+        allowed &= (keys > query_pos - (window - sink)) | (keys < sink)
     return allowed
 
 
@@ -92,6 +111,7 @@ def _decode_groups(
     block_size: int,
     windows: set[int | None],
     device: torch.device,
+    sink: int = 0,
 ) -> list[DecodeGroup]:
     """Splits the decode chunks (sorted longest first) into padded batches."""
     used = [(chunks[i].start_pos + block_size) // block_size for i in decode]
@@ -106,7 +126,7 @@ def _decode_groups(
         max_blocks = used[first]
         flat: list[int] = []
         for j in range(first, end):
-            own = chunks[decode[j]].block_table[: used[j]]
+            own = _live(chunks[decode[j]].block_table[: used[j]])
             flat.extend(own)
             # Padding (masked out below) repeats the sequence's own last block, so a
             # non-finite value elsewhere in the cache can never leak in as 0 * NaN.
@@ -119,7 +139,7 @@ def _decode_groups(
             if window is None and min(contexts) == max_blocks * block_size:
                 masks[window] = None  # every key of every sequence is attended
             else:
-                mask = _window_ok(keys, query_pos, window)[:, None, None, :]
+                mask = _window_ok(keys, query_pos, window, sink)[:, None, None, :]
                 masks[window] = mask.to(device, non_blocking=True)
         blocks = torch.tensor(flat, dtype=torch.long).to(device, non_blocking=True)
         groups.append(DecodeGroup(first, end - first, max_blocks, blocks, masks))
@@ -136,7 +156,7 @@ def _decode_tables(chunks: list[SeqChunk], decode: list[int], block_size: int,
         chunk = chunks[i]
         n = len(chunk.token_ids)
         used = (chunk.start_pos + n + block_size - 1) // block_size
-        tables.extend([chunk.block_table[:used]] * n)
+        tables.extend([_live(chunk.block_table[:used])] * n)
         lens.extend(range(chunk.start_pos + 1, chunk.start_pos + n + 1))
     width = max(len(t) for t in tables)
     rows = [t + [0] * (width - len(t)) for t in tables]
@@ -157,10 +177,12 @@ def build_step(
     windows: set[int | None],
     device: torch.device,
     decode_kernel: bool = False,
+    sink: int = 0,
 ) -> StepMetadata:
     """Orders the chunks' tokens (decodes first), computes slots, block tables and masks.
     decode_kernel: describe single-token and short chunks for the in-place paged kernel
-    (a block table and key count per token) instead of padded, masked decode groups."""
+    (a block table and key count per token) instead of padded, masked decode groups.
+    sink: tokens at the start that windowed layers always attend to."""
     short = KERNEL_MAX_CHUNK if decode_kernel else 1
     decode = [i for i, c in enumerate(chunks) if len(c.token_ids) <= short]
     decode.sort(key=lambda i: chunks[i].start_pos, reverse=True)  # longest first
@@ -186,7 +208,7 @@ def build_step(
     if decode and decode_kernel:
         tables = _decode_tables(chunks, decode, block_size, device)
     elif decode:
-        groups = _decode_groups(chunks, decode, block_size, windows, device)
+        groups = _decode_groups(chunks, decode, block_size, windows, device, sink)
     prefills: list[PrefillSeq] = []
     for i in multi:
         chunk = chunks[i]
@@ -196,14 +218,15 @@ def build_step(
         seq = PrefillSeq(row_of_chunk[i], n, context, fresh, None)
         if not fresh:
             used = (context + block_size - 1) // block_size
-            seq.blocks = torch.tensor(chunk.block_table[:used], dtype=torch.long).to(device)
+            seq.blocks = torch.tensor(_live(chunk.block_table[:used]),
+                                      dtype=torch.long).to(device)
         keys = torch.arange(context)[None, :]
         query_pos = torch.arange(start, context)[:, None]
         for window in windows:
             if fresh and (window is None or window >= context):
                 seq.masks[window] = None
             else:
-                seq.masks[window] = _window_ok(keys, query_pos, window).to(device)
+                seq.masks[window] = _window_ok(keys, query_pos, window, sink).to(device)
         prefills.append(seq)
 
     rows: list[int] = []
@@ -225,6 +248,7 @@ def build_step(
         logit_rows=None if in_order else torch.tensor(rows, dtype=torch.long).to(device),
         num_logit_rows=len(rows),
         chunk_rows=row_of_chunk,
+        sink=sink,
     )
 
 
@@ -249,14 +273,14 @@ def paged_attention(
     tables = meta.decode_tables
     if tables is not None and meta.num_decode == num_tokens:
         return paged_decode(q, cache.k[layer], cache.v[layer], tables.block_tables,
-                            tables.context_lens, scale, window)
+                            tables.context_lens, scale, window, meta.sink)
     if len(meta.decode_groups) == 1 and meta.num_decode == num_tokens:
         return _decode(layer, q, cache, meta.decode_groups[0], scale, window, group)
     out = torch.empty_like(q)
     if tables is not None:
         nd = meta.num_decode
         out[:nd] = paged_decode(q[:nd], cache.k[layer], cache.v[layer], tables.block_tables,
-                                tables.context_lens, scale, window)
+                                tables.context_lens, scale, window, meta.sink)
     for dg in meta.decode_groups:
         rows = slice(dg.offset, dg.offset + dg.count)
         out[rows] = _decode(layer, q[rows], cache, dg, scale, window, group)

@@ -107,7 +107,7 @@ def _load() -> ctypes.CDLL | None:
     fn = lib.paged_decode_f32
     fn.restype = ctypes.c_int
     fn.argtypes = [_PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64,
-                   _I64, _I64, ctypes.c_float, _I64]
+                   _I64, _I64, ctypes.c_float, _I64, _I64]
     lib.rms_norm_f32.restype = None
     lib.rms_norm_f32.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _I64, ctypes.c_float]
     lib.silu_mul_f32.restype = None
@@ -141,7 +141,7 @@ def paged_decode_supported(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
 # out of range raises IndexError, as torch's own index ops do.
 _PAGED_ERRORS = {
     -1: (RuntimeError, "could not allocate its work buffers"),
-    -2: (ValueError, "bad head or block sizes (query heads must be a multiple of KV heads)"),
+    -2: (ValueError, "bad sizes (query heads must be a multiple of KV heads, sink < window)"),
     -3: (IndexError, "a context length is outside [1, block table width x block size]"),
     -4: (IndexError, "a block id is outside the KV cache"),
 }
@@ -149,11 +149,13 @@ _PAGED_ERRORS = {
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
-                 window: int | None) -> torch.Tensor:
+                 window: int | None, sink: int = 0) -> torch.Tensor:
     """q: [B, Hq, D] float32; k/v_cache: [blocks, bs, Hkv, D] contiguous float32;
     block_tables: [B, max_blocks] int64; context_lens: [B] int64 (keys per sequence, the
-    query's own included). Returns [B, Hq, D]. IndexError: a length or block id out of
-    range (checked before any cache row is read)."""
+    query's own included). With a window, each query sees the first `sink` keys and the
+    last window - sink (its own included); table entries of the blocks between are never
+    read. Returns [B, Hq, D]. IndexError: a length or block id out of range (checked
+    before any cache row is read)."""
     lib = kernels()
     assert lib is not None
     batch, num_heads, head_dim = q.shape
@@ -168,7 +170,7 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                               v_cache.data_ptr(), num_blocks, block_tables.data_ptr(),
                               context_lens.data_ptr(), batch, num_heads, num_kv_heads,
                               head_dim, block_size, block_tables.shape[1], scale,
-                              window or 0)
+                              window or 0, sink if window else 0)
     if rc != 0:
         error, what = _PAGED_ERRORS.get(rc, (RuntimeError, f"error {rc}"))
         raise error(f"paged_decode_f32: {what}")

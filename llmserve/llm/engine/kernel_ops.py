@@ -33,10 +33,11 @@ def _available(op: str) -> None:
 @custom_op("llmserve::paged_decode", mutates_args=())
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
-                 window: int) -> torch.Tensor:
+                 window: int, sink: int = 0) -> torch.Tensor:
     """Decode attention over the paged cache: q [B, Hq, D]; k/v_cache [blocks, bs, Hkv,
-    D] contiguous; block_tables [B, W] int64; context_lens [B] int64; window 0 = none.
-    ValueError for a bad tensor, IndexError for a length or block id out of range."""
+    D]; block_tables [B, W] int64; context_lens [B] int64; window 0 = none, else the
+    first `sink` keys and the last window - sink. ValueError for a bad tensor or size,
+    IndexError for a length or block id out of range."""
     _available("paged_decode")
     if not (q.dim() == 3 and k_cache.dim() == 4 and _cpu_f32(q, k_cache, v_cache)):
         raise _fail("paged_decode", "q [B, Hq, D] and the caches [blocks, bs, Hkv, D] must "
@@ -53,11 +54,11 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     "must be int64 CPU tensors")
     return cpu_kernels.paged_decode(q, k_cache.contiguous(), v_cache.contiguous(),
                                     block_tables.contiguous(), context_lens.contiguous(),
-                                    scale, window or None)
+                                    scale, window or None, sink)
 
 
 @paged_decode.register_fake
-def _(q, k_cache, v_cache, block_tables, context_lens, scale, window):
+def _(q, k_cache, v_cache, block_tables, context_lens, scale, window, sink=0):
     return q.new_empty(q.shape)
 
 

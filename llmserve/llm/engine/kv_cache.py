@@ -98,3 +98,28 @@ class KVCache:
         src_idx = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
         dst_idx = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
         self.data[:, :, dst_idx] = self.data[:, :, src_idx]
+
+
+class HostKVPool:
+    """Host memory for KV blocks moved out of a KVCache (the offload tier of block
+    reuse): one slot holds a block's K and V of every layer. Pinned on CUDA so the copies
+    run asynchronously, in stream order with the forwards that use the blocks."""
+
+    def __init__(self, cache: KVCache, num_slots: int):
+        if num_slots <= 0:
+            raise InvalidArgument(f"host KV cache needs at least one block, got {num_slots}")
+        self.cache = cache
+        self.num_slots = num_slots
+        shape = (num_slots, *cache.data[:, :, 0].shape)
+        pin = cache.data.device.type == "cuda"
+        # empty, not zeros: a slot is always written (offload) before it is read (onboard)
+        self.data = torch.empty(shape, dtype=cache.data.dtype, pin_memory=pin)
+
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+    def offload(self, block: int, slot: int) -> None:
+        self.data[slot].copy_(self.cache.data[:, :, block], non_blocking=True)
+
+    def onboard(self, slot: int, block: int) -> None:
+        self.cache.data[:, :, block].copy_(self.data[slot], non_blocking=True)

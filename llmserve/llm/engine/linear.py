@@ -2,7 +2,8 @@
 for oneDNN, whose GEMM runs 2-3x faster than torch's default (MKL sgemm) on AMD and
 similar CPUs (vLLM's CPU build does the same); small ones stay on F.linear, whose
 per-call cost is lower at one row. Small weights are kept both ways and each
-call picks by its row count. Elsewhere plain F.linear is used."""
+call picks by its row count. Elsewhere plain F.linear is used. oneDNN compiles and
+caches a kernel per input shape, so row counts are bucketed and its caches bounded."""
 
 from __future__ import annotations
 
@@ -30,6 +31,49 @@ _ENV = "LLMSERVE_CPU_ONEDNN"
 MIN_PACKED_ELEMENTS = 2**17 + 1
 DENSE_MAX_ROWS = 1
 
+# oneDNN JIT-compiles a primitive for every input shape it meets (a few ms each) and
+# keeps it in two LRU caches, oneDNN's own and ideep's (per thread), of 1,024 entries by
+# default; each holds about 0.6 MB of code and buffers whatever its shape, and leaves
+# memory only when both caches drop it. A server's steps come in every row count, so
+# its memory grew by hundreds of MB over thousands of requests (issue 18). So row counts
+# from 16 up are padded to one of 8 sizes per power of two (at most 1/8 more rows; 88
+# sizes up to 8,192 rows), which keeps the shapes in use few, and both caches hold 128
+# primitives (~80 MB): memory stays flat whatever the traffic, and in the soak runs
+# (docs/RELIABILITY.md) no slower than with 1,024. Users may still set either variable.
+# (Splitting large GEMMs into fixed-size pieces needs fewer sizes still, but measured
+# slower: the concatenation.)
+EXACT_ROWS = 16
+ONEDNN_CACHE_CAPACITY = 128
+_CACHE_ENV = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+
+
+def bucket_rows(rows: int) -> int:
+    """The row count a prepacked GEMM runs at: exact below EXACT_ROWS, then rounded up
+    to a multiple of 1/8 of rows' power of two."""
+    if rows < EXACT_ROWS:
+        return rows
+    step = 1 << (rows.bit_length() - 4)
+    return -(-rows // step) * step
+
+
+def bound_onednn_caches() -> None:
+    """Bound oneDNN's and ideep's primitive caches (read from the environment when the
+    first primitive is made, so this must run before any oneDNN call)."""
+    for name in _CACHE_ENV:
+        os.environ.setdefault(name, str(ONEDNN_CACHE_CAPACITY))
+
+
+def _packed_linear(x: torch.Tensor, weight: torch.Tensor,
+                   bias: torch.Tensor | None) -> torch.Tensor:
+    rows = x.shape[0]
+    padded = bucket_rows(rows)
+    if padded != rows and x.dim() == 2:
+        xp = x.new_empty((padded, x.shape[1]))
+        xp[:rows] = x
+        xp[rows:].zero_()
+        return torch.ops.mkldnn._linear_pointwise(xp, weight, bias, "none", [], "")[:rows]
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
 
 class DualWeight:
     """A small weight kept dense and prepacked; the linear picks by row count."""
@@ -53,14 +97,17 @@ def _onednn_linear(x: torch.Tensor, weight: Weight,
     if type(weight) is DualWeight:
         weight = weight.dense if x.shape[0] <= DENSE_MAX_ROWS else weight.packed
     if weight.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return _packed_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
 def _weight_only_linear(x: torch.Tensor, weight: Weight,
                         bias: torch.Tensor | None) -> torch.Tensor:
-    if type(weight) is Int8Weight or type(weight) is Bf16Weight:
+    if type(weight) is Int8Weight:
         return weight.linear(x, bias)
+    if type(weight) is Bf16Weight:  # float32 in, float32 out, the bias added in that op
+        y = _packed_linear(x.to(torch.bfloat16), weight.packed, None)
+        return y.float() if bias is None else torch.add(bias, y)
     return _onednn_linear(x, weight, bias)
 
 
@@ -74,6 +121,8 @@ class Linears:
                  weight_dtype: torch.dtype | None = None, quantize: str | None = None) -> None:
         self.packed = device.type == "cpu" and self._supported(dtype)
         self.fn: LinearFn = _onednn_linear if self.packed else F.linear
+        if self.packed:
+            bound_onednn_caches()  # before the first oneDNN call
         self.bf16_weights = weight_dtype == torch.bfloat16 and dtype == torch.float32
         self.int8 = quantize == "int8"
         cpu_f32 = device.type == "cpu" and dtype == torch.float32

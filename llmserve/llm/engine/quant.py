@@ -67,7 +67,8 @@ class Int8Weight:
 
 
 class Bf16Weight:
-    """A bf16 weight prepacked for oneDNN, applied to float32 activations."""
+    """A bf16 weight prepacked for oneDNN, applied to float32 activations by linear.py
+    (through its row-count buckets, which bound oneDNN's primitive caches)."""
 
     __slots__ = ("packed", "_shape")
 
@@ -79,11 +80,6 @@ class Bf16Weight:
     @property
     def shape(self) -> torch.Size:
         return self._shape
-
-    def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.packed, None,
-                                               "none", [], "")
-        return y.float() if bias is None else torch.add(bias, y)
 
 
 def bf16_weights_supported() -> bool:

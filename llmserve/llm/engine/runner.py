@@ -10,10 +10,10 @@ import torch
 
 from llmserve.core.errors import InvalidArgument, NotFound, Unavailable
 
-from .attention import SeqChunk, build_step
+from .attention import FREED_BLOCK, SeqChunk, build_step
 from .config import ArchConfig, load_arch_config
 from .cpu_kernels import kernels
-from .kv_cache import KVCache, kv_cache_bytes_per_block
+from .kv_cache import HostKVPool, KVCache, kv_cache_bytes_per_block
 from .lora import LoraBatchBuilder, LoraSource
 from .models.llama import LlamaModel
 from .quant import resolve_weight_formats, weight_format_note
@@ -62,6 +62,8 @@ class ModelRunner:
             del state
             self.rope = RopeTable(arch, arch.dtype, self.device)
         self.kv_cache: KVCache | None = None
+        self.host_pool: HostKVPool | None = None
+        self.sink_tokens = 0  # attention sinks of the windowed layers
         # CPU float32: decode attention reads the paged cache in place (a C kernel)
         self._decode_kernel = (self.device.type == "cpu" and arch.dtype == torch.float32
                                and kernels() is not None)
@@ -92,6 +94,7 @@ class ModelRunner:
         """(Re)allocates the cache; any previous cache content is dropped."""
         a = self.arch
         self.kv_cache = None
+        self.host_pool = None  # it copies to and from the old cache
         self.kv_cache = KVCache(
             a.num_layers, num_blocks, block_size, a.num_kv_heads, a.head_dim, a.dtype, self.device
         )
@@ -116,6 +119,30 @@ class ModelRunner:
             free, _total = torch.cuda.mem_get_info(self.device)
             return int(free)
         return _meminfo_available()
+
+    def set_attention_windows(self, windows: list[int | None], sink_tokens: int = 0) -> None:
+        """Per-layer attention windows (None: full attention) and the sink tokens that
+        windowed layers keep attending to; replaces the checkpoint's own windows."""
+        if len(windows) != self.arch.num_layers:
+            raise InvalidArgument(f"{len(windows)} attention windows for "
+                                  f"{self.arch.num_layers} layers")
+        self.model.windows = list(windows)
+        self.model.window_set = set(windows)
+        self.sink_tokens = sink_tokens
+
+    def allocate_host_kv_cache(self, num_blocks: int) -> None:
+        """Host memory for num_blocks KV blocks that offload_block / onboard_block move."""
+        self.host_pool = HostKVPool(self._cache(), num_blocks)
+
+    def offload_block(self, block: int, slot: int) -> None:
+        """Copies KV cache block `block` (every layer, K and V) into host slot `slot`."""
+        assert self.host_pool is not None
+        self.host_pool.offload(block, slot)
+
+    def onboard_block(self, slot: int, block: int) -> None:
+        """Copies host slot `slot` back into KV cache block `block`."""
+        assert self.host_pool is not None
+        self.host_pool.onboard(slot, block)
 
     def set_lora_source(self, source: LoraSource | None) -> None:
         """The adapter provider (the executor's LoRA cache) for chunks with a task id."""
@@ -164,10 +191,13 @@ class ModelRunner:
         for i, chunk in enumerate(chunks):
             end = chunk.start_pos + len(chunk.token_ids)
             table = chunk.block_table[: (end + cache.block_size - 1) // cache.block_size]
-            if min(table) < 0 or max(table) >= cache.num_blocks:
+            if min(table) < FREED_BLOCK or max(table) >= cache.num_blocks:
                 raise InvalidArgument(f"chunk {i}: block id out of range [0, {cache.num_blocks})")
-            if min(chunk.token_ids) < 0 or max(chunk.token_ids) >= vocab:
-                raise InvalidArgument(f"chunk {i}: token id out of range [0, {vocab})")
+            if min(table[chunk.start_pos // cache.block_size :]) < 0:
+                raise InvalidArgument(f"chunk {i}: the new tokens' blocks must not be freed")
+            limit = vocab + (0 if chunk.prompt_table is None else chunk.prompt_table.shape[0])
+            if min(chunk.token_ids) < 0 or max(chunk.token_ids) >= limit:
+                raise InvalidArgument(f"chunk {i}: token id out of range [0, {limit})")
 
     def forward(self, chunks: list[SeqChunk]) -> torch.Tensor:
         """One batched forward over all chunks. Writes their K/V into the cache and
@@ -188,16 +218,39 @@ class ModelRunner:
 
     def _forward(self, chunks: list[SeqChunk], cache: KVCache, max_end: int) -> torch.Tensor:
         meta = build_step(chunks, cache.block_size, self.model.window_set, self.device,
-                          self._decode_kernel)
+                          self._decode_kernel, self.sink_tokens)
+        embeds = self._prompt_embeddings(chunks, meta.chunk_rows, meta.input_ids)
         self.rope.ensure(max_end)
         cos = self.rope.cos.index_select(0, meta.positions)
         sin = self.rope.sin.index_select(0, meta.positions)
         self._dynamic_rope(chunks, meta.chunk_rows, cos, sin)
         lora = self._lora.build(chunks, meta.chunk_rows, self.lora_source, self.device)
-        hidden = self.model.forward(meta, cache, cos, sin, lora)
+        hidden = self.model.forward(meta, cache, cos, sin, lora, embeds)
         if meta.num_logit_rows == 0:
             return torch.empty(0, self.arch.vocab_size, dtype=torch.float32, device=self.device)
         return self.model.logits(hidden)
+
+    def _prompt_embeddings(self, chunks: list[SeqChunk], rows: list[int],
+                           input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """p-tuning: the stream rows whose token ids are past the vocabulary and the rows
+        of their chunk's prompt table they embed as. Those ids become 0 in input_ids so
+        the vocabulary lookup stays in range (its result is overwritten)."""
+        vocab = self.arch.vocab_size
+        where: list[torch.Tensor] = []
+        vectors: list[torch.Tensor] = []
+        for chunk, first in zip(chunks, rows, strict=True):
+            if chunk.prompt_table is None or max(chunk.token_ids) < vocab:
+                continue
+            ids = torch.tensor(chunk.token_ids)
+            fake = (ids >= vocab).nonzero().flatten()
+            where.append(fake + first)
+            table = chunk.prompt_table.to(device=self.device, dtype=self.arch.dtype)
+            vectors.append(table[(ids[fake] - vocab).to(self.device)])
+        if not where:
+            return None
+        positions = torch.cat(where).to(self.device)
+        input_ids.index_fill_(0, positions, 0)
+        return positions, torch.cat(vectors)
 
     def _dynamic_rope(
         self, chunks: list[SeqChunk], rows: list[int], cos: torch.Tensor, sin: torch.Tensor

@@ -61,6 +61,36 @@ def check_kernel(batch, heads, kv_heads, window, head_dim):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("sink", [1, 3, 6])
+def test_kernel_keeps_sink_tokens_and_skips_freed_blocks(sink):
+    """Keys [0, sink) and the last window - sink; the blocks between hold NaN, as a
+    freed (and reused) block may: the kernel must never read them."""
+    gen = torch.Generator().manual_seed(sink)
+    block_size, kv_heads, heads, head_dim, window = 4, 2, 4, 16, 9
+    lens = torch.tensor([40, 9, 10, 27, 3])
+    width = 10
+    k = torch.randn(64, block_size, kv_heads, head_dim, generator=gen)
+    v = torch.randn(64, block_size, kv_heads, head_dim, generator=gen)
+    tables = torch.arange(1, 1 + len(lens) * width).view(len(lens), width).contiguous()
+    q = torch.randn(len(lens), heads, head_dim, generator=gen)
+    expected = []
+    for b, n in enumerate(lens.tolist()):
+        keys = torch.arange(n)
+        seen = (keys >= n - (window - sink)) | (keys < sink)
+        for blk in range(width):  # poison every block holding no attended key
+            span = keys[blk * block_size : (blk + 1) * block_size]
+            if len(span) and not seen[span].any():
+                k[tables[b, blk]] = float("nan")
+                v[tables[b, blk]] = float("nan")
+        ks = k[tables[b]].reshape(-1, kv_heads, head_dim)[:n][seen].transpose(0, 1)
+        vs = v[tables[b]].reshape(-1, kv_heads, head_dim)[:n][seen].transpose(0, 1)
+        o = F.scaled_dot_product_attention(q[b].view(kv_heads, 2, head_dim), ks, vs,
+                                           scale=head_dim**-0.5)
+        expected.append(o.reshape(-1, head_dim))
+    out = paged_decode(q, k, v, tables, lens, head_dim**-0.5, window, sink)
+    torch.testing.assert_close(out, torch.stack(expected), atol=1e-5, rtol=1e-5)
+
+
 def test_kernel_rejects_heads_that_do_not_divide():
     k = torch.zeros(2, 4, 3, 8)
     with pytest.raises(ValueError, match="multiple of KV heads"):
@@ -82,14 +112,20 @@ def test_kernel_rejects_ids_out_of_range(table, length, match):
 
 
 def test_kernel_checks_only_the_blocks_a_window_reads():
-    # 12 keys, a 4-key window: only the third block is read, so the first two may be
-    # anything (a cache that frees blocks behind the window may mark them so).
+    # 16 keys, a 4-key window: only the last block is read, so the others may be
+    # anything (a cache that frees blocks behind the window marks them -1); with 2 sink
+    # tokens the first block is read too, and then must be in the cache.
     gen = torch.Generator().manual_seed(3)
     k, v = torch.randn(8, 4, 2, 8, generator=gen), torch.randn(8, 4, 2, 8, generator=gen)
-    q, lens = torch.randn(1, 4, 8, generator=gen), torch.tensor([12])
-    out = paged_decode(q, k, v, torch.tensor([[-1, 99, 5]]), lens, 0.3, 4)
-    ref = _reference(q, k, v, torch.tensor([[0, 0, 5]]), lens, 0.3, 4)
+    q, lens = torch.randn(1, 4, 8, generator=gen), torch.tensor([16])
+    out = paged_decode(q, k, v, torch.tensor([[-1, 99, -1, 5]]), lens, 0.3, 4)
+    ref = _reference(q, k, v, torch.tensor([[0, 0, 0, 5]]), lens, 0.3, 4)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    paged_decode(q, k, v, torch.tensor([[3, -1, 99, 5]]), lens, 0.3, 4, sink=2)
+    with pytest.raises(IndexError, match="block id"):
+        paged_decode(q, k, v, torch.tensor([[-1, 1, 2, 5]]), lens, 0.3, 4, sink=2)
+    with pytest.raises(ValueError, match="sink < window"):
+        paged_decode(q, k, v, torch.tensor([[0, 1, 2, 5]]), lens, 0.3, 4, sink=4)
 
 
 def test_kernels_are_built_without_finite_math():

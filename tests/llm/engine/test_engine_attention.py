@@ -61,3 +61,24 @@ def test_sliding_window_masks_and_fresh_prefill():
     decode_mask = meta.decode_groups[0].masks[3][0, 0, 0]
     assert decode_mask.tolist() == [False] * 5 + [True] * 3
     assert meta.num_logit_rows == 1 and meta.logit_rows.tolist() == [0]
+
+
+def test_sink_masks_and_freed_table_entries():
+    """With sink tokens, windowed masks keep the first tokens; freed table entries
+    (FREED_BLOCK) are gathered as the sequence's own last block and masked out."""
+    from llmserve.llm.engine.attention import FREED_BLOCK
+
+    chunks = [SeqChunk([1, 2], 10, [4, FREED_BLOCK, 6], "all"),
+              SeqChunk([3], 9, [7, FREED_BLOCK, 8], "last")]
+    meta = build_step(chunks, 4, {None, 5}, CPU, sink=2)
+    assert meta.sink == 2
+    seq = meta.prefills[0]
+    assert seq.blocks.tolist() == [4, 6, 6]
+    # query at 11 sees keys 0, 1 (sinks) and the last 3: 9, 10, 11
+    assert seq.masks[5][1].nonzero().flatten().tolist() == [0, 1, 9, 10, 11]
+    assert seq.masks[None][1].all()
+    group = meta.decode_groups[0]
+    assert group.blocks.tolist() == [7, 8, 8]
+    assert group.masks[5][0, 0, 0].nonzero().flatten().tolist() == [0, 1, 7, 8, 9]
+    kernel = build_step(chunks, 4, {None, 5}, CPU, decode_kernel=True, sink=2)
+    assert kernel.decode_tables.block_tables.tolist() == [[4, 6, 6], [4, 6, 6], [7, 8, 8]]

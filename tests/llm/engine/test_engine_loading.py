@@ -13,6 +13,7 @@ from llm_fixtures import BOS_ID, EOS_ID, PAD_ID, hf_logits, load_hf_model, make_
 
 from llmserve.core.errors import InvalidArgument, NotFound, Unavailable, Unsupported
 from llmserve.llm.engine import ModelRunner, SeqChunk, load_arch_config
+from llmserve.llm.engine.attention import FREED_BLOCK
 
 
 def _prefill_logits(runner: ModelRunner, tokens: list[int]) -> torch.Tensor:
@@ -175,15 +176,17 @@ def test_out_of_range_ids_are_invalid_argument_on_every_path(tmp_path):
     runner.allocate_kv_cache(num_blocks=8, block_size=4)
     assert runner._decode_kernel
     good = SeqChunk([5], 0, [0], "last")
+    # (-1 is FREED_BLOCK: a block behind an attention window, allowed where never read)
     cases = [  # (chunk, what the runner reports, the IndexError that caught it)
         (SeqChunk([5], 5, [8, 1], "last"), "block id", "paged_decode_f32"),
         (SeqChunk([5], 5, [1, -2], "last"), "block id", "index_copy_"),
         (SeqChunk([5, 320], 0, [2], "last"), "token id", "index out of range"),
-        (SeqChunk(list(range(5, 25)), 4, [-1, 2, 3, 4, 5, 6], "last"), "block id",
+        (SeqChunk([5], 4, [1, FREED_BLOCK], "last"), "the new tokens' blocks", "index_copy_"),
+        (SeqChunk(list(range(5, 25)), 4, [-2, 2, 3, 4, 5, 6], "last"), "block id",
          "index out of range"),
     ]
     for bad, what, source in cases:
-        with pytest.raises(InvalidArgument, match=f"chunk 1: {what} out of range") as err:
+        with pytest.raises(InvalidArgument, match=f"chunk 1: {what}") as err:
             runner.forward([good, bad])
         assert source in str(err.value.__context__)
     assert runner.forward([good]).shape == (1, runner.arch.vocab_size)  # still serving

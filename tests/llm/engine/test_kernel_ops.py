@@ -26,6 +26,7 @@ def _decode_args():
 
 def test_opcheck_every_op():
     torch.library.opcheck(ops.paged_decode.default, _decode_args())
+    torch.library.opcheck(ops.paged_decode.default, (*_decode_args()[:-1], 5, 2))  # sinks
     x, w, d = torch.randn(3, 16), torch.randn(16), torch.randn(3, 16)
     torch.library.opcheck(ops.rms_norm.default, (x.clone(), w, 1e-6, d))
     torch.library.opcheck(ops.rms_norm.default, (x.clone(), w, 1e-6, None))

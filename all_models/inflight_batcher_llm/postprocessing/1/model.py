@@ -52,10 +52,15 @@ class TritonPythonModel:
             tokens = tokens[:, None, :]
         lengths = np.asarray(lengths).reshape(tokens.shape[0], -1)
         batch, beams = tokens.shape[0], tokens.shape[1]
+        if lengths.shape[1] != beams or (lengths < 0).any() or (lengths > tokens.shape[2]).any():
+            raise ValueError(f"SEQUENCE_LENGTH must hold one length in [0, {tokens.shape[2]}] "
+                             "per beam of TOKENS_BATCH")
         out = np.empty((batch, beams), dtype=object)
         for b in range(batch):
             for k in range(beams):
                 ids = [int(t) for t in tokens[b, k, : int(lengths[b, k])]]
+                if any(t < 0 for t in ids):
+                    raise ValueError("TOKENS_BATCH holds a negative token id")
                 if streaming:
                     s = text.decode_continuation(self.tokenizer, ids, self.skip_special_tokens)
                 else:

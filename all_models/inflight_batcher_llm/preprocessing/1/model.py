@@ -46,16 +46,20 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(output_tensors=self._process(request)))
             except pb_utils.TritonModelException as e:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))))
+            except NotImplementedError as e:
+                error = pb_utils.TritonError(str(e), pb_utils.TritonError.UNSUPPORTED)
+                responses.append(pb_utils.InferenceResponse(error=error))
             except (ValueError, UnicodeDecodeError) as e:
                 error = pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
         return responses
 
-    def _encode(self, queries: np.ndarray):
-        ids = [
-            self.tokenizer.encode(text.as_text(q.reshape(-1)[0]), add_special_tokens=self.add_special_tokens)
-            for q in queries
-        ]
+    def _encode(self, queries: np.ndarray, name: str):
+        texts = [text.as_text(q.reshape(-1)[0]) for q in queries]
+        if any(not t for t in texts):
+            # special tokens alone are no prompt (the ensemble's text_input, the BLS's)
+            raise ValueError(f"input '{name}' (text_input) must not be empty")
+        ids = [self.tokenizer.encode(t, add_special_tokens=self.add_special_tokens) for t in texts]
         width = max((len(x) for x in ids), default=0)
         out = np.full((len(ids), max(width, 1)), self.pad_id, dtype=np.int32)
         for i, x in enumerate(ids):
@@ -64,13 +68,13 @@ class TritonPythonModel:
 
     def _process(self, request):
         if _input(request, "IMAGE") is not None:
-            raise pb_utils.TritonModelException("multimodal inputs (IMAGE) are not supported")
+            raise NotImplementedError("multimodal inputs (IMAGE) are not supported")
         query = _input(request, "QUERY")
         batch = query.shape[0]
-        input_id, input_len = self._encode(query)
+        input_id, input_len = self._encode(query, "QUERY")
         decoder_query = _input(request, "DECODER_QUERY")
         if decoder_query is not None:
-            decoder_id, decoder_len = self._encode(decoder_query)
+            decoder_id, decoder_len = self._encode(decoder_query, "DECODER_QUERY")
         else:
             decoder_id = np.full((batch, 1), self.pad_id, dtype=np.int32)
             decoder_len = np.ones((batch, 1), dtype=np.int32)
@@ -108,7 +112,10 @@ class TritonPythonModel:
         ]
         extra = _input(request, "PROMPT_TABLE_EXTRA_ID")
         if extra is not None:
-            ids = np.repeat(np.asarray(extra, np.uint64).reshape(batch, 1), input_id.shape[1], axis=1)
+            # p-tuning's extra id marks the prompt-table ids (past the vocabulary); ordinary
+            # tokens get 0, so their KV blocks stay shareable (as upstream)
+            per_request = np.asarray(extra, np.uint64).reshape(batch, 1)
+            ids = np.where(input_id >= self.vocab_size, per_request, 0).astype(np.uint64)
             outputs.append(pb_utils.Tensor("OUT_PROMPT_TABLE_EXTRA_IDS", ids))
         return outputs
 

@@ -39,6 +39,7 @@ SAME_NAME = (
     "return_generation_logits", "return_kv_cache_reuse_stats", "return_perf_metrics",
     "num_return_sequences", "beam_width", "exclude_input_in_output", "lora_task_id",
     "lora_weights", "lora_config", "prompt_embedding_table", "prompt_vocab_size",
+    "guided_decoding_guide_type", "guided_decoding_guide",
 )
 
 
@@ -111,6 +112,7 @@ class TritonPythonModel:
         self.draft_name = _param(config, "tensorrt_llm_draft_model_name")
         self.outputs = [o["name"] for o in config.get("output", [])]
         self.llm_outputs = [name for name in self.outputs if name != "text_output"]
+        self._post_batches = True  # postprocessing takes several rows per request
 
     def execute(self, requests):
         if not self.decoupled:
@@ -238,20 +240,33 @@ class TritonPythonModel:
             request.exec()
 
     def _decode_many(self, id_lists, streaming=False):
-        texts = []
-        for ids in id_lists:
-            tensors = [
-                pb_utils.Tensor("TOKENS_BATCH", np.asarray(ids, np.int32).reshape(1, 1, -1)),
-                pb_utils.Tensor("SEQUENCE_LENGTH", np.array([[len(ids)]], np.int32)),
-            ]
-            if streaming:
-                tensors.append(pb_utils.Tensor("STREAMING", np.ones((1, 1), bool)))
-            request = pb_utils.InferenceRequest(
-                model_name="postprocessing", inputs=tensors, requested_output_names=["OUTPUT"]
-            )
-            out = _outputs(_check(request.exec()))["OUTPUT"].reshape(-1)
-            texts.append(text.as_text(out[0]))
-        return texts
+        """Texts of several id lists from one postprocessing request (a batch of rows);
+        one request per list only when postprocessing's max batch size rejects the batch."""
+        if len(id_lists) > 1 and self._post_batches:
+            try:
+                return self._decode_batch(id_lists, streaming)
+            except pb_utils.TritonModelException as e:
+                if getattr(e, "triton_code", None) != pb_utils.TritonError.INVALID_ARG:
+                    raise
+                self._post_batches = False
+        return [t for ids in id_lists for t in self._decode_batch([ids], streaming)]
+
+    def _decode_batch(self, id_lists, streaming):
+        width = max((len(ids) for ids in id_lists), default=0)
+        tokens = np.zeros((len(id_lists), 1, width), np.int32)
+        for row, ids in enumerate(id_lists):
+            tokens[row, 0, : len(ids)] = ids
+        tensors = [
+            pb_utils.Tensor("TOKENS_BATCH", tokens),
+            pb_utils.Tensor("SEQUENCE_LENGTH", np.array([[len(ids)] for ids in id_lists], np.int32)),
+        ]
+        if streaming:
+            tensors.append(pb_utils.Tensor("STREAMING", np.ones((len(id_lists), 1), bool)))
+        request = pb_utils.InferenceRequest(
+            model_name="postprocessing", inputs=tensors, requested_output_names=["OUTPUT"]
+        )
+        out = _outputs(_check(request.exec()))["OUTPUT"].reshape(len(id_lists), -1)
+        return [text.as_text(row[0]) for row in out]
 
     def _final_response_from(self, out, llm_inputs, stop_words, inputs):
         ids, lengths = out["output_ids"], out["sequence_length"]
@@ -285,6 +300,12 @@ class TritonPythonModel:
         if not self.draft_name:
             raise _exception(
                 "num_draft_tokens needs the tensorrt_llm_draft_model_name parameter", "INVALID_ARG"
+            )
+        if any(np.asarray(inputs.get("guided_decoding_guide_type", [])).reshape(-1)):
+            # each target step is a new tensorrt_llm request: a guide would start over
+            raise _exception(
+                "guided decoding with num_draft_tokens is not supported; use the tensorrt_llm "
+                "model's speculative_decoding_mode (prompt_lookup or draft_model) instead", "UNSUPPORTED"
             )
         if int(_scalar(inputs, "beam_width", 1) or 1) > 1 or int(_scalar(inputs, "num_return_sequences", 1) or 1) > 1:
             raise _exception("speculative decoding supports beam_width 1 and one sequence", "UNSUPPORTED")

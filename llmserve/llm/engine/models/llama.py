@@ -185,16 +185,20 @@ class LlamaModel:
         cos: torch.Tensor,
         sin: torch.Tensor,
         lora: LoraBatch | None = None,
+        embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Runs every layer over the step's tokens; returns the final hidden states of
         the rows that need logits [num_logit_rows, hidden] (after the final norm).
-        lora adds the per-token adapter deltas to the q/k/v, o, gate/up and down outputs."""
+        lora adds the per-token adapter deltas to the q/k/v, o, gate/up and down outputs;
+        embeds (rows, vectors) replaces those rows' token embeddings (p-tuning)."""
         arch = self.arch
         num_tokens = meta.input_ids.shape[0]
         q_size, kv_size, head_dim = arch.q_size, arch.kv_size, arch.head_dim
         num_qk_heads = arch.num_heads + arch.num_kv_heads
         linear = self.linears.fn
         x = F.embedding(meta.input_ids, self.embed)  # the residual stream, updated in place
+        if embeds is not None:
+            x.index_copy_(0, embeds[0], embeds[1])
         delta: torch.Tensor | None = None  # the last MLP output, not yet added to x
         for i, layer in enumerate(self.layers):
             h = self.add_rms_norm(x, delta, layer.input_norm)
