@@ -175,6 +175,9 @@ class ExecutorConfig:
     # Engine placement (TensorRT-LLM fixes these at engine build time).
     device: str | None = None  # None: "cuda" when available, else "cpu"
     dtype: str = "auto"
+    # TensorRT-LLM's weight-only quantisation (--weight_only_precision): "int8" stores
+    # the decoder layers' GEMM weights as int8 with per-channel scales (CPU only)
+    weight_only_precision: str | None = None
 
     def validate(self) -> None:
         if self.max_beam_width < 1:
@@ -200,6 +203,9 @@ class ExecutorConfig:
             )
         if self.speculative_decoding_config is not None:
             self.speculative_decoding_config.validate()
+        from llmserve.llm.engine.quant import parse_weight_only_precision
+
+        parse_weight_only_precision(self.weight_only_precision)  # raises for a bad value
 
     @property
     def effective_policy(self) -> CapacitySchedulerPolicy:

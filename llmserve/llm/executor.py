@@ -74,7 +74,8 @@ class Executor(RoutedResponses):
             from llmserve.llm.engine import ModelRunner
 
             device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            runner = ModelRunner(model_path, dtype=config.dtype, device=device)
+            runner = ModelRunner(model_path, dtype=config.dtype, device=device,
+                                 weight_only_precision=config.weight_only_precision)
         self.runner = runner
         arch = runner.arch
         self.vocab_size = arch.vocab_size

@@ -91,7 +91,8 @@ def test_requests_configs_and_stats_survive():
     config = ExecutorConfig(max_beam_width=2, lora_config=PeftCacheConfig(max_adapter_size=8),
                             speculative_decoding_config=SpeculativeDecodingConfig(
                                 mode=SpeculativeDecodingMode.PROMPT_LOOKUP),
-                            kv_events_config=KvEventsConfig(True, topic="kv"))
+                            kv_events_config=KvEventsConfig(True, topic="kv"),
+                            weight_only_precision="int8")
     stats = [IterationStats(timestamp="t", iter=3, num_tokens=7),
              RequestStatsPerIteration(3, [RequestStats(1, RequestStage.QUEUED, scheduled=True)])]
     for message in (m.EnqueueRequests(1, [request]), m.Init("/x", ModelType.DECODER_ONLY, config),

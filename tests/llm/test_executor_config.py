@@ -106,3 +106,18 @@ def test_normalize_log_probs_follows_tensorrt_llm(make_executor, normalize):
         assert log_probs == [0.0] * 4
     else:
         assert all(lp < 0.0 for lp in log_probs)
+
+
+def test_weight_only_int8_from_the_executor_config(exec_ckpt, exec_hf, exec_runner):
+    cfg = ExecutorConfig(kv_cache_config=KvCacheConfig(max_tokens=256), tokens_per_block=8,
+                         device="cpu", weight_only_precision="int8")
+    with Executor(exec_ckpt, ModelType.DECODER_ONLY, cfg) as ex:  # builds its own runner
+        assert ex.runner.arch.weight_only_precision == "int8"
+        prompts = [prompt(9, 70 + i) for i in range(3)]
+        outs = run(ex, [greedy_request(p, 6) for p in prompts])
+    # int8 logits differ slightly (test_quant.py): the first greedy tokens agree
+    assert [tokens_of(o)[0] for o in outs] == [hf_reference(exec_hf, p, 1)[0] for p in prompts]
+    assert all(len(tokens_of(o)) == 6 for o in outs)
+    with pytest.raises(InvalidArgument, match="weight_only_precision"):
+        Executor(exec_ckpt, ModelType.DECODER_ONLY,
+                 ExecutorConfig(weight_only_precision="int3"), runner=exec_runner)

@@ -51,6 +51,7 @@ HONOURED = {
     "engine_max_batch_size": ("8", lambda s, c: c.max_batch_size == 8),
     "engine_max_num_tokens": ("512", lambda s, c: c.max_num_tokens == 512),
     "engine_dtype": ("float32", lambda s, c: c.dtype == "float32"),
+    "weight_only_precision": ("int8", lambda s, c: c.weight_only_precision == "int8"),
     "lora_cache_optimal_adapter_size": ("4", lambda s, c: c.lora_config.optimal_adapter_size == 4),
     "lora_cache_max_adapter_size": ("32", lambda s, c: c.lora_config.max_adapter_size == 32),
     "lora_cache_gpu_memory_fraction": (

@@ -365,6 +365,7 @@ def read_settings(
         tokens_per_block=p.as_int("engine_kv_block_size", 32),
         device=_device(p),
         dtype=p.get("engine_dtype") or "auto",
+        weight_only_precision=p.get("weight_only_precision"),
     )
     if decoding_mode == "beam_search" and config.max_beam_width < 2:
         logger.warning("decoding_mode beam_search with max_beam_width 1 decodes greedily")

@@ -56,6 +56,9 @@ class ArchConfig:
     checkpoint_dtype: torch.dtype | None
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
+    # GEMM weights kept in another dtype than `dtype` (bf16 under float32 activations)
+    weight_dtype: torch.dtype | None = None
+    weight_only_precision: str | None = None  # "int8": the layers' GEMM weights quantised
     architectures: list[str] = field(default_factory=list)
 
     @property

@@ -14,6 +14,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from llmserve.core.errors import Unsupported
+
+from .quant import Bf16Weight, Int8Weight, int8_supported
+
 logger = logging.getLogger(__name__)
 
 # LLMSERVE_CPU_ONEDNN=0 turns the prepacked path off (benchmarks, debugging).
@@ -84,7 +88,7 @@ class DualWeight:
         return self.dense.shape
 
 
-Weight = torch.Tensor | DualWeight
+Weight = torch.Tensor | DualWeight | Int8Weight | Bf16Weight
 LinearFn = Callable[[torch.Tensor, Weight, torch.Tensor | None], torch.Tensor]
 
 
@@ -97,14 +101,45 @@ def _onednn_linear(x: torch.Tensor, weight: Weight,
     return F.linear(x, weight, bias)
 
 
-class Linears:
-    """Picks the GEMM for a model's device and dtype; pack() converts a weight for it."""
+def _weight_only_linear(x: torch.Tensor, weight: Weight,
+                        bias: torch.Tensor | None) -> torch.Tensor:
+    if type(weight) is Int8Weight:
+        return weight.linear(x, bias)
+    if type(weight) is Bf16Weight:  # float32 in, float32 out, the bias added in that op
+        y = _packed_linear(x.to(torch.bfloat16), weight.packed, None)
+        return y.float() if bias is None else torch.add(bias, y)
+    return _onednn_linear(x, weight, bias)
 
-    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
+
+class Linears:
+    """Picks the GEMM for a model's device and dtype; pack() converts a weight for it.
+    On CPU with float32 activations the weights may be kept in a weight-only format:
+    weight_dtype bfloat16 (every GEMM weight) and/or quantize "int8" (the weights packed
+    with quantize=True: the decoder layers', not the LM head's)."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype,
+                 weight_dtype: torch.dtype | None = None, quantize: str | None = None) -> None:
         self.packed = device.type == "cpu" and self._supported(dtype)
         self.fn: LinearFn = _onednn_linear if self.packed else F.linear
         if self.packed:
-            bound_onednn_caches()
+            bound_onednn_caches()  # before the first oneDNN call
+        self.bf16_weights = weight_dtype == torch.bfloat16 and dtype == torch.float32
+        self.int8 = quantize == "int8"
+        cpu_f32 = device.type == "cpu" and dtype == torch.float32
+        if self.bf16_weights and not (cpu_f32 and self._supported(torch.bfloat16)):
+            raise Unsupported("bf16 weights under float32 activations need oneDNN's bf16 "
+                              "GEMM on CPU")
+        if self.int8 and not (cpu_f32 and int8_supported()):
+            raise Unsupported("int8 weights need float32 activations on CPU and "
+                              "torch._weight_int8pack_mm")
+        if self.int8:
+            self.fn = _weight_only_linear
+            logger.info("CPU linears: float32 activations, int8 layer weights, %s LM head",
+                        "bf16" if self.bf16_weights else "float32")
+        elif self.bf16_weights:
+            self.fn = _weight_only_linear
+            logger.info("CPU linears: float32 activations, bf16 weights")
+        elif self.packed:
             logger.info("CPU linears: oneDNN with prepacked %s weights", dtype)
 
     @staticmethod
@@ -122,10 +157,14 @@ class Linears:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         return False
 
-    def pack(self, weight: torch.Tensor) -> Weight:
+    def pack(self, weight: torch.Tensor, quantize: bool = True) -> Weight:
         """The weight ready for self.fn: on CPU a prepacked copy (the caller drops the
         dense one to keep memory flat), or both forms for a small weight; the weight
-        itself elsewhere."""
+        itself elsewhere. quantize=False keeps it out of int8 (the LM head)."""
+        if self.int8 and quantize:
+            return Int8Weight(weight)
+        if self.bf16_weights:
+            return Bf16Weight(weight)
         if not self.packed:
             return weight
         try:

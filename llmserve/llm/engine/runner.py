@@ -11,11 +11,12 @@ import torch
 from llmserve.core.errors import InvalidArgument, NotFound, Unavailable
 
 from .attention import FREED_BLOCK, SeqChunk, build_step
-from .config import ArchConfig, load_arch_config, resolve_dtype
+from .config import ArchConfig, load_arch_config
 from .cpu_kernels import kernels
 from .kv_cache import HostKVPool, KVCache, kv_cache_bytes_per_block
 from .lora import LoraBatchBuilder, LoraSource
 from .models.llama import LlamaModel
+from .quant import resolve_weight_formats, weight_format_note
 from .rope import RopeTable
 from .weights import load_state_dict, stored_dtype
 
@@ -39,7 +40,8 @@ def _meminfo_available() -> int:
 class ModelRunner:
     """Owns the model weights, the rope table and the KV cache tensors of one model."""
 
-    def __init__(self, model_path: str | Path, *, dtype: str = "auto", device: str = "cpu"):
+    def __init__(self, model_path: str | Path, *, dtype: str = "auto", device: str = "cpu",
+                 weight_only_precision: str | None = None):
         path = Path(model_path)
         if not path.is_dir():
             raise NotFound(f"model folder '{path}' does not exist")
@@ -50,7 +52,8 @@ class ModelRunner:
         arch = load_arch_config(path)
         if arch.checkpoint_dtype is None:
             arch.checkpoint_dtype = stored_dtype(path)
-        arch.dtype = resolve_dtype(dtype, arch, self.device.type)
+        arch.dtype, arch.weight_dtype, arch.weight_only_precision = resolve_weight_formats(
+            dtype, arch, self.device.type, weight_only_precision)
         arch.device = str(self.device)
         self.arch: ArchConfig = arch
         with torch.inference_mode():
@@ -69,13 +72,14 @@ class ModelRunner:
         for window in set(arch.layer_windows) - {None}:
             logger.info("sliding-window attention of %d tokens on some layers", window)
         logger.info(
-            "loaded %s (%s, %d layers, hidden %d) as %s on %s",
+            "loaded %s (%s, %d layers, hidden %d) as %s on %s%s",
             path,
             arch.model_type,
             arch.num_layers,
             arch.hidden_size,
             arch.dtype,
             self.device,
+            weight_format_note(arch),
         )
 
     # -- KV cache ---------------------------------------------------------------------
@@ -156,8 +160,10 @@ class ModelRunner:
     # -- forward ----------------------------------------------------------------------
 
     def _check(self, chunks: list[SeqChunk], cache: KVCache) -> int:
+        """Per-chunk checks, O(chunks). The ids themselves are checked where they are
+        used: on CPU, torch's embedding and index ops and the decode kernel raise
+        IndexError for one out of range, which forward() turns into InvalidArgument."""
         max_end = 0
-        vocab = self.arch.vocab_size
         for chunk in chunks:
             n = len(chunk.token_ids)
             if n == 0:
@@ -173,15 +179,25 @@ class ModelRunner:
                 raise InvalidArgument(
                     f"block table has {len(table)} blocks, {needed} needed for {end} tokens"
                 )
-            if min(table[:needed]) < FREED_BLOCK or max(table[:needed]) >= cache.num_blocks:
-                raise InvalidArgument(f"block id out of range [0, {cache.num_blocks})")
-            if min(table[chunk.start_pos // cache.block_size : needed]) < 0:
-                raise InvalidArgument("the new tokens' blocks must not be freed")
-            limit = vocab + (0 if chunk.prompt_table is None else chunk.prompt_table.shape[0])
-            if min(chunk.token_ids) < 0 or max(chunk.token_ids) >= limit:
-                raise InvalidArgument(f"token id out of range [0, {limit})")
             max_end = max(max_end, end)
         return max_end
+
+    def _raise_bad_ids(self, chunks: list[SeqChunk], cache: KVCache) -> None:
+        """InvalidArgument naming the first chunk with a token or block id out of range.
+        A Python scan of every id: run after a CPU forward failed, and before every
+        forward elsewhere (on CUDA an out-of-range index is a device-side assert that
+        poisons the context)."""
+        vocab = self.arch.vocab_size
+        for i, chunk in enumerate(chunks):
+            end = chunk.start_pos + len(chunk.token_ids)
+            table = chunk.block_table[: (end + cache.block_size - 1) // cache.block_size]
+            if min(table) < FREED_BLOCK or max(table) >= cache.num_blocks:
+                raise InvalidArgument(f"chunk {i}: block id out of range [0, {cache.num_blocks})")
+            if min(table[chunk.start_pos // cache.block_size :]) < 0:
+                raise InvalidArgument(f"chunk {i}: the new tokens' blocks must not be freed")
+            limit = vocab + (0 if chunk.prompt_table is None else chunk.prompt_table.shape[0])
+            if min(chunk.token_ids) < 0 or max(chunk.token_ids) >= limit:
+                raise InvalidArgument(f"chunk {i}: token id out of range [0, {limit})")
 
     def forward(self, chunks: list[SeqChunk]) -> torch.Tensor:
         """One batched forward over all chunks. Writes their K/V into the cache and
@@ -191,19 +207,28 @@ class ModelRunner:
         if not chunks:
             return torch.empty(0, self.arch.vocab_size, dtype=torch.float32, device=self.device)
         max_end = self._check(chunks, cache)
+        if self.device.type != "cpu":
+            self._raise_bad_ids(chunks, cache)
         with torch.inference_mode():
-            meta = build_step(chunks, cache.block_size, self.model.window_set, self.device,
-                              self._decode_kernel, self.sink_tokens)
-            embeds = self._prompt_embeddings(chunks, meta.chunk_rows, meta.input_ids)
-            self.rope.ensure(max_end)
-            cos = self.rope.cos.index_select(0, meta.positions)
-            sin = self.rope.sin.index_select(0, meta.positions)
-            self._dynamic_rope(chunks, meta.chunk_rows, cos, sin)
-            lora = self._lora.build(chunks, meta.chunk_rows, self.lora_source, self.device)
-            hidden = self.model.forward(meta, cache, cos, sin, lora, embeds)
-            if meta.num_logit_rows == 0:
-                return torch.empty(0, self.arch.vocab_size, dtype=torch.float32, device=self.device)
-            return self.model.logits(hidden)
+            try:
+                return self._forward(chunks, cache, max_end)
+            except IndexError:
+                self._raise_bad_ids(chunks, cache)
+                raise
+
+    def _forward(self, chunks: list[SeqChunk], cache: KVCache, max_end: int) -> torch.Tensor:
+        meta = build_step(chunks, cache.block_size, self.model.window_set, self.device,
+                          self._decode_kernel, self.sink_tokens)
+        embeds = self._prompt_embeddings(chunks, meta.chunk_rows, meta.input_ids)
+        self.rope.ensure(max_end)
+        cos = self.rope.cos.index_select(0, meta.positions)
+        sin = self.rope.sin.index_select(0, meta.positions)
+        self._dynamic_rope(chunks, meta.chunk_rows, cos, sin)
+        lora = self._lora.build(chunks, meta.chunk_rows, self.lora_source, self.device)
+        hidden = self.model.forward(meta, cache, cos, sin, lora, embeds)
+        if meta.num_logit_rows == 0:
+            return torch.empty(0, self.arch.vocab_size, dtype=torch.float32, device=self.device)
+        return self.model.logits(hidden)
 
     def _prompt_embeddings(self, chunks: list[SeqChunk], rows: list[int],
                            input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -93,9 +93,48 @@ def test_kernel_keeps_sink_tokens_and_skips_freed_blocks(sink):
 
 def test_kernel_rejects_heads_that_do_not_divide():
     k = torch.zeros(2, 4, 3, 8)
-    with pytest.raises(RuntimeError, match="paged_decode_f32 failed"):
+    with pytest.raises(ValueError, match="multiple of KV heads"):
         paged_decode(torch.zeros(1, 4, 8), k, k.clone(), torch.zeros(1, 1, dtype=torch.long),
                      torch.ones(1, dtype=torch.long), 1.0, None)
+
+
+@pytest.mark.parametrize("table,length,match", [
+    ([0, 8], 6, "block id"),  # 8 blocks in the cache: ids 0-7
+    ([-1, 0], 6, "block id"),
+    ([0, 1], 9, "context length"),  # wider than the 2-block table
+    ([0, 1], 0, "context length"),
+])
+def test_kernel_rejects_ids_out_of_range(table, length, match):
+    k = torch.randn(8, 4, 2, 8)
+    with pytest.raises(IndexError, match=match):
+        paged_decode(torch.randn(1, 4, 8), k, k.clone(), torch.tensor([table]),
+                     torch.tensor([length]), 1.0, None)
+
+
+def test_kernel_checks_only_the_blocks_a_window_reads():
+    # 16 keys, a 4-key window: only the last block is read, so the others may be
+    # anything (a cache that frees blocks behind the window marks them -1); with 2 sink
+    # tokens the first block is read too, and then must be in the cache.
+    gen = torch.Generator().manual_seed(3)
+    k, v = torch.randn(8, 4, 2, 8, generator=gen), torch.randn(8, 4, 2, 8, generator=gen)
+    q, lens = torch.randn(1, 4, 8, generator=gen), torch.tensor([16])
+    out = paged_decode(q, k, v, torch.tensor([[-1, 99, -1, 5]]), lens, 0.3, 4)
+    ref = _reference(q, k, v, torch.tensor([[0, 0, 0, 5]]), lens, 0.3, 4)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    paged_decode(q, k, v, torch.tensor([[3, -1, 99, 5]]), lens, 0.3, 4, sink=2)
+    with pytest.raises(IndexError, match="block id"):
+        paged_decode(q, k, v, torch.tensor([[-1, 1, 2, 5]]), lens, 0.3, 4, sink=2)
+    with pytest.raises(ValueError, match="sink < window"):
+        paged_decode(q, k, v, torch.tensor([[0, 1, 2, 5]]), lens, 0.3, 4, sink=4)
+
+
+def test_kernels_are_built_without_finite_math():
+    from llmserve.llm.engine import cpu_kernels
+
+    # -ffast-math implies -ffinite-math-only, under which the softmax's -INFINITY start
+    # value is undefined behaviour
+    assert not any("fast-math" in f or "finite-math" in f for f in cpu_kernels._FLAGS)
+    assert "-fassociative-math" in cpu_kernels._FLAGS  # what keeps the dot products fast
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral_window"])

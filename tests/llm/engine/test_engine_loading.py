@@ -13,6 +13,7 @@ from llm_fixtures import BOS_ID, EOS_ID, PAD_ID, hf_logits, load_hf_model, make_
 
 from llmserve.core.errors import InvalidArgument, NotFound, Unavailable, Unsupported
 from llmserve.llm.engine import ModelRunner, SeqChunk, load_arch_config
+from llmserve.llm.engine.attention import FREED_BLOCK
 
 
 def _prefill_logits(runner: ModelRunner, tokens: list[int]) -> torch.Tensor:
@@ -38,8 +39,9 @@ def test_sharded_checkpoint_loads(tmp_path):
 
 
 def test_bfloat16_checkpoint_runs_in_bfloat16(tmp_path):
+    # dtype "auto" on CPU keeps the bf16 weights under float32 activations (test_quant.py)
     path = make_tiny_checkpoint(tmp_path, "llama", dtype="bfloat16", with_tokenizer=False)
-    runner = ModelRunner(path)
+    runner = ModelRunner(path, dtype="bfloat16")
     assert runner.arch.dtype == torch.bfloat16
     assert runner.model.embed.dtype == torch.bfloat16
     assert runner.kv_cache_bytes_per_block(8) == 2 * 2 * 8 * 2 * 16 * 2
@@ -163,3 +165,28 @@ def test_forward_validates_chunks(tmp_path):
             runner.forward([chunk])
     empty = runner.forward([])
     assert empty.shape == (0, runner.arch.vocab_size) and empty.dtype == torch.float32
+
+
+def test_out_of_range_ids_are_invalid_argument_on_every_path(tmp_path):
+    # The runner scans no ids on the CPU path: torch's embedding and index ops and the C
+    # decode kernel raise IndexError, and forward() names the chunk. Each case reaches a
+    # different one: the decode kernel (a context block), index_copy_ (the new token's
+    # slot), the embedding (a token), the gather of a cached prefix (a long chunk).
+    runner = ModelRunner(make_tiny_checkpoint(tmp_path, "llama", with_tokenizer=False))
+    runner.allocate_kv_cache(num_blocks=8, block_size=4)
+    assert runner._decode_kernel
+    good = SeqChunk([5], 0, [0], "last")
+    # (-1 is FREED_BLOCK: a block behind an attention window, allowed where never read)
+    cases = [  # (chunk, what the runner reports, the IndexError that caught it)
+        (SeqChunk([5], 5, [8, 1], "last"), "block id", "paged_decode_f32"),
+        (SeqChunk([5], 5, [1, -2], "last"), "block id", "index_copy_"),
+        (SeqChunk([5, 320], 0, [2], "last"), "token id", "index out of range"),
+        (SeqChunk([5], 4, [1, FREED_BLOCK], "last"), "the new tokens' blocks", "index_copy_"),
+        (SeqChunk(list(range(5, 25)), 4, [-2, 2, 3, 4, 5, 6], "last"), "block id",
+         "index out of range"),
+    ]
+    for bad, what, source in cases:
+        with pytest.raises(InvalidArgument, match=f"chunk 1: {what}") as err:
+            runner.forward([good, bad])
+        assert source in str(err.value.__context__)
+    assert runner.forward([good]).shape == (1, runner.arch.vocab_size)  # still serving

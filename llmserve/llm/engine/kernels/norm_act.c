@@ -6,6 +6,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "vector_math.h"
+
 /* When delta is given: x += delta (in place, the residual stream). Then
  * out = x / sqrt(mean(x^2) + eps) * weight. x, delta, out: [rows, dim] contiguous. */
 void rms_norm_f32(float *restrict out, float *restrict x, const float *restrict delta,

@@ -13,6 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vector_math.h"
+
+enum { PAGED_NO_MEMORY = -1, PAGED_BAD_SHAPE = -2, PAGED_BAD_LENGTH = -3, PAGED_BAD_BLOCK = -4 };
+
 static inline float dot(const float *restrict a, const float *restrict b, int64_t n) {
     float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
@@ -109,23 +113,66 @@ static inline __attribute__((always_inline)) void attend(float *restrict out, co
     }
 }
 
+/* The keys a query at context length ctx attends: [0, *sink_end) and [*start, ctx). With
+ * a window, its sink first tokens and the last window - sink (itself included); the
+ * blocks between the two ranges are never read (they may be freed). */
+static inline void key_ranges(int64_t ctx, int64_t window, int64_t sink, int64_t *sink_end,
+                              int64_t *start) {
+    const int64_t lo = window > 0 ? ctx - (window - sink) : 0;
+    *start = lo > sink ? lo : 0;
+    *sink_end = lo > sink ? sink : 0;
+}
+
+static inline int blocks_in_cache(const int64_t *table, int64_t lo, int64_t hi,
+                                  int64_t block_size, int64_t num_blocks) {
+    for (int64_t blk = lo / block_size; blk * block_size < hi; blk++)
+        if (table[blk] < 0 || table[blk] >= num_blocks) return 0;
+    return 1;
+}
+
+/* Checks every id the kernel will follow before it reads the cache: a context length
+ * outside [1, max_blocks * block_size] or a block id outside [0, num_blocks) in the
+ * ranges a query reads is an error, not a stray read. Returns the longest context, or
+ * PAGED_BAD_LENGTH / PAGED_BAD_BLOCK. */
+static int64_t check_tables(const int64_t *block_tables, const int64_t *context_lens,
+                            int64_t batch, int64_t block_size, int64_t max_blocks,
+                            int64_t num_blocks, int64_t window, int64_t sink) {
+    int64_t longest = 1;
+    for (int64_t b = 0; b < batch; b++) {
+        const int64_t ctx = context_lens[b];
+        if (ctx < 1 || ctx > max_blocks * block_size) return PAGED_BAD_LENGTH;
+        if (ctx > longest) longest = ctx;
+        int64_t sink_end, start;
+        key_ranges(ctx, window, sink, &sink_end, &start);
+        const int64_t *table = block_tables + b * max_blocks;
+        if (!blocks_in_cache(table, 0, sink_end, block_size, num_blocks) ||
+            !blocks_in_cache(table, start, ctx, block_size, num_blocks))
+            return PAGED_BAD_BLOCK;
+    }
+    return longest;
+}
+
 /* out: [batch, num_heads, head_dim] contiguous. q: head stride head_dim, token stride
- * q_stride. block_tables: [batch, max_blocks]. window <= 0: no sliding window; with
- * one, a query sees its sink first tokens and the last window - sink (itself included).
- * Returns 0, or -1 when a work buffer cannot be allocated or the heads do not divide. */
+ * q_stride. k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim].
+ * block_tables: [batch, max_blocks]. window <= 0: no sliding window; with one, a query
+ * sees its sink first tokens and the last window - sink (itself included), 0 <= sink <
+ * window. Returns 0 or one of the PAGED_* errors (no cache row has been read when the
+ * shapes or ids are bad). */
 int paged_decode_f32(float *out, const float *q, int64_t q_stride, const float *k_cache,
-                     const float *v_cache, const int64_t *block_tables,
+                     const float *v_cache, int64_t num_blocks, const int64_t *block_tables,
                      const int64_t *context_lens, int64_t batch, int64_t num_heads,
                      int64_t num_kv_heads, int64_t head_dim, int64_t block_size,
-                     int64_t max_blocks, float scale, int64_t window,
-                     int64_t sink) {
+                     int64_t max_blocks, float scale, int64_t window, int64_t sink) {
+    if (num_kv_heads < 1 || num_heads < num_kv_heads || num_heads % num_kv_heads != 0 ||
+        head_dim < 1 || block_size < 1 || batch < 0 ||
+        (window > 0 && (sink < 0 || sink >= window)))
+        return PAGED_BAD_SHAPE;
     const int64_t group = num_heads / num_kv_heads;
-    if (group < 1 || num_heads % num_kv_heads != 0) return -1;
     const int64_t tok_stride = num_kv_heads * head_dim;
     const int64_t block_stride = block_size * tok_stride;
-    int64_t longest = 1;
-    for (int64_t b = 0; b < batch; b++)
-        if (context_lens[b] > longest) longest = context_lens[b];
+    const int64_t longest = check_tables(block_tables, context_lens, batch, block_size,
+                                         max_blocks, num_blocks, window, sink);
+    if (longest < 0) return (int)longest;
     /* Work items: (sequence, run of KV heads). Whole sequences read each token's heads
      * as one contiguous run; small batches are split by head to feed every thread. */
     const int64_t split = batch >= 4 * omp_get_max_threads() ? 1 : num_kv_heads;
@@ -146,9 +193,8 @@ int paged_decode_f32(float *out, const float *q, int64_t q_stride, const float *
             const int64_t b = item / split;
             const int64_t h0 = (item % split) * per_item;
             const int64_t ctx = context_lens[b];
-            const int64_t lo = window > 0 ? ctx - (window - sink) : 0;
-            const int64_t start = lo > sink ? lo : 0;
-            const int64_t sink_end = lo > sink ? sink : 0;
+            int64_t sink_end, start;
+            key_ranges(ctx, window, sink, &sink_end, &start);
             float *o = out + (b * num_heads + h0 * group) * head_dim;
             const float *qb = q + b * q_stride + h0 * group * head_dim;
             const int64_t *table = block_tables + b * max_blocks;
@@ -168,5 +214,5 @@ int paged_decode_f32(float *out, const float *q, int64_t q_stride, const float *
         free(acc);
         free(maxs);
     }
-    return failed ? -1 : 0;
+    return failed ? PAGED_NO_MEMORY : 0;
 }

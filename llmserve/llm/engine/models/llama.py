@@ -50,30 +50,33 @@ class _Loader:
     """Takes tensors out of a checkpoint state dict, converted and moved, noting what
     was used so leftovers can be reported."""
 
-    def __init__(self, state: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device):
+    def __init__(self, state: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device,
+                 weight_dtype: torch.dtype | None = None):
         self.state, self.dtype, self.device = state, dtype, device
+        self.weight_dtype = weight_dtype or dtype  # the GEMM weights' (weight=True)
         self.used: set[str] = set()
 
     def has(self, name: str) -> bool:
         return name in self.state
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, weight: bool = False) -> torch.Tensor:
         if name not in self.state:
             raise InvalidArgument(f"checkpoint is missing tensor '{name}'")
         self.used.add(name)
-        return self.state[name].to(device=self.device, dtype=self.dtype).contiguous()
+        dtype = self.weight_dtype if weight else self.dtype
+        return self.state[name].to(device=self.device, dtype=dtype).contiguous()
 
     def opt(self, name: str) -> torch.Tensor | None:
         return self.get(name) if name in self.state else None
 
-    def cat(self, names: list[str]) -> torch.Tensor | None:
+    def cat(self, names: list[str], weight: bool = False) -> torch.Tensor | None:
         present = [n for n in names if n in self.state]
         if not present:
             return None
         if len(present) != len(names):
             missing = sorted(set(names) - set(present))
             raise InvalidArgument(f"checkpoint has some but not all of {missing}")
-        return torch.cat([self.get(n) for n in names], dim=0).contiguous()
+        return torch.cat([self.get(n, weight) for n in names], dim=0).contiguous()
 
 
 class LlamaModel:
@@ -92,7 +95,7 @@ class LlamaModel:
         self.act = _ACT[arch.hidden_act]
         self.scale = arch.head_dim**-0.5
         self.eps = arch.rms_norm_eps
-        load = _Loader(state, dtype, device)
+        load = _Loader(state, dtype, device, arch.weight_dtype)
         self.embed = load.get("embed_tokens.weight")
         if self.embed.shape != (arch.vocab_size, arch.hidden_size):
             raise InvalidArgument(
@@ -102,7 +105,7 @@ class LlamaModel:
         self.layers = [self._load_layer(load, i) for i in range(arch.num_layers)]
         self.norm = load.get("norm.weight")
         if load.has("lm_head.weight") and not arch.tie_word_embeddings:
-            self.lm_head = load.get("lm_head.weight")
+            self.lm_head = load.get("lm_head.weight", weight=True)
         elif load.has("lm_head.weight") and not torch.equal(
             state["lm_head.weight"], state["embed_tokens.weight"]
         ):
@@ -122,11 +125,13 @@ class LlamaModel:
         self.windows = arch.layer_windows
         self.window_set: set[int | None] = set(self.windows)
         # GEMM weights in the layout of the device's fastest linear (prepacked on CPU)
-        self.linears = Linears(device, dtype)
+        # (or a weight-only format: bf16 or int8 weights under float32 activations)
+        self.linears = Linears(device, dtype, arch.weight_dtype, arch.weight_only_precision)
         for layer in self.layers:
             for name in ("qkv", "o_proj", "gate_up", "down"):
                 setattr(layer, name, self.linears.pack(getattr(layer, name)))
-        self.head = self.linears.pack(self.lm_head)
+        # the LM head stays out of int8: its rounding would go straight into the logits
+        self.head = self.linears.pack(self.lm_head, quantize=False)
         # fused C row kernels (RMSNorm with its residual add, SiLU * up, RoPE) on CPU fp32
         self.row_kernels = (device.type == "cpu" and dtype == torch.float32
                             and cpu_kernels.rows_supported(self.norm))
@@ -135,8 +140,9 @@ class LlamaModel:
     def _load_layer(self, load: _Loader, i: int) -> LayerWeights:
         p = f"layers.{i}."
         attn, mlp = p + "self_attn.", p + "mlp."
-        qkv = load.cat([attn + "q_proj.weight", attn + "k_proj.weight", attn + "v_proj.weight"])
-        gate_up = load.cat([mlp + "gate_proj.weight", mlp + "up_proj.weight"])
+        qkv = load.cat([attn + "q_proj.weight", attn + "k_proj.weight", attn + "v_proj.weight"],
+                       weight=True)
+        gate_up = load.cat([mlp + "gate_proj.weight", mlp + "up_proj.weight"], weight=True)
         assert qkv is not None and gate_up is not None
         arch = self.arch
         expected = (arch.q_size + 2 * arch.kv_size, arch.hidden_size)
@@ -146,12 +152,12 @@ class LlamaModel:
             input_norm=load.get(p + "input_layernorm.weight"),
             qkv=qkv,
             qkv_bias=load.cat([attn + "q_proj.bias", attn + "k_proj.bias", attn + "v_proj.bias"]),
-            o_proj=load.get(attn + "o_proj.weight"),
+            o_proj=load.get(attn + "o_proj.weight", weight=True),
             o_bias=load.opt(attn + "o_proj.bias"),
             post_norm=load.get(p + "post_attention_layernorm.weight"),
             gate_up=gate_up,
             gate_up_bias=load.cat([mlp + "gate_proj.bias", mlp + "up_proj.bias"]),
-            down=load.get(mlp + "down_proj.weight"),
+            down=load.get(mlp + "down_proj.weight", weight=True),
             down_bias=load.opt(mlp + "down_proj.bias"),
         )
 
