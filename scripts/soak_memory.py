@@ -2,7 +2,7 @@
 stream OpenAI chat requests at it in rounds, and read the resident memory (/proc VmRSS)
 of the server and of its engine processes after each round (issue 18).
 
-    python scripts/soak_memory.py [--model ensemble] [--concurrency 16] [--rounds 10]
+    python scripts/soak_memory.py [--model ensemble[,tensorrt_llm_bls]] [--concurrency 16] [--rounds 10]
         [--requests 300] [--minutes M] [--isl 128] [--osl 64] [--repository DIR]
         [--checkpoint DIR] [--engine-process true|false] [--cancel-every K] [--json OUT]
         [--env KEY=VALUE ...]
@@ -205,7 +205,9 @@ async def stream_chat(client: httpx.AsyncClient, model: str, prompt: str, osl: i
 async def run_round(url: str, model: str, n: int, concurrency: int, prompts: list[str],
                     osl: int, cancel_every: int = 0) -> tuple[int, int]:
     """n streamed requests, at most `concurrency` in flight, every cancel_every-th one
-    dropped after its first piece; returns (tokens, errors)."""
+    dropped after its first piece; returns (tokens, errors). model may name several,
+    comma-separated: request i goes to the (i mod count)-th."""
+    models = model.split(",")
     queue = iter(enumerate(prompts[:n]))
     totals = [0, 0]
 
@@ -213,7 +215,8 @@ async def run_round(url: str, model: str, n: int, concurrency: int, prompts: lis
         for i, prompt in queue:
             cancel = cancel_every > 0 and i % cancel_every == cancel_every - 1
             try:
-                tokens = await stream_chat(client, model, prompt, osl, cancel)
+                tokens = await stream_chat(client, models[i % len(models)], prompt, osl,
+                                           cancel)
                 totals[0] += tokens  # not `+= await`: that reads totals[0] before awaiting
             except Exception as e:  # noqa: BLE001 - any failure counts, the others go on
                 totals[1] += 1
@@ -261,7 +264,8 @@ def soak(repository: Path, model: str, *, concurrency: int, requests: int, round
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ensemble", help="served model name")
+    parser.add_argument("--model", default="ensemble",
+                        help="served model name; several, comma-separated, take turns")
     parser.add_argument("--repository", type=Path, help="filled repository (default: demo)")
     parser.add_argument("--checkpoint", type=Path, default=fill_demo_repository.DEFAULT_MODEL,
                         help="checkpoint to fill the repository with (without --repository)")
