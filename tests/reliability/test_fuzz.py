@@ -72,6 +72,14 @@ def metadata(http):
     return out
 
 
+class OpenApi(tuple):
+    """(document, request body schema by path); a short repr, so that a failing case's
+    report shows the request and its answer, not the whole document."""
+
+    def __repr__(self) -> str:
+        return "<the server's OpenAPI document>"
+
+
 @pytest.fixture(scope="module")
 def openapi(http):
     doc = http.get("/openapi.json").json()
@@ -79,7 +87,7 @@ def openapi(http):
     for path in ("/v1/completions", "/v1/chat/completions"):
         body = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         bodies[path] = body["schema"]
-    return doc, bodies
+    return OpenApi((doc, bodies))
 
 
 @pytest.fixture(scope="module")
