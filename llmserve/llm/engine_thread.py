@@ -27,6 +27,8 @@ from typing import Protocol, TypeVar
 
 import torch
 
+from llmserve.llm.heap_trim import HeapTrimmer
+
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ class EngineWorker:
         self.num_threads = num_threads or engine_num_threads()
         self.cond = threading.Condition()
         self._clients: list[EngineClient] = []
+        self._heap = HeapTrimmer()  # used by the engine thread only
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -135,6 +138,10 @@ class EngineWorker:
             with self.cond:
                 if idle:  # work exists but nothing could run: poll again shortly
                     self.cond.wait(IDLE_POLL_S)
+                waiting = not any(c._wants_tick() for c in self._clients)
+            if waiting:
+                self._heap.idle()  # outside the lock: enqueues need not wait for it
+            with self.cond:
                 while not any(c._wants_tick() for c in self._clients):
                     self.cond.wait()
                 clients = list(self._clients)
@@ -152,6 +159,8 @@ class EngineWorker:
                     client._crashed(exc)
                     progressed = True
             idle = not progressed
+            if progressed:
+                self._heap.stepped()
 
 
 if hasattr(os, "register_at_fork"):
