@@ -14,10 +14,11 @@
 #   REQUESTS    measured requests per run (after 8 warm-up)     [64]
 #   ISL / OSL   synthetic input / output tokens, stddev 0       [128 / 64]
 #   SEED        aiperf --random-seed (same prompts for both)    [0]
+#   SERVED_MODEL the model set's entry: ensemble or tensorrt_llm_bls [ensemble]
 #
 # Per system it runs, with identical aiperf arguments: completions streaming and chat
 # streaming at each concurrency, then chat non-streaming at the highest concurrency.
-# Both servers serve the model under the name `ensemble` (vLLM via --served-model-name),
+# Both servers serve the model under the name $SERVED_MODEL (vLLM via --served-model-name),
 # so only --url differs. ignore_eos makes every request produce exactly OSL tokens;
 # --use-server-token-count counts them from the servers' usage (the client-side count
 # re-tokenizes the text and misses special tokens that decode to nothing).
@@ -41,6 +42,7 @@ REQUESTS="${REQUESTS:-64}"
 ISL="${ISL:-128}"
 OSL="${OSL:-64}"
 SEED="${SEED:-0}"
+SERVED_MODEL="${SERVED_MODEL:-ensemble}"
 LLMSERVE_PORT="${LLMSERVE_PORT:-18000}"
 VLLM_PORT="${VLLM_PORT:-18100}"
 REPO="$ROOT/build/bench_repo"
@@ -83,7 +85,7 @@ start_vllm() {
     # the same server is started through its module entry point.
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1 \
         "$VLLM_PY" -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" \
-        --served-model-name ensemble --dtype float32 --max-model-len 512 \
+        --served-model-name "$SERVED_MODEL" --dtype float32 --max-model-len 512 \
         --port "$VLLM_PORT" --seed 0 >"$OUT/vllm/server.log" 2>&1 &
     SERVER_PID=$!
     wait_ready "http://127.0.0.1:$VLLM_PORT" 600
@@ -98,7 +100,7 @@ run_aiperf() {  # system url name endpoint-type concurrency [--streaming]
     log "$system $name"
     env -u HF_HUB_OFFLINE -u TRANSFORMERS_OFFLINE HF_ENDPOINT=http://127.0.0.1:9 \
         HF_HUB_DISABLE_TELEMETRY=1 "$AIPERF" profile \
-        --model ensemble --url "$url" --endpoint-type "$endpoint" "$@" \
+        --model "$SERVED_MODEL" --url "$url" --endpoint-type "$endpoint" "$@" \
         --tokenizer "$MODEL_DIR" \
         --synthetic-input-tokens-mean "$ISL" --synthetic-input-tokens-stddev 0 \
         --output-tokens-mean "$OSL" --output-tokens-stddev 0 \
@@ -128,6 +130,7 @@ environment() {
         echo "vllm: $("$VLLM_PY" -c 'import vllm; print(vllm.__version__)' 2>/dev/null)"
         echo "torch (llmserve): $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
         echo "model: $MODEL_DIR"
+        echo "served model: $SERVED_MODEL"
         echo "requests: $REQUESTS (+8 warm-up), isl $ISL, osl $OSL, seed $SEED, concurrency $CONCURRENCY"
     } >"$OUT/environment.txt"
 }
