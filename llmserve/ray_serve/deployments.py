@@ -21,10 +21,14 @@ from starlette.responses import Response, StreamingResponse
 
 from llmserve.frontends.errors import BodyTooLarge, error_response
 from llmserve.options import ServerOptions
-from llmserve.ray_serve.forward import ForwardedRequest, ResponseHead, replay
+from llmserve.ray_serve.forward import (
+    REPLICA_HEADER,
+    ForwardedRequest,
+    ResponseHead,
+    replay,
+)
 
 log = logging.getLogger(__name__)
-REPLICA_HEADER = b"llmserve-replica"
 REPLICA_GONE = (RayActorError, ReplicaUnavailableError)
 
 

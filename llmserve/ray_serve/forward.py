@@ -13,6 +13,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message
 
+REPLICA_HEADER = b"llmserve-replica"  # the full Ray id of the replica that answered
+
 
 @dataclass(slots=True)
 class ForwardedRequest:

@@ -4,6 +4,7 @@ free port. Ray is a test dependency: these tests fail, never skip, without it.""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sys
 import time
@@ -35,9 +36,11 @@ class RayServed:
 
         from llmserve.ray_serve import RayServeOptions, build_app
 
-        ckpt = make_tiny_checkpoint(base / "ckpt")
+        # room for a 512-token shared prefix
+        ckpt = make_tiny_checkpoint(base / "ckpt", max_position_embeddings=1024)
         repo = fill.fill_repository(base / "repo", ckpt, max_batch_size=8, instances=1,
                                     python_execution_mode="in_process")
+        shutil.rmtree(repo / "tensorrt_llm_bls")  # not used here: each replica loads faster
         self.options = ServerOptions(model_repositories=[repo], exit_timeout_secs=5.0,
                                      model_load_thread_count=1)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
