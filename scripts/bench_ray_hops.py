@@ -71,7 +71,7 @@ def _median_ms(samples: list[float]) -> float:
 
 def measure(url: str, n: int) -> dict[str, float]:
     client = httpx.Client(base_url=url, timeout=120)
-    ready, gen, first, gaps = [], [], [], []
+    ready, gen, first, gaps, whole = [], [], [], [], []
     for i in range(3):  # warm-up: connections, tokenizers, first-call caches
         client.post("/v2/models/ensemble/generate", json={"text_input": f"warm {i}", "max_tokens": 1})
     for i in range(n):
@@ -92,9 +92,42 @@ def measure(url: str, n: int) -> dict[str, float]:
                 if line.startswith("data: {"):
                     stamps.append(time.perf_counter())
         first.append(stamps[0] - t)
+        whole.append(stamps[-1] - t)
         gaps.extend(b - a for a, b in zip(stamps, stamps[1:], strict=False))
     return {"ready_ms": _median_ms(ready), "generate_1_token_ms": _median_ms(gen),
-            "stream_first_chunk_ms": _median_ms(first), "stream_chunk_gap_ms": _median_ms(gaps)}
+            "stream_first_chunk_ms": _median_ms(first), "stream_last_chunk_ms": _median_ms(whole),
+            "stream_chunk_gap_ms": _median_ms(gaps)}
+
+
+def proxy_hop(n: int) -> dict[str, float]:
+    """Ray Serve's proxy and one deployment call alone: a deployment that answers
+    every request at once (the first of the two hops of `--ray`)."""
+    import ray
+    from ray import serve
+    from starlette.responses import Response
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+    class Echo:
+        async def __call__(self, request) -> Response:  # noqa: ANN001
+            return Response(b"ok")
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    port = _free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(Echo.bind(), name="echo", route_prefix="/")
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        for _ in range(3):
+            client.get("/")
+        samples = []
+        for _ in range(n):
+            t = time.perf_counter()
+            assert client.get("/").content == b"ok"
+            samples.append(time.perf_counter() - t)
+        return {"echo_ms": _median_ms(samples)}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 def main() -> int:
@@ -103,6 +136,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=50)
     ap.add_argument("--skip-direct", action="store_true")
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--skip-echo", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         repo = fill.fill_repository(Path(tmp) / "repo", args.model_dir, max_batch_size=8)
@@ -117,7 +151,10 @@ def main() -> int:
             finally:
                 _stop(proc)
             print(name, json.dumps(results[name]), flush=True)
-    if len(results) == 2:
+    if not args.skip_echo:
+        results["ray_serve_proxy_only"] = proxy_hop(args.requests)
+        print("ray_serve_proxy_only", json.dumps(results["ray_serve_proxy_only"]), flush=True)
+    if "direct" in results and "ray_serve" in results:
         added = {k: round(results["ray_serve"][k] - results["direct"][k], 2)
                  for k in results["direct"]}
         print("added by Ray Serve (proxy + ingress + router + replica call)", json.dumps(added))
