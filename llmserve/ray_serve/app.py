@@ -57,6 +57,9 @@ def build_app(options: ServerOptions, ray_options: RayServeOptions | None = None
     from llmserve.ray_serve.router import PrefixAwareRouter
 
     ro = ray_options or RayServeOptions()
+    if options.model_control_mode == "explicit":
+        log.warning("--model-control-mode=explicit on Ray Serve: a load or unload request "
+                    "reaches one replica only (--load-model at start applies to all)")
     scaling = ro.autoscaling()
     sizing: dict[str, Any] = ({"autoscaling_config": scaling} if scaling
                               else {"num_replicas": ro.replicas})
