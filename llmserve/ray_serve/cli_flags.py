@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from llmserve.cli import _positive_int, _seconds
 from llmserve.options import ServerOptions
 from llmserve.ray_serve.app import RayServeOptions
 
@@ -14,10 +15,7 @@ RAY_FLAGS = ("ray_address", "replicas", "min_replicas", "max_replicas",
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    value = _positive_int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
     return value
@@ -25,12 +23,9 @@ def _count(text: str) -> int:
 
 def _amount(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got '{text}'")
-    return value
+        return _seconds(text)  # the same rule: a number >= 0
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got '{text}'") from None
 
 
 def add_ray_flags(p: argparse.ArgumentParser) -> None:
