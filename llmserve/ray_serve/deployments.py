@@ -112,6 +112,10 @@ class LLMServeIngress:
         except REPLICA_GONE as exc:
             log.warning("replica lost during %s %s: %s", req.method, req.path, exc)
             return replica_gone_response(req.path)
+        except Exception as exc:  # a bug of ours in the replica: one JSON line, not a trace
+            log.error("replica failed on %s %s", req.method, req.path, exc_info=exc)
+            return error_response(500, f"internal error in the llmserve replica: "
+                                       f"{type(exc).__name__}")
         if not head.more:
             response = Response(head.body, status_code=head.status)
             response.raw_headers = list(head.headers)
