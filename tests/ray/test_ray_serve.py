@@ -6,6 +6,7 @@ and a replica killed mid-load fails only its own requests with a clear 503."""
 from __future__ import annotations
 
 import json
+import queue
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -136,28 +137,34 @@ def test_errors_keep_the_single_process_shape(served):
         c.close()
 
 
-def _completion(served, i: int, stream: bool) -> tuple[str, int, str]:
-    """(replica, status, what came back) of one long completion."""
-    body = {"model": "ensemble", "prompt": f"long request {i}", "max_tokens": 120,
-            "min_tokens": 120, "stream": stream}
+def _completion(served, i: int, stream: bool, heads: queue.Queue | None = None,
+                tokens: int = 600) -> tuple[str, int, str]:
+    """(replica, status, what came back) of one long completion; a stream's replica goes
+    to heads as soon as its first chunk arrives."""
+    body = {"model": "ensemble", "prompt": f"long request {i}", "max_tokens": tokens,
+            "min_tokens": tokens, "stream": stream}
     with httpx.stream("POST", f"http://{served.http_url}/v1/completions", json=body,
-                      timeout=httpx.Timeout(90)) as r:
+                      timeout=httpx.Timeout(120)) as r:
+        replica = r.headers.get(REPLICA, "")
+        if heads is not None and stream:
+            heads.put(replica)
         text = r.read().decode("utf-8", errors="replace")
-        return r.headers.get(REPLICA, ""), r.status_code, text
+        return replica, r.status_code, text
 
 
 def test_replica_killed_mid_load_fails_its_requests_with_503_and_is_replaced(served):
     import ray
 
-    replicas = _replicas(served)
+    _replicas(served)
+    heads: queue.Queue = queue.Queue()
     with ThreadPoolExecutor(12) as pool:
-        futures = [pool.submit(_completion, served, i, i % 2 == 0) for i in range(12)]
-        time.sleep(1.5)  # the requests are generating on both replicas
-        victim = replicas[0]
+        futures = [pool.submit(_completion, served, i, i % 2 == 0, heads) for i in range(12)]
+        # the first stream that begins is generating on its replica: kill that one now
+        victim = heads.get(timeout=120)
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
         killed_at = time.monotonic()
-        results = [f.result(timeout=90) for f in futures]  # none hangs
-    assert time.monotonic() - killed_at < 60
+        results = [f.result(timeout=120) for f in futures]  # none hangs
+    assert time.monotonic() - killed_at < 90
     lost = []
     for replica, status, text in results:
         if status == 503:  # refused before its response began: the JSON error
@@ -175,7 +182,7 @@ def test_replica_killed_mid_load_fails_its_requests_with_503_and_is_replaced(ser
     assert lost, "no request was in flight on the killed replica"
     # new requests go to the surviving replica
     for i in range(6):
-        replica, status, _ = _completion(served, 100 + i, False)
+        replica, status, _ = _completion(served, 100 + i, False, tokens=8)
         assert status == 200 and replica != victim
     # Ray starts a replacement (the controller may still count the dead one as running
     # for a while: the proof is a second live replica answering)
