@@ -55,6 +55,20 @@ class LLMServeReplica:
         async for item in replay(self.app, req, self.tag):
             yield item
 
+    async def respond(self, req: ForwardedRequest) -> ResponseHead:
+        """The whole response in one reply: a unary call costs Ray about half of a
+        streamed one (docs/SCALING.md)."""
+        head: ResponseHead | None = None
+        rest: list[bytes] = []
+        async for item in replay(self.app, req, self.tag):
+            if head is None:
+                head = item
+            else:
+                rest.append(item)
+        assert head is not None  # replay raises when the app sends no response
+        head.body, head.more = b"".join([head.body, *rest]), False
+        return head
+
     async def check_health(self) -> None:
         if not self.server.is_live():
             raise RuntimeError("the llmserve core of this replica is not live")
@@ -93,6 +107,7 @@ class LLMServeIngress:
 
     def __init__(self, replicas: Any, max_body_bytes: int) -> None:
         self.replicas = replicas.options(stream=True)
+        self.unary = replicas
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, request: Request) -> Response:
@@ -106,9 +121,13 @@ class LLMServeIngress:
             query_string=request.scope.get("query_string", b""),
             headers=list(request.scope.get("headers", [])), body=body,
             client=tuple(client) if client else None, scheme=request.url.scheme)
-        stream = self.replicas.forward.remote(req)
+        stream = None
         try:
-            head: ResponseHead = await stream.__anext__()
+            if may_stream(req):
+                stream = self.replicas.forward.remote(req)
+                head: ResponseHead = await stream.__anext__()
+            else:
+                head = await self.unary.respond.remote(req)
         except REPLICA_GONE as exc:
             log.warning("replica lost during %s %s: %s", req.method, req.path, exc)
             return replica_gone_response(req.path)
@@ -126,6 +145,21 @@ class LLMServeIngress:
                                      status_code=head.status)
         response.raw_headers = list(head.headers)
         return response
+
+
+def may_stream(req: ForwardedRequest) -> bool:
+    """Whether the response may come in pieces (server-sent events): generate_stream, and
+    OpenAI requests asking for a stream. Every other response is sent whole."""
+    if req.path.endswith("/generate_stream"):
+        return True
+    return req.path.startswith("/v1/") and b'"stream"' in req.body and _asks_stream(req.body)
+
+
+def _asks_stream(body: bytes) -> bool:
+    try:
+        return bool(json.loads(body).get("stream"))
+    except (ValueError, AttributeError):
+        return False  # the replica answers the bad body with its own error
 
 
 async def _rest(first: bytes, stream: Any, path: str, sse: bool) -> AsyncIterator[bytes]:
