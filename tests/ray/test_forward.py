@@ -68,3 +68,17 @@ def test_streamed_response_follows_in_chunks_and_an_early_stop_cancels_the_app()
     assert head.status == 200 and head.more
     assert b"".join([head.body, *rest]).startswith(b"chunk 0\n")
     assert all(isinstance(c, bytes) for c in rest)
+
+
+def test_only_event_streams_take_the_streamed_call():
+    from llmserve.ray_serve.deployments import may_stream
+
+    def req(path: str, body: bytes = b"") -> ForwardedRequest:
+        return ForwardedRequest("POST", path, body=body)
+
+    assert may_stream(req("/v2/models/ensemble/generate_stream", b"{}"))
+    assert may_stream(req("/v1/chat/completions", b'{"stream": true, "messages": []}'))
+    assert not may_stream(req("/v1/chat/completions", b'{"stream": false}'))
+    assert not may_stream(req("/v1/completions", b'{"stream": '))  # bad JSON: answered whole
+    assert not may_stream(req("/v2/models/ensemble/generate", b'{"stream": true}'))
+    assert not may_stream(ForwardedRequest("GET", "/v2/health/ready"))
