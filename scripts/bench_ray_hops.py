@@ -3,10 +3,11 @@ one llmserve process: readiness (no model work), a one-token generate, and a str
 completion (first chunk and gap between chunks), sequential requests, medians in ms.
 
     python scripts/bench_ray_hops.py [--model-dir models/demo-llm] [--requests 50]
-        [--skip-direct] [--skip-ray]
 
-Both servers are started by this script with the same filled inflight_batcher_llm
-repository (`llmserve serve`, then `llmserve serve --ray --replicas 1`), on 127.0.0.1.
+Both servers run at once, started by this script with the same filled
+inflight_batcher_llm repository (`llmserve serve` and `llmserve serve --ray --replicas
+1`, on 127.0.0.1), and take their requests in turn so that the machine's other load falls
+on both alike; an /echo deployment on the same Ray Serve proxy measures the proxy hop.
 """
 
 from __future__ import annotations
@@ -69,39 +70,32 @@ def _median_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 2)
 
 
-def measure(url: str, n: int) -> dict[str, float]:
-    client = httpx.Client(base_url=url, timeout=120)
-    ready, gen, first, gaps, whole = [], [], [], [], []
-    for i in range(3):  # warm-up: connections, tokenizers, first-call caches
-        client.post("/v2/models/ensemble/generate", json={"text_input": f"warm {i}", "max_tokens": 1})
-    for i in range(n):
-        t = time.perf_counter()
-        assert client.get("/v2/health/ready").status_code == 200
-        ready.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        r = client.post("/v2/models/ensemble/generate",
-                        json={"text_input": f"The server {i} answers", "max_tokens": 1})
-        assert r.status_code == 200, r.text
-        gen.append(time.perf_counter() - t)
-        body = {"model": "ensemble", "prompt": f"Once upon a time {i}", "max_tokens": 16,
-                "min_tokens": 16, "stream": True}
-        t = time.perf_counter()
-        stamps = []
-        with client.stream("POST", "/v1/completions", json=body) as s:
-            for line in s.iter_lines():
-                if line.startswith("data: {"):
-                    stamps.append(time.perf_counter())
-        first.append(stamps[0] - t)
-        whole.append(stamps[-1] - t)
-        gaps.extend(b - a for a, b in zip(stamps, stamps[1:], strict=False))
-    return {"ready_ms": _median_ms(ready), "generate_1_token_ms": _median_ms(gen),
-            "stream_first_chunk_ms": _median_ms(first), "stream_last_chunk_ms": _median_ms(whole),
-            "stream_chunk_gap_ms": _median_ms(gaps)}
+def one_round(client: httpx.Client, i: int, out: dict[str, list[float]]) -> None:
+    """One request of each kind, appended to out's lists (seconds)."""
+    t = time.perf_counter()
+    assert client.get("/v2/health/ready").status_code == 200
+    out["ready_ms"].append(time.perf_counter() - t)
+    t = time.perf_counter()
+    r = client.post("/v2/models/ensemble/generate",
+                    json={"text_input": f"The server {i} answers", "max_tokens": 1})
+    assert r.status_code == 200, r.text
+    out["generate_1_token_ms"].append(time.perf_counter() - t)
+    body = {"model": "ensemble", "prompt": f"Once upon a time {i}", "max_tokens": 16,
+            "min_tokens": 16, "stream": True}
+    t = time.perf_counter()
+    stamps = []
+    with client.stream("POST", "/v1/completions", json=body) as s:
+        for line in s.iter_lines():
+            if line.startswith("data: {"):
+                stamps.append(time.perf_counter())
+    out["stream_first_chunk_ms"].append(stamps[0] - t)
+    out["stream_last_chunk_ms"].append(stamps[-1] - t)
+    out["stream_chunk_gap_ms"].extend(b - a for a, b in zip(stamps, stamps[1:], strict=False))
 
 
-def proxy_hop(n: int) -> dict[str, float]:
-    """Ray Serve's proxy and one deployment call alone: a deployment that answers
-    every request at once (the first of the two hops of `--ray`)."""
+def deploy_echo() -> None:
+    """Ray Serve's proxy and one deployment call alone, on the --ray server's cluster and
+    proxy: a deployment at /echo that answers at once (the first hop of `--ray`)."""
     import ray
     from ray import serve
     from starlette.responses import Response
@@ -111,53 +105,53 @@ def proxy_hop(n: int) -> dict[str, float]:
         async def __call__(self, request) -> Response:  # noqa: ANN001
             return Response(b"ok")
 
-    ray.init(include_dashboard=False, log_to_driver=False)
-    port = _free_port()
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(Echo.bind(), name="echo", route_prefix="/")
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-        for _ in range(3):
-            client.get("/")
-        samples = []
-        for _ in range(n):
-            t = time.perf_counter()
-            assert client.get("/").content == b"ok"
-            samples.append(time.perf_counter() - t)
-        return {"echo_ms": _median_ms(samples)}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    ray.init(address="auto", log_to_driver=False)
+    serve.run(Echo.bind(), name="echo", route_prefix="/echo")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model-dir", type=Path, default=ROOT / "models" / "demo-llm")
     ap.add_argument("--requests", type=int, default=50)
-    ap.add_argument("--skip-direct", action="store_true")
-    ap.add_argument("--skip-ray", action="store_true")
-    ap.add_argument("--skip-echo", action="store_true")
     args = ap.parse_args()
+    kinds = ("ready_ms", "generate_1_token_ms", "stream_first_chunk_ms",
+             "stream_last_chunk_ms", "stream_chunk_gap_ms")
     with tempfile.TemporaryDirectory() as tmp:
         repo = fill.fill_repository(Path(tmp) / "repo", args.model_dir, max_batch_size=8)
-        results = {}
-        for name, ray in (("direct", False), ("ray_serve", True)):
-            if (ray and args.skip_ray) or (not ray and args.skip_direct):
-                continue
-            port = _free_port()
-            proc = _start(repo, port, ray)
-            try:
-                results[name] = measure(f"http://127.0.0.1:{port}", args.requests)
-            finally:
+        procs: dict[str, subprocess.Popen] = {}
+        clients: dict[str, httpx.Client] = {}
+        try:
+            for name, ray in (("direct", False), ("ray_serve", True)):
+                port = _free_port()
+                procs[name] = _start(repo, port, ray)
+                clients[name] = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+            deploy_echo()
+            samples = {name: {k: [] for k in kinds} for name in clients}
+            echo: list[float] = []
+            for i in range(3):  # warm-up: connections, tokenizers, first-call caches
+                for client in clients.values():
+                    one_round(client, i, {k: [] for k in kinds})
+                clients["ray_serve"].get("/echo")
+            # interleaved, so that the machine's other load falls on both alike
+            for i in range(args.requests):
+                order = list(clients) if i % 2 == 0 else list(clients)[::-1]
+                for name in order:
+                    one_round(clients[name], i, samples[name])
+                t = time.perf_counter()
+                assert clients["ray_serve"].get("/echo").content == b"ok"
+                echo.append(time.perf_counter() - t)
+        finally:
+            import ray
+
+            ray.shutdown()  # this driver leaves the --ray server's cluster first
+            for proc in procs.values():
                 _stop(proc)
-            print(name, json.dumps(results[name]), flush=True)
-    if not args.skip_echo:
-        results["ray_serve_proxy_only"] = proxy_hop(args.requests)
-        print("ray_serve_proxy_only", json.dumps(results["ray_serve_proxy_only"]), flush=True)
-    if "direct" in results and "ray_serve" in results:
-        added = {k: round(results["ray_serve"][k] - results["direct"][k], 2)
-                 for k in results["direct"]}
-        print("added by Ray Serve (proxy + ingress + router + replica call)", json.dumps(added))
+    results = {name: {k: _median_ms(v) for k, v in got.items()} for name, got in samples.items()}
+    for name, got in results.items():
+        print(name, json.dumps(got))
+    print("ray_serve_proxy_only", json.dumps({"echo_ms": _median_ms(echo)}))
+    added = {k: round(results["ray_serve"][k] - results["direct"][k], 2) for k in kinds}
+    print("added by Ray Serve (proxy + ingress + router + replica call)", json.dumps(added))
     return 0
 
 
