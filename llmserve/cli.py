@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(flag, dest="ignored_" + flag[2:].replace("-", "_"),
                            action="append", metavar="VALUE", help=argparse.SUPPRESS)
 
+    from llmserve.ray_serve.cli_flags import add_ray_flags
+
+    add_ray_flags(serve)
     config = sub.add_parser("config", help="model configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     show = config_sub.add_parser("show", help="print a model's completed configuration")
@@ -365,7 +368,10 @@ def reserve_frontend_cpu() -> None:
 
 
 def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from llmserve.ray_serve.cli_flags import ray_options
+
     options = _serve_options(args, parser)
+    on_ray = ray_options(args, parser)
     setup_logging(args)
     for name, value in sorted(vars(args).items()):
         if name.startswith("ignored_") and value:
@@ -377,6 +383,10 @@ def _serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     "built in and no cache library is loaded")
     if options.load_models and options.model_control_mode != "explicit":
         log.warning("--load-model only applies with --model-control-mode=explicit; ignored")
+    if args.ray:  # each replica sets its engine threads from the CPUs Ray gave it
+        from llmserve.ray_serve.app import run_on_ray
+
+        return run_on_ray(options, on_ray)
     reserve_frontend_cpu()
     from llmserve.server import run_server
 

@@ -138,6 +138,11 @@ def test_queue_full_rejects_over_http_and_grpc_and_keeps_serving(llm):
         while llm.server.metrics_registry.get_sample_value("nv_trt_llm_request_metrics", labels) != 1:
             assert time.monotonic() < deadline, "the second request never queued"
             time.sleep(0.02)
+        # the KV utilisation gauge that the Gateway API Inference Extension reads
+        fraction = llm.server.metrics_registry.get_sample_value(
+            "nv_trt_llm_kv_cache_block_metrics",
+            {"model": model, "version": "1", "kv_cache_block_type": "fraction"})
+        assert fraction is not None and 0 < fraction <= 1
 
         rejected = llm.http.post(f"/v2/models/{model}/generate", json=_ids_body(llm, 2))
         assert rejected.status_code == 503, rejected.text

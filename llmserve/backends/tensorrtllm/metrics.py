@@ -104,6 +104,10 @@ class LlmMetrics:
         f.kv_blocks.labels(m, v, "free").set(kv.free_num_blocks)
         f.kv_blocks.labels(m, v, "used").set(kv.used_num_blocks)
         f.kv_blocks.labels(m, v, "cached").set(kv.cached_num_blocks)
+        # as the stock Python tensorrt_llm model reports it; the Gateway API Inference
+        # Extension (llm-d's endpoint picker) reads it as the KV cache utilisation
+        f.kv_blocks.labels(m, v, "fraction").set(
+            kv.used_num_blocks / kv.max_num_blocks if kv.max_num_blocks else 0.0)
 
     def observe_tokens(self, count: int) -> None:
         if count > 0:
