@@ -188,7 +188,8 @@ def _placement(p: _Params) -> tuple[str | None, int, list[int] | None]:
     tensor_parallel_size and gpu_device_ids (TensorRT-LLM's: the GPUs of the ranks,
     comma-separated; ';' separates instances, of which llmserve uses the first)."""
     explicit = p.get("engine_device")
-    tp = p.as_int("tensor_parallel_size", 1) or 1
+    tp = p.as_int("tensor_parallel_size", 1)
+    assert tp is not None
     if tp < 1:
         raise InvalidArgument(f"parameter 'tensor_parallel_size' must be >= 1, got {tp}")
     ids = p.get("gpu_device_ids")
