@@ -1,6 +1,7 @@
 """Tensor parallelism (llmserve/llm/engine/tp_runner.py): a tiny Llama and a tiny Qwen2
 (q/k/v biases) split across 2 CPU ranks (gloo on 127.0.0.1) give exactly the greedy
-tokens of the whole model through the Executor, beam search included; combinations it
+tokens of the whole model through the Executor, chunked prefill, beam search and KV
+block reuse included; combinations it
 does not support are refused at load; a rank that hangs or dies fails requests with a
 clear error instead of hanging the executor."""
 
@@ -33,7 +34,8 @@ TIMEOUT_S = "10"
 def _config(tp: int) -> ExecutorConfig:
     return ExecutorConfig(tensor_parallel_size=tp, tokens_per_block=8, max_beam_width=2,
                           max_num_tokens=48, enable_chunked_context=True,
-                          kv_cache_config=KvCacheConfig(max_tokens=1024))
+                          kv_cache_config=KvCacheConfig(max_tokens=1024,
+                                                        enable_block_reuse=True))
 
 
 def _requests() -> list[Request]:
@@ -78,6 +80,8 @@ def test_tp2_greedy_and_beams_equal_tp1(family):
     _, reference, ex = family
     assert [len(t) for t in reference] == [10, 10, 10, 6]
     assert _outputs(ex) == reference
+    assert _outputs(ex) == reference  # again, from the KV blocks the first run left cached
+    assert ex.get_latest_iteration_stats()[-1].kv_cache_stats.cached_num_blocks > 0
     # the worker rank holds half of the KV heads: rank 0's cache is half of tp 1's
     runner = ex.runner
     assert runner.local.local_arch.num_kv_heads * 2 == runner.arch.num_kv_heads
