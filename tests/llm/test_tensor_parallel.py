@@ -99,12 +99,15 @@ def test_a_rank_that_dies_fails_requests_clearly(family):
         worker.proc.kill()
         worker.proc.wait()
         expected = "tensor-parallel rank 1 exited with code"
+    reasons: list[str] = []
+    ex.runner.on_failure = reasons.append  # the served model turns UNAVAILABLE with it
     start = time.monotonic()
     rid = ex.enqueue_request(greedy_request(prompt(5, 9), 4))
     (final,) = collect(ex, [rid], timeout_s=120)[rid]
     assert final.has_error() and expected in final.error_msg, final.error_msg
     assert time.monotonic() - start < float(TIMEOUT_S) + 60
     assert worker.proc.poll() is not None  # a hung rank is ended, not left behind
+    assert len(reasons) == 1 and reasons[0] in final.error_msg
     # later requests fail at once with the same reason
     rid = ex.enqueue_request(greedy_request(prompt(5, 10), 4))
     (final,) = collect(ex, [rid], timeout_s=30)[rid]

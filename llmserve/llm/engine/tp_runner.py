@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import weakref
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -155,6 +156,9 @@ class TensorParallelRunner:
             raise
         self.local.model.group = self._group[0]
         self.size = size
+        # called once with the reason when the ranks fail (the serving model turns
+        # UNAVAILABLE with it)
+        self.on_failure: Callable[[str], None] | None = None
         logger.info("tensor parallelism: %d ranks on %s (rank 0 in this process, workers "
                     "pid %s), collectives time out after %.0f s", size, ", ".join(devices),
                     ", ".join(str(w.proc.pid) for w in self._workers), timeout_s)
@@ -262,6 +266,11 @@ class TensorParallelRunner:
             logger.error("%s", self._failure)
             self._finalizer.detach()
             _shutdown(self._workers, self._group, kill=True)
+            if self.on_failure is not None:
+                try:
+                    self.on_failure(self._failure)
+                except Exception:  # noqa: BLE001 - the requests still get the error
+                    logger.exception("tensor parallelism: the on_failure callback failed")
         return Unavailable(self._failure)
 
 
