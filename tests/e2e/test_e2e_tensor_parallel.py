@@ -1,9 +1,12 @@
 """A tensorrt_llm model served with tensor_parallel_size 2 (CPU ranks over gloo; its
 executor in an engine process of its own, which starts the worker rank) answers
 tritonclient with exactly the greedy tokens of the same checkpoint served whole and of
-transformers; stopping the server ends every rank."""
+transformers; when its worker rank dies, requests fail with the reason and the model
+turns UNAVAILABLE (the engine process exits), and no rank outlives the server."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import psutil
@@ -13,7 +16,7 @@ import tritonclient.http as th
 from e2e_live import LiveServer, e2e_options
 from llm_e2e_helpers import _copy_model, fill
 from llm_fixtures import load_hf_model, make_tiny_checkpoint
-from tritonclient.utils import np_to_triton_dtype
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 TP2 = ('parameters: { key: "tensor_parallel_size" value: { string_value: "2" } }\n'
        'parameters: { key: "engine_process" value: { string_value: "true" } }\n')
@@ -66,16 +69,35 @@ def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
     return seq[len(ids):]
 
 
+def _workers() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True)
+            if "llmserve.llm.engine.tp_worker" in " ".join(p.cmdline())]
+
+
+def _ids(seed: int, length: int) -> list[int]:
+    return torch.randint(4, 300, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
 def test_tp2_model_serves_the_greedy_tokens_of_tp1(served):
-    client, stop, hf = served
+    client, _, hf = served
     for seed, length in ((1, 6), (2, 23)):
-        ids = torch.randint(4, 300, (length,),
-                            generator=torch.Generator().manual_seed(seed)).tolist()
+        ids = _ids(seed, length)
         whole = _infer(client, "tp1_llm", ids, 8)
         assert _infer(client, "tp2_llm", ids, 8) == whole == _hf_greedy(hf, ids, 8)
-    workers = [p for p in psutil.Process().children(recursive=True)
-               if "llmserve.llm.engine.tp_worker" in " ".join(p.cmdline())]
-    assert len(workers) == 1  # rank 1, started by the engine process
+    assert len(_workers()) == 1  # rank 1, started by the engine process
+
+
+def test_a_dead_rank_fails_requests_and_the_model_turns_unavailable(served):
+    client, stop, _ = served
+    (worker,) = _workers()
+    worker.kill()
+    with pytest.raises(InferenceServerException, match="tensor-parallel rank 1 exited"):
+        _infer(client, "tp2_llm", _ids(3, 5), 4)
+    deadline = time.monotonic() + 60
+    while client.is_model_ready("tp2_llm") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not client.is_model_ready("tp2_llm")
+    assert client.is_model_ready("tp1_llm")
+    assert _infer(client, "tp1_llm", _ids(3, 5), 4)  # the other model serves on
     stop()
-    _, alive = psutil.wait_procs(workers, timeout=30)
-    assert alive == []
+    assert _workers() == []

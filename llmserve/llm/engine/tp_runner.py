@@ -73,6 +73,13 @@ class _Worker:
             raise Unavailable(f"tensor-parallel rank {self.rank}: expected '{kind}', "
                               f"got '{message[0]}'")
 
+    def exit_code(self, wait_s: float = 1.0) -> int | None:
+        """The exit code, waiting up to wait_s for one; None while it runs."""
+        try:
+            return self.proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     def last_error(self) -> str:
         """': <message>' when the worker reported why it stopped, else ''."""
         try:
@@ -259,8 +266,15 @@ class TensorParallelRunner:
         """Ends every rank after a failure (their steps are out of step now); this and
         every later call fail with the reason."""
         if self._failure is None:
+            # a collective fails as soon as a peer's socket closes, maybe before that
+            # peer's exit is visible: name the ranks that exited first
+            codes = [(w, w.exit_code()) for w in self._workers]
+            reasons = [f"tensor-parallel rank {w.rank} exited with code {code}{w.last_error()}"
+                       for w, code in codes
+                       if code is not None and f"rank {w.rank} exited" not in reason]
+            reasons.append(reason)
             reported = [(w.rank, w.last_error()) for w in self._workers]
-            reasons = [reason] + [f"rank {rank}{text}" for rank, text in reported if text]
+            reasons += [f"rank {rank}{text}" for rank, text in reported if text]
             self._failure = ("tensor-parallel model failed (reload it to serve again): "
                              + "; ".join(reasons))
             logger.error("%s", self._failure)
