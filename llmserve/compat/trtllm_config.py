@@ -240,10 +240,6 @@ def ignored_settings(config: llm.ExecutorConfig) -> list[str]:
         if pc.participant_ids:
             out.append(f"parallel_config.participant_ids={pc.participant_ids} has no effect: "
                        "there is no MPI world of ranks")
-        if pc.device_ids is not None and len(pc.device_ids) > 1:
-            out.append(f"parallel_config.device_ids={pc.device_ids}: tensor/pipeline "
-                       f"parallelism is not supported; the model runs on device "
-                       f"{pc.device_ids[0]} only")
         if pc.device_ids and config.device is None and not _cuda():
             out.append(f"parallel_config.device_ids={pc.device_ids} has no effect: CUDA is "
                        "not available, the model runs on the CPU")
@@ -331,6 +327,13 @@ def to_llmserve(config: llm.ExecutorConfig) -> llm.ExecutorConfig:
         values["lora_config"] = llm.PeftCacheConfig(
             **{f.name: getattr(peft, f.name) for f in fields(llm.PeftCacheConfig)})
     values["device"] = _device(config)
+    pc = getattr(config, "parallel_config", None)
+    if (pc is not None and pc.device_ids and len(pc.device_ids) > 1 and _cuda()
+            and config.tensor_parallel_size == 1):
+        # TensorRT-LLM's device_ids name one GPU per rank, its tp size coming from the
+        # engine; a Hugging Face checkpoint has none, so the GPUs listed decide it
+        values["tensor_parallel_size"] = len(pc.device_ids)
+        values["device_ids"] = list(pc.device_ids)
     guided = config.guided_decoding_config
     if guided is not None:
         values["guided_decoding_config"] = llm.GuidedDecodingConfig(

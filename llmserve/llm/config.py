@@ -178,6 +178,12 @@ class ExecutorConfig:
     # TensorRT-LLM's weight-only quantisation (--weight_only_precision): "int8" stores
     # the decoder layers' GEMM weights as int8 with per-channel scales (CPU only)
     weight_only_precision: str | None = None
+    # Tensor parallelism (TensorRT-LLM's engine mapping tp_size; vLLM's and TensorRT-LLM's
+    # LLM API tensor_parallel_size): the model split across this many ranks, rank 0 in
+    # this process and ranks 1.. in worker processes (llmserve/llm/engine/tp_runner.py).
+    # device_ids: on CUDA, rank i's GPU (TensorRT-LLM's ParallelConfig.device_ids).
+    tensor_parallel_size: int = 1
+    device_ids: list[int] | None = None
 
     def validate(self) -> None:
         if self.max_beam_width < 1:
@@ -203,6 +209,9 @@ class ExecutorConfig:
             )
         if self.speculative_decoding_config is not None:
             self.speculative_decoding_config.validate()
+        if self.tensor_parallel_size < 1:
+            raise InvalidArgument(
+                f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         from llmserve.llm.engine.quant import parse_weight_only_precision
 
         parse_weight_only_precision(self.weight_only_precision)  # raises for a bad value

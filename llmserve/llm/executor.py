@@ -71,11 +71,9 @@ class Executor(RoutedResponses):
     def _build(self, model_path: str | Path | None, runner) -> None:
         config = self.config
         if runner is None:
-            from llmserve.llm.engine import ModelRunner
+            from llmserve.llm.engine.tp_runner import make_runner
 
-            device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            runner = ModelRunner(model_path, dtype=config.dtype, device=device,
-                                 weight_only_precision=config.weight_only_precision)
+            runner = make_runner(model_path, config)
         self.runner = runner
         arch = runner.arch
         self.vocab_size = arch.vocab_size
@@ -136,6 +134,11 @@ class Executor(RoutedResponses):
                 self.max_batch_size, num_blocks * self.tokens_per_block,
                 str(arch.device), config.dtype)
         self._stepper = Stepper(runner, self.scheduler, self._dequeued, proposer)
+
+    def _close_runner(self) -> None:
+        close = getattr(self.runner, "close", None)  # tensor parallelism's worker ranks
+        if close is not None:
+            close()
 
     # -- KV cache sizing ----------------------------------------------------------------
 
@@ -330,6 +333,9 @@ class Executor(RoutedResponses):
         tuning = req.prompt_tuning_config
         if min(prompt) < 0 or (tuning is None and max(prompt) >= self.vocab_size):
             raise InvalidArgument(f"input_token_ids must be in [0, {self.vocab_size})")
+        if req.lora_config is not None and self.config.tensor_parallel_size > 1:
+            raise InvalidArgument("LoRA adapters are not supported with tensor_parallel_size "
+                                  f"{self.config.tensor_parallel_size}")
         if tuning is not None:
             arch = self.runner.arch
             tuning = prepare_prompt_table(tuning, prompt, self.vocab_size, arch.hidden_size,
@@ -555,6 +561,7 @@ class Executor(RoutedResponses):
             if self.kv_events is not None:
                 self.kv_events.shutdown()
             self._engine.unregister(self)
+            self._close_runner()
             self._stopped.set()
             return True
         self._flush()
@@ -580,6 +587,7 @@ class Executor(RoutedResponses):
             for state in lost:
                 self.lora_cache.release(state.request_id)
                 self._router.deliver(error_response(state, message))
+            self._close_runner()
             self._stopped.set()
 
     def _step(self) -> bool:

@@ -232,3 +232,17 @@ def test_iteration_and_request_stats(make):
     steps = static.get_latest_iteration_stats()
     assert all(s.inflight_batching_stats is None for s in steps)
     assert max(s.static_batching_stats.num_scheduled_requests for s in steps) == 1
+
+
+def test_device_ids_name_the_tensor_parallel_ranks_on_cuda(monkeypatch):
+    from llmserve.compat import trtllm_config as tc
+
+    config = trtllm.ExecutorConfig(parallel_config=trtllm.ParallelConfig(device_ids=[2, 3]))
+    monkeypatch.setattr(tc, "_cuda", lambda: True)
+    served = tc.to_llmserve(config)
+    assert (served.device, served.tensor_parallel_size, served.device_ids) == ("cuda:2", 2, [2, 3])
+    assert not any("device_ids" in w for w in tc.ignored_settings(config))
+    monkeypatch.setattr(tc, "_cuda", lambda: False)  # no GPU: one CPU rank, with a warning
+    served = tc.to_llmserve(config)
+    assert (served.device, served.tensor_parallel_size) == (None, 1)
+    assert any("CUDA is not available" in w for w in tc.ignored_settings(config))

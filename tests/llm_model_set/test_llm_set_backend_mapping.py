@@ -42,7 +42,8 @@ HONOURED = {
     "iter_stats_max_iterations": ("7", lambda s, c: c.iter_stats_max_iterations == 7),
     "request_stats_max_iterations": ("3", lambda s, c: c.request_stats_max_iterations == 3),
     "gpt_model_type": ("V1", lambda s, c: c.batching_type is BatchingType.STATIC),
-    "gpu_device_ids": ("1", lambda s, c: c.device == "cuda:1"),
+    "gpu_device_ids": ("1,2", lambda s, c: c.device == "cuda:1" and c.device_ids == [1, 2]),
+    "tensor_parallel_size": ("2", lambda s, c: c.tensor_parallel_size == 2),
     "cancellation_check_period_ms": ("20", lambda s, c: s.cancellation_check_period_ms == 20),
     "stats_check_period_ms": ("30", lambda s, c: s.stats_check_period_ms == 30),
     "engine_kv_block_size": ("16", lambda s, c: c.tokens_per_block == 16),
@@ -113,6 +114,24 @@ def test_ineffective_parameters_warn(tmp_path, caplog):
     assert len(s.warnings) == 2
     assert "cuda_graph_mode" in caplog.text and "participant_ids" in caplog.text
     assert "multi_block_mode" not in caplog.text  # its default: nothing to warn about
+
+
+def test_tensor_parallel_placement(tmp_path, caplog):
+    def config(**raw):
+        return P.read_settings({"gpt_model_path": str(tmp_path), **raw}).executor_config
+
+    c = config(tensor_parallel_size="2")  # CPU ranks, or GPUs 0 and 1 on CUDA
+    assert c.tensor_parallel_size == 2 and c.device_ids is None and c.device is None
+    with caplog.at_level(logging.WARNING):
+        c = config(gpu_device_ids="2,3")  # TensorRT-LLM takes tp from the engine
+    assert c.tensor_parallel_size == 1 and c.device == "cuda:2" and c.device_ids is None
+    assert "set tensor_parallel_size" in caplog.text
+    with pytest.raises(InvalidArgument, match="lists 1 GPUs, tensor_parallel_size 2 needs 2"):
+        config(tensor_parallel_size="2", gpu_device_ids="0")
+    with pytest.raises(InvalidArgument, match="tensor_parallel_size"):
+        config(tensor_parallel_size="0")
+    with pytest.raises(InvalidArgument, match="gpu_device_ids"):
+        config(gpu_device_ids="a,b")
 
 
 def test_bad_parameters(tmp_path):

@@ -82,7 +82,8 @@ class TensorRTLLMModel:
 
     def __init__(self, config, model_dir: Path, version: int = 1, metrics_registry=None,
                  on_fatal=None):
-        """on_fatal(reason): the engine process died; the model cannot serve any more."""
+        """on_fatal(reason): the engine process, or a tensor-parallel rank, died; the
+        model cannot serve any more."""
         self.config = config
         self._on_fatal = on_fatal
         self.name = config.name
@@ -127,6 +128,8 @@ class TensorRTLLMModel:
                 on_death=self._on_fatal)
         else:
             self.executor = Executor(s.engine_dir, ModelType.DECODER_ONLY, s.executor_config)
+            if hasattr(self.executor.runner, "on_failure"):  # tensor parallelism's ranks
+                self.executor.runner.on_failure = self._on_fatal
         if s.tokenizer_dir is not None:
             self.tokenizer = load_tokenizer(s.tokenizer_dir)
             incomplete_token_ids(self.tokenizer)  # at load, not on the first stream

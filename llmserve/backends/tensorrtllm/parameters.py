@@ -23,6 +23,10 @@ used instead of the tokenizer folder. llmserve's addition:
 guided_decoding_json_whitespace "compact" (default) or "any" (JSON guides allow any
 whitespace, which weak models can loop on).
 
+Tensor parallelism (llmserve's addition; TensorRT-LLM reads it from the engine):
+tensor_parallel_size N splits the model across N ranks (llmserve/llm/engine/tp_runner.py);
+on CUDA gpu_device_ids lists the ranks' GPUs.
+
 Process placement (llmserve's addition): engine_process "true" runs the executor in an
 engine process of its own (llmserve/llm/engine_process); unset, the environment variable
 LLMSERVE_ENGINE_PROCESS decides (default false: the executor runs in the server process).
@@ -179,23 +183,38 @@ def _batching(value: str | None) -> BatchingType:
     )
 
 
-def _device(p: _Params) -> str | None:
+def _placement(p: _Params) -> tuple[str | None, int, list[int] | None]:
+    """(device, tensor_parallel_size, the ranks' GPU ids) from engine_device,
+    tensor_parallel_size and gpu_device_ids (TensorRT-LLM's: the GPUs of the ranks,
+    comma-separated; ';' separates instances, of which llmserve uses the first)."""
     explicit = p.get("engine_device")
+    tp = p.as_int("tensor_parallel_size", 1)
+    assert tp is not None
+    if tp < 1:
+        raise InvalidArgument(f"parameter 'tensor_parallel_size' must be >= 1, got {tp}")
     ids = p.get("gpu_device_ids")
     if ids is None:
-        return explicit
+        return explicit, tp, None
     first_instance = ids.split(";")[0]
-    devices = [d.strip() for d in first_instance.split(",") if d.strip()]
-    if len(devices) > 1 or ";" in ids:
+    try:
+        devices = [int(d) for d in first_instance.split(",") if d.strip()]
+    except ValueError:
+        raise InvalidArgument(f"parameter 'gpu_device_ids': expected GPU numbers separated "
+                              f"by ',' (and ';' between instances), got '{ids}'") from None
+    if ";" in ids:
+        logger.warning("gpu_device_ids '%s': per-instance devices are not supported; the "
+                       "model uses the first instance's GPUs %s", ids, devices)
+    if len(devices) > tp:
         logger.warning(
-            "gpu_device_ids '%s': tensor/pipeline parallelism and per-instance devices are not "
-            "supported; the model runs on GPU %s only",
-            ids,
-            devices[0] if devices else "0",
-        )
-    if explicit is not None:
-        return explicit
-    return f"cuda:{devices[0]}" if devices else None
+            "gpu_device_ids '%s' lists %d GPUs but tensor_parallel_size is %d: the model "
+            "runs on GPU%s %s only (set tensor_parallel_size to split it across them)",
+            ids, len(devices), tp, "s" if tp > 1 else "", devices[:tp])
+    if tp > 1 and devices and len(devices) < tp:
+        raise InvalidArgument(f"parameter 'gpu_device_ids' lists {len(devices)} GPUs, "
+                              f"tensor_parallel_size {tp} needs {tp}")
+    if explicit is None and devices:
+        explicit = f"cuda:{devices[0]}"
+    return explicit, tp, (devices[:tp] if tp > 1 and devices else None)
 
 
 def _attention_window(p: _Params) -> list[int] | int | None:
@@ -339,6 +358,7 @@ def read_settings(
             host_cache_size=p.as_int("lora_cache_host_memory_bytes", None),
             lora_prefetch_dir=_prefetch_dir(p.get("lora_prefetch_dir"), model_dir),
         )
+    device, tensor_parallel_size, device_ids = _placement(p)
     config = ExecutorConfig(
         max_beam_width=p.as_int("max_beam_width", 1),
         scheduler_config=SchedulerConfig(
@@ -363,7 +383,9 @@ def read_settings(
         request_stats_max_iterations=p.as_int("request_stats_max_iterations", 0),
         normalize_log_probs=p.as_bool("normalize_log_probs", None),
         tokens_per_block=p.as_int("engine_kv_block_size", 32),
-        device=_device(p),
+        device=device,
+        tensor_parallel_size=tensor_parallel_size,
+        device_ids=device_ids,
         dtype=p.get("engine_dtype") or "auto",
         weight_only_precision=p.get("weight_only_precision"),
     )

@@ -46,6 +46,10 @@ EXACT_ROWS = 16
 ONEDNN_CACHE_CAPACITY = 128
 _CACHE_ENV = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
+# torch._weight_int8pack_mm reads input features in groups of 16 and segfaults on a
+# weight whose K is not a multiple (say a tensor-parallel slice of an MLP of 688).
+INT8_K_MULTIPLE = 16
+
 
 def bucket_rows(rows: int) -> int:
     """The row count a prepacked GEMM runs at: exact below EXACT_ROWS, then rounded up
@@ -125,6 +129,7 @@ class Linears:
             bound_onednn_caches()  # before the first oneDNN call
         self.bf16_weights = weight_dtype == torch.bfloat16 and dtype == torch.float32
         self.int8 = quantize == "int8"
+        self.int8_skipped = 0  # weights int8 would take but whose shape the kernel cannot
         cpu_f32 = device.type == "cpu" and dtype == torch.float32
         if self.bf16_weights and not (cpu_f32 and self._supported(torch.bfloat16)):
             raise Unsupported("bf16 weights under float32 activations need oneDNN's bf16 "
@@ -162,7 +167,13 @@ class Linears:
         dense one to keep memory flat), or both forms for a small weight; the weight
         itself elsewhere. quantize=False keeps it out of int8 (the LM head)."""
         if self.int8 and quantize:
-            return Int8Weight(weight)
+            if weight.shape[1] % INT8_K_MULTIPLE == 0:
+                return Int8Weight(weight)
+            if not self.int8_skipped:  # once per model
+                logger.warning("weights of %d input features (first: %s) stay out of int8: "
+                               "torch's int8 GEMM needs multiples of %d",
+                               weight.shape[1], tuple(weight.shape), INT8_K_MULTIPLE)
+            self.int8_skipped += 1
         if self.bf16_weights:
             return Bf16Weight(weight)
         if not self.packed:

@@ -18,6 +18,7 @@ from .lora import LoraBatchBuilder, LoraSource
 from .models.llama import LlamaModel
 from .quant import resolve_weight_formats, weight_format_note
 from .rope import RopeTable
+from .tensor_parallel import Shard
 from .weights import load_state_dict, stored_dtype
 
 logger = logging.getLogger(__name__)
@@ -38,10 +39,12 @@ def _meminfo_available() -> int:
 
 
 class ModelRunner:
-    """Owns the model weights, the rope table and the KV cache tensors of one model."""
+    """Owns the model weights, the rope table and the KV cache tensors of one model (or,
+    with a shard, of one tensor-parallel rank: its heads' KV cache; arch stays the whole
+    model's, local_arch is the rank's)."""
 
     def __init__(self, model_path: str | Path, *, dtype: str = "auto", device: str = "cpu",
-                 weight_only_precision: str | None = None):
+                 weight_only_precision: str | None = None, shard: Shard | None = None):
         path = Path(model_path)
         if not path.is_dir():
             raise NotFound(f"model folder '{path}' does not exist")
@@ -58,9 +61,10 @@ class ModelRunner:
         self.arch: ArchConfig = arch
         with torch.inference_mode():
             state = load_state_dict(path)
-            self.model = LlamaModel(arch, state, arch.dtype, self.device)
+            self.model = LlamaModel(arch, state, arch.dtype, self.device, shard)
             del state
             self.rope = RopeTable(arch, arch.dtype, self.device)
+        self.local_arch: ArchConfig = self.model.arch
         self.kv_cache: KVCache | None = None
         self.host_pool: HostKVPool | None = None
         self.sink_tokens = 0  # attention sinks of the windowed layers
@@ -85,14 +89,14 @@ class ModelRunner:
     # -- KV cache ---------------------------------------------------------------------
 
     def kv_cache_bytes_per_block(self, block_size: int) -> int:
-        a = self.arch
+        a = self.local_arch
         return kv_cache_bytes_per_block(
             a.num_layers, block_size, a.num_kv_heads, a.head_dim, a.dtype
         )
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         """(Re)allocates the cache; any previous cache content is dropped."""
-        a = self.arch
+        a = self.local_arch
         self.kv_cache = None
         self.host_pool = None  # it copies to and from the old cache
         self.kv_cache = KVCache(
@@ -199,6 +203,13 @@ class ModelRunner:
             if min(chunk.token_ids) < 0 or max(chunk.token_ids) >= limit:
                 raise InvalidArgument(f"chunk {i}: token id out of range [0, {limit})")
 
+    def validate(self, chunks: list[SeqChunk]) -> None:
+        """Every check forward makes on the chunks, ids included, without running them
+        (tensor parallelism checks before the ranks start a step together)."""
+        cache = self._cache()
+        self._check(chunks, cache)
+        self._raise_bad_ids(chunks, cache)
+
     def forward(self, chunks: list[SeqChunk]) -> torch.Tensor:
         """One batched forward over all chunks. Writes their K/V into the cache and
         returns float32 logits [rows, vocab]: per chunk in order, 1 row for "last",
@@ -226,7 +237,7 @@ class ModelRunner:
         self._dynamic_rope(chunks, meta.chunk_rows, cos, sin)
         lora = self._lora.build(chunks, meta.chunk_rows, self.lora_source, self.device)
         hidden = self.model.forward(meta, cache, cos, sin, lora, embeds)
-        if meta.num_logit_rows == 0:
+        if meta.num_logit_rows == 0 or self.model.head is None:  # (a worker rank)
             return torch.empty(0, self.arch.vocab_size, dtype=torch.float32, device=self.device)
         return self.model.logits(hidden)
 

@@ -59,9 +59,15 @@ def worker_sockets(ctx: zmq.Context, folder: Path) -> tuple[zmq.Socket, zmq.Sock
     return _sockets(ctx, folder, FROM_WORKER, TO_WORKER, server=False)
 
 
+# the engine process's exit code when its tensor-parallel ranks failed
+RANKS_FAILED_EXIT = 3
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "exit code unknown"
+    if code == RANKS_FAILED_EXIT:
+        return f"exit code {code}: its tensor-parallel ranks failed, see the engine's log"
     if code < 0:
         try:
             return f"exit code {code}, {signal.Signals(-code).name}"

@@ -14,16 +14,22 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import zmq
 
 from llmserve.llm.engine_process import messages as m
-from llmserve.llm.engine_process.channel import watch_parent, worker_sockets
+from llmserve.llm.engine_process.channel import (
+    RANKS_FAILED_EXIT,
+    watch_parent,
+    worker_sockets,
+)
 from llmserve.llm.executor import Executor
 
 logger = logging.getLogger("llmserve.engine_process")
 
+_RANKS_FAILED_LINGER_S = 0.5
 QUERIES = frozenset({"get_latest_iteration_stats", "get_latest_request_stats",
                      "get_kv_cache_stats", "get_current_stats"})
 
@@ -76,10 +82,23 @@ class EngineExecutor(Executor):
     def _build(self, model_path, runner) -> None:
         super()._build(model_path, runner)
         self._router = _StepRouter()
+        self._ranks_failed: str | None = None
+        if hasattr(self.runner, "on_failure"):  # tensor parallelism's ranks
+            self.runner.on_failure = self._on_ranks_failed
+
+    def _on_ranks_failed(self, reason: str) -> None:
+        self._ranks_failed = reason
 
     def _flush(self) -> None:
         super()._flush()
         self.publish()
+        if self._ranks_failed is not None:
+            # this engine cannot step any more: its requests have their errors; leaving
+            # lets the server mark the model UNAVAILABLE (the exit code says why)
+            logger.error("%s; the engine process exits", self._ranks_failed)
+            time.sleep(_RANKS_FAILED_LINGER_S)  # let ZMQ's I/O thread send those errors
+            logging.shutdown()
+            os._exit(RANKS_FAILED_EXIT)
 
     def _crashed(self, exc: BaseException) -> None:
         super()._crashed(exc)

@@ -92,6 +92,19 @@ def test_int8_quantisation_error_is_half_a_step():
         torch.testing.assert_close(y, expected, atol=2e-2, rtol=1e-2)  # a bf16 output
 
 
+@pytest.mark.skipif(not int8_supported(), reason="no torch._weight_int8pack_mm")
+def test_int8_skips_weights_whose_input_features_the_kernel_cannot_take():
+    from llmserve.llm.engine.linear import Linears
+
+    linears = Linears(torch.device("cpu"), torch.float32, quantize="int8")
+    w = torch.randn(32, 24)  # K = 24: torch's int8 GEMM would crash on it
+    packed = linears.pack(w)
+    assert not isinstance(packed, Int8Weight) and linears.int8_skipped == 1
+    x = torch.randn(3, 24)
+    torch.testing.assert_close(linears.fn(x, packed, None), x @ w.t())
+    assert isinstance(linears.pack(torch.randn(32, 48)), Int8Weight)
+
+
 def test_weight_only_settings_and_their_errors(tmp_path):
     assert parse_weight_only_precision(None) is None
     assert parse_weight_only_precision("") is None and parse_weight_only_precision("none") is None

@@ -19,6 +19,7 @@ from ..kv_cache import KVCache
 from ..linear import Linears
 from ..lora import LINEAR_DOWN, LINEAR_GATE_UP, LINEAR_O, LINEAR_QKV, LoraBatch
 from ..rope import apply_rope
+from ..tensor_parallel import ProcessGroup, Shard, shard_arch
 
 logger = logging.getLogger(__name__)
 
@@ -48,39 +49,49 @@ class LayerWeights:
 
 class _Loader:
     """Takes tensors out of a checkpoint state dict, converted and moved, noting what
-    was used so leftovers can be reported."""
+    was used so leftovers can be reported. Under tensor parallelism, split="column" or
+    "row" keeps only this rank's share of a weight."""
 
     def __init__(self, state: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device,
-                 weight_dtype: torch.dtype | None = None):
+                 weight_dtype: torch.dtype | None = None, shard: Shard | None = None):
         self.state, self.dtype, self.device = state, dtype, device
         self.weight_dtype = weight_dtype or dtype  # the GEMM weights' (weight=True)
+        self.shard = shard
         self.used: set[str] = set()
 
     def has(self, name: str) -> bool:
         return name in self.state
 
-    def get(self, name: str, weight: bool = False) -> torch.Tensor:
+    def get(self, name: str, weight: bool = False, split: str | None = None) -> torch.Tensor:
         if name not in self.state:
             raise InvalidArgument(f"checkpoint is missing tensor '{name}'")
         self.used.add(name)
         dtype = self.weight_dtype if weight else self.dtype
-        return self.state[name].to(device=self.device, dtype=dtype).contiguous()
+        tensor = self.state[name]
+        if self.shard is not None and split is not None:
+            tensor = self.shard.column(tensor) if split == "column" else self.shard.row(tensor)
+        return tensor.to(device=self.device, dtype=dtype).contiguous()
 
     def opt(self, name: str) -> torch.Tensor | None:
         return self.get(name) if name in self.state else None
 
-    def cat(self, names: list[str], weight: bool = False) -> torch.Tensor | None:
+    def cat(self, names: list[str], weight: bool = False,
+            split: str | None = None) -> torch.Tensor | None:
         present = [n for n in names if n in self.state]
         if not present:
             return None
         if len(present) != len(names):
             missing = sorted(set(names) - set(present))
             raise InvalidArgument(f"checkpoint has some but not all of {missing}")
-        return torch.cat([self.get(n, weight) for n in names], dim=0).contiguous()
+        return torch.cat([self.get(n, weight, split) for n in names], dim=0).contiguous()
 
 
 class LlamaModel:
-    """Decoder-only Llama-family transformer working on a paged KV cache."""
+    """Decoder-only Llama-family transformer working on a paged KV cache. With a shard
+    it is one rank of a tensor-parallel group: q/k/v and gate/up column-parallel (its
+    heads, its slice of the MLP), o and down row-parallel with their outputs summed over
+    the ranks by `group` (set once the group exists); embedding and norms whole on every
+    rank, the LM head only on rank 0, which alone samples."""
 
     def __init__(
         self,
@@ -88,14 +99,19 @@ class LlamaModel:
         state: dict[str, torch.Tensor],
         dtype: torch.dtype,
         device: torch.device,
+        shard: Shard | None = None,
     ):
+        if shard is not None:
+            arch = shard_arch(arch, shard)  # this rank's heads and MLP width
         self.arch = arch
+        self.shard = shard
+        self.group: ProcessGroup | None = None
         self.dtype = dtype
         self.device = device
         self.act = _ACT[arch.hidden_act]
         self.scale = arch.head_dim**-0.5
         self.eps = arch.rms_norm_eps
-        load = _Loader(state, dtype, device, arch.weight_dtype)
+        load = _Loader(state, dtype, device, arch.weight_dtype, shard)
         self.embed = load.get("embed_tokens.weight")
         if self.embed.shape != (arch.vocab_size, arch.hidden_size):
             raise InvalidArgument(
@@ -104,7 +120,10 @@ class LlamaModel:
             )
         self.layers = [self._load_layer(load, i) for i in range(arch.num_layers)]
         self.norm = load.get("norm.weight")
-        if load.has("lm_head.weight") and not arch.tie_word_embeddings:
+        if shard is not None and shard.rank > 0:
+            load.used.add("lm_head.weight")  # rank 0 computes the logits
+            self.lm_head = None
+        elif load.has("lm_head.weight") and not arch.tie_word_embeddings:
             self.lm_head = load.get("lm_head.weight", weight=True)
         elif load.has("lm_head.weight") and not torch.equal(
             state["lm_head.weight"], state["embed_tokens.weight"]
@@ -131,7 +150,8 @@ class LlamaModel:
             for name in ("qkv", "o_proj", "gate_up", "down"):
                 setattr(layer, name, self.linears.pack(getattr(layer, name)))
         # the LM head stays out of int8: its rounding would go straight into the logits
-        self.head = self.linears.pack(self.lm_head, quantize=False)
+        self.head = None if self.lm_head is None else self.linears.pack(self.lm_head,
+                                                                        quantize=False)
         # fused C row kernels (RMSNorm with its residual add, SiLU * up, RoPE) on CPU fp32
         self.row_kernels = (device.type == "cpu" and dtype == torch.float32
                             and cpu_kernels.rows_supported(self.norm))
@@ -140,9 +160,11 @@ class LlamaModel:
     def _load_layer(self, load: _Loader, i: int) -> LayerWeights:
         p = f"layers.{i}."
         attn, mlp = p + "self_attn.", p + "mlp."
+        col = "column"
         qkv = load.cat([attn + "q_proj.weight", attn + "k_proj.weight", attn + "v_proj.weight"],
-                       weight=True)
-        gate_up = load.cat([mlp + "gate_proj.weight", mlp + "up_proj.weight"], weight=True)
+                       weight=True, split=col)
+        gate_up = load.cat([mlp + "gate_proj.weight", mlp + "up_proj.weight"], weight=True,
+                           split=col)
         assert qkv is not None and gate_up is not None
         arch = self.arch
         expected = (arch.q_size + 2 * arch.kv_size, arch.hidden_size)
@@ -151,13 +173,14 @@ class LlamaModel:
         return LayerWeights(
             input_norm=load.get(p + "input_layernorm.weight"),
             qkv=qkv,
-            qkv_bias=load.cat([attn + "q_proj.bias", attn + "k_proj.bias", attn + "v_proj.bias"]),
-            o_proj=load.get(attn + "o_proj.weight", weight=True),
+            qkv_bias=load.cat([attn + "q_proj.bias", attn + "k_proj.bias", attn + "v_proj.bias"],
+                              split=col),
+            o_proj=load.get(attn + "o_proj.weight", weight=True, split="row"),
             o_bias=load.opt(attn + "o_proj.bias"),
             post_norm=load.get(p + "post_attention_layernorm.weight"),
             gate_up=gate_up,
-            gate_up_bias=load.cat([mlp + "gate_proj.bias", mlp + "up_proj.bias"]),
-            down=load.get(mlp + "down_proj.weight", weight=True),
+            gate_up_bias=load.cat([mlp + "gate_proj.bias", mlp + "up_proj.bias"], split=col),
+            down=load.get(mlp + "down_proj.weight", weight=True, split="row"),
             down_bias=load.opt(mlp + "down_proj.bias"),
         )
 
@@ -216,7 +239,7 @@ class LlamaModel:
             v = qkv[:, q_size + kv_size :].view(num_tokens, arch.num_kv_heads, head_dim)
             o = paged_attention(i, q, k, v, cache, meta, self.scale, self.windows[i])
             o = o.reshape(num_tokens, q_size)
-            attn_out = linear(o, layer.o_proj, layer.o_bias)
+            attn_out = self._row_parallel(o, layer.o_proj, layer.o_bias)
             if lora is not None:
                 lora.apply(i, LINEAR_O, o, attn_out)
             h = self.add_rms_norm(x, attn_out, layer.post_norm)
@@ -228,7 +251,7 @@ class LlamaModel:
             else:
                 gate, up = gate_up.chunk(2, dim=-1)
                 act = self.act(gate) * up
-            mlp_out = linear(act, layer.down, layer.down_bias)
+            mlp_out = self._row_parallel(act, layer.down, layer.down_bias)
             if lora is not None:
                 lora.apply(i, LINEAR_DOWN, act, mlp_out)
             delta = mlp_out
@@ -237,6 +260,16 @@ class LlamaModel:
                 x.add_(delta)
             return self.rms_norm(x.index_select(0, meta.logit_rows), self.norm)
         return self.add_rms_norm(x, delta, self.norm)
+
+    def _row_parallel(self, x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
+        """x @ weight.T + bias; under tensor parallelism each rank holds a slice of x's
+        features and of weight's columns, so the partial products are summed over the
+        ranks and the bias is added once, after the sum."""
+        if self.group is None:
+            return self.linears.fn(x, weight, bias)
+        out = self.linears.fn(x, weight, None)
+        self.group.all_reduce(out)
+        return out if bias is None else out.add_(bias)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linears.fn(hidden, self.head, None).float()
