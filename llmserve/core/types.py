@@ -94,6 +94,11 @@ class InferenceResponse:
     error: ServerError | None = None
     final: bool = True  # decoupled streams: False until the last response
 
+    @property
+    def flag_only(self) -> bool:
+        """A decoupled stream's bare final flag: no outputs, no error, nothing to send."""
+        return self.final and not self.outputs and self.error is None
+
     def output(self, name: str) -> Tensor | None:
         for t in self.outputs:
             if t.name == name:

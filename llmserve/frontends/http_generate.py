@@ -1,4 +1,4 @@
-"""Triton's generate extension (SPEC.md section 2): POST .../generate returns one JSON
+"""Triton's generate extension: POST .../generate returns one JSON
 object, POST .../generate_stream streams one SSE `data: {json}` event per response."""
 
 from __future__ import annotations
@@ -129,10 +129,6 @@ def _decode(item: Any) -> Any:
     return item
 
 
-def _flag_only(response: InferenceResponse) -> bool:
-    return response.final and not response.outputs and response.error is None
-
-
 async def collect_one(agen: AsyncIterator[InferenceResponse], model: str) -> InferenceResponse:
     """Every response of a /generate request; exactly one may carry outputs."""
     found: InferenceResponse | None = None
@@ -140,7 +136,7 @@ async def collect_one(agen: AsyncIterator[InferenceResponse], model: str) -> Inf
         async for response in agen:
             if response.error is not None:
                 raise response.error
-            if _flag_only(response):
+            if response.flag_only:
                 continue
             if found is not None:
                 raise InvalidArgument(
@@ -157,7 +153,7 @@ async def collect_one(agen: AsyncIterator[InferenceResponse], model: str) -> Inf
 
 async def _first_event(agen: AsyncIterator[InferenceResponse]) -> InferenceResponse | None:
     async for response in agen:
-        if not _flag_only(response):
+        if not response.flag_only:
             return response
         if response.final:
             return None
@@ -218,7 +214,7 @@ async def stream_events(
         while response is not None:
             if response.error is not None:
                 yield sse({"error": response.error.message})
-            elif not _flag_only(response):
+            elif not response.flag_only:
                 yield sse(response_json(response))
             if response.final:
                 return
