@@ -3,18 +3,17 @@ object, POST .../generate_stream streams one SSE `data: {json}` event per respon
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import numpy as np
 from fastapi import APIRouter
+from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
 
 from llmserve.core.errors import InvalidArgument, ServerError
 from llmserve.core.types import InferenceRequest, InferenceResponse, Tensor
@@ -160,71 +159,32 @@ async def _first_event(agen: AsyncIterator[InferenceResponse]) -> InferenceRespo
     return None
 
 
-class EventStreamResponse(Response):
-    """text/event-stream body that stops producing (and cancels) when the client leaves."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, events: AsyncIterator[bytes], on_disconnect: Callable[[], None]):
-        self.status_code = 200
-        self.background = None
-        self.init_headers({"cache-control": "no-cache"})
-        self.events = events
-        self.on_disconnect = on_disconnect
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        producer = asyncio.ensure_future(self._pump(send))
-        watcher = asyncio.ensure_future(self._watch(receive))
-        try:
-            await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-            if not producer.done():
-                self.on_disconnect()
-                producer.cancel()
-                with contextlib.suppress(BaseException):
-                    await producer
-        if not producer.cancelled() and producer.exception() is not None:
-            logger.error("generate_stream failed", exc_info=producer.exception())
-
-    async def _pump(self, send: Send) -> None:
-        try:
-            async for chunk in self.events:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            self.on_disconnect()
-
-    @staticmethod
-    async def _watch(receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-
-def sse(doc: dict) -> bytes:
-    return b"data: " + json.dumps(doc).encode("utf-8") + b"\n\n"
+def _event(doc: dict) -> dict:
+    return {"data": json.dumps(doc)}
 
 
 async def stream_events(
     first: InferenceResponse | None, agen: AsyncIterator[InferenceResponse], request: InferenceRequest
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[dict]:
+    """One SSE `data:` event per response; cancels the request unless it finished,
+    however the stream ends (a client that leaves included)."""
     try:
         response = first
         while response is not None:
             if response.error is not None:
-                yield sse({"error": response.error.message})
+                yield _event({"error": response.error.message})
             elif not response.flag_only:
-                yield sse(response_json(response))
+                yield _event(response_json(response))
             if response.final:
                 return
             response = await anext(agen, None)
     except Exception as exc:  # an error after the stream began is an event, not a status
-        yield sse({"error": as_server_error(exc).message})
+        yield _event({"error": as_server_error(exc).message})
     finally:
         if response is None or not response.final:
             request.cancel.cancel()
-        await agen.aclose()  # type: ignore[attr-defined]
+        with anyio.CancelScope(shield=True):
+            await agen.aclose()  # type: ignore[attr-defined]
 
 
 def generate_router(server: Any, options: ServerOptions) -> APIRouter:
@@ -255,6 +215,6 @@ def generate_router(server: Any, options: ServerOptions) -> APIRouter:
         except BaseException:
             await agen.aclose()
             raise
-        return EventStreamResponse(stream_events(first, agen, ireq), ireq.cancel.cancel)
+        return EventSourceResponse(stream_events(first, agen, ireq), sep="\n", ping=15)
 
     return router

@@ -72,7 +72,9 @@ class Scheduler:
                      and w.state.request.priority < priority)
         self.waiting.insert(index, seq)
 
-    def add_forked(self, child: Sequence) -> None:
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """Run child beside parent, sharing parent's KV blocks (a sampled sibling, a beam)."""
+        self.bm.fork(parent, child)
         child.status = SequenceStatus.RUNNING
         self.running.append(child)
 
