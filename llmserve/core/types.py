@@ -67,6 +67,12 @@ class CancellationToken:
                 return
         cb()
 
+    def remove_callback(self, cb) -> None:
+        """Forget cb (its work finished): a long stream must not pile up callbacks."""
+        with self._lock:
+            if cb in self._callbacks:
+                self._callbacks.remove(cb)
+
 
 @dataclass(slots=True)
 class InferenceRequest:

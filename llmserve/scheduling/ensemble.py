@@ -216,6 +216,7 @@ class EnsembleRun:
         except Exception as exc:
             self._fail(InternalError(f"in ensemble '{self.config.name}', step '{step.model_name}': {exc}"))
         finally:
+            self.request.cancel.remove_callback(token.cancel)  # one step per streamed token
             branch.running -= 1
             self._flush()
 

@@ -107,3 +107,12 @@ def test_a_step_is_asked_only_for_outputs_a_later_step_or_the_client_reads():
 
     assert asked(["TWO_A", "TWO_B"]) == [["OUTPUT0", "OUTPUT1"], ["OUTPUT0", "OUTPUT1"]]
     assert asked(["TWO_A"]) == [["OUTPUT0", "OUTPUT1"], ["OUTPUT0"]]
+
+
+def test_a_streamed_ensemble_leaves_no_step_callbacks_on_the_request(sched_server):
+    """Each step of each streamed response hangs a cancel callback on the request; it
+    goes when the step ends, so a long stream does not pile them up."""
+    request = make_request("ens_stream", {"IN": np.array([1, 2, 3], np.int32)})
+    resps = sched_server.run(collect(sched_server, request))
+    assert resps[-1].final and resps[-1].error is None
+    assert request.cancel._callbacks == []
