@@ -63,7 +63,9 @@ def main() -> None:
                         rows.setdefault((model, label, conc), []).append(r)
                         print(f"round {rnd} {label:>3} {model:>16} c={conc:<3} "
                               f"{r['tok_s']:6.1f} tok/s  cpu {r['cpu_s']:6.1f} s  "
-                              f"{r['cpu_ms_token']:5.2f} ms/token  load {r['load']:.1f}",
+                              f"{r['cpu_ms_token']:5.2f} ms/token  load {r['load']:.1f}  ("
+                              + ", ".join(f"{k} {v:.2f}" for k, v
+                                          in sorted(r["ms_token_by_role"].items())) + ")",
                               flush=True)
             finally:
                 server.terminate()

@@ -12,8 +12,8 @@ import json
 import uuid
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
 
+import triton_python_backend_utils as pb_utils
 from llmserve.backends.tensorrtllm import text
 from llmserve.backends.tensorrtllm.values import is_unset, parse_bool
 
