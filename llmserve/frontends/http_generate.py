@@ -4,7 +4,6 @@ object, POST .../generate_stream streams one SSE `data: {json}` event per respon
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,8 +21,6 @@ from llmserve.frontends.http_common import read_body, until_disconnect
 from llmserve.frontends.tensors import apply_parameters, parse_version
 from llmserve.frontends.wire import parse_json, tensor_from_json
 from llmserve.options import ServerOptions
-
-logger = logging.getLogger(__name__)
 
 
 def build_generate_request(server: Any, model: str, version: str, doc: Any) -> InferenceRequest:
