@@ -19,20 +19,52 @@ import time
 import openai
 
 
-def _cpu_s(pid: int) -> float:
-    """utime+stime of pid and its reaped children, plus its live children."""
+def _role(pid: int, root: int) -> str:
+    """server, engine, or the Python model a stub serves (its instance number dropped)."""
+    if pid == root:
+        return "server"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return "other"
+    if "llmserve.llm.engine_process.worker" in argv:
+        return "engine"
+    if "--name" in argv[:-1]:
+        return argv[argv.index("--name") + 1].rsplit("_", 2)[0]  # tensorrt_llm_bls_0_3
+    return "other"
+
+
+def cpu_by_role(pid: int) -> dict[str, float]:
+    """utime+stime (and reaped children's) of pid and every live process under it,
+    whichever of its threads started them, by role (server, engine, stubs by model)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    pids = [pid]
-    for p in pids:
-        try:
-            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in fields[11:15])
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                pids.extend(int(c) for c in f.read().split())
-        except OSError:
-            continue
-    return total / tick
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stats[int(entry)] = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    tree = {pid}
+    grew = True
+    while grew:
+        grew = False
+        for p, fields in stats.items():
+            if p not in tree and int(fields[1]) in tree:  # fields[1]: the parent's pid
+                tree.add(p)
+                grew = True
+    out: dict[str, float] = {}
+    for p in tree:
+        if p in stats:
+            role = _role(p, pid)
+            out[role] = out.get(role, 0.0) + sum(int(x) for x in stats[p][11:15]) / tick
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    return sum(cpu_by_role(pid).values())
 
 
 def _prompt(rng: random.Random, words: int) -> str:
@@ -56,7 +88,7 @@ async def _one(client: openai.AsyncOpenAI, args, prompt: str) -> int:
     return tokens
 
 
-async def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("url")
     ap.add_argument("--model", default="ensemble")
@@ -66,7 +98,11 @@ async def main() -> None:
     ap.add_argument("--isl", type=int, default=128, help="prompt words (about one token each)")
     ap.add_argument("--osl", type=int, default=64)
     ap.add_argument("--pid", type=int)
-    args = ap.parse_args()
+    return ap
+
+
+async def run(args: argparse.Namespace) -> dict[str, float]:
+    """One measurement (8 warm-up requests first): tokens, wall, tok/s, server CPU."""
     client = openai.AsyncOpenAI(base_url=args.url + "/v1", api_key="x", timeout=600)
     rng = random.Random(0)
     prompts = [_prompt(rng, args.isl) for _ in range(args.requests + 8)]
@@ -77,16 +113,30 @@ async def main() -> None:
         async with sem:
             return await _one(client, args, p)
 
-    cpu0 = _cpu_s(args.pid) if args.pid else 0.0
+    cpu0 = cpu_by_role(args.pid) if args.pid else {}
     t0 = time.monotonic()
     counts = await asyncio.gather(*(bounded(p) for p in prompts[8:]))
     wall = time.monotonic() - t0
-    cpu = (_cpu_s(args.pid) - cpu0) if args.pid else float("nan")
+    cpu1 = cpu_by_role(args.pid) if args.pid else {}
+    await client.close()
     total = sum(counts)
+    roles = {r: 1000 * (cpu1[r] - cpu0.get(r, 0.0)) / max(total, 1) for r in cpu1}
+    cpu = sum(cpu1.values()) - sum(cpu0.values()) if args.pid else float("nan")
+    return {"requests": len(counts), "tokens": total, "wall": wall, "tok_s": total / wall,
+            "cpu_s": cpu, "cpu_ms_token": 1000 * cpu / max(total, 1),
+            "load": os.getloadavg()[0], "ms_token_by_role": roles}
+
+
+async def main() -> None:
+    args = arguments().parse_args()
+    r = await run(args)
     print(f"{'chat' if args.chat else 'completions'} c{args.concurrency} model={args.model} "
-          f"requests={len(counts)} tokens={total} wall={wall:.1f}s out_tok/s={total / wall:.0f} "
-          f"server_cpu={cpu:.1f}s cpu_ms/token={1000 * cpu / max(total, 1):.2f} "
-          f"load={os.getloadavg()[0]:.1f}")
+          f"requests={r['requests']} tokens={r['tokens']} wall={r['wall']:.1f}s "
+          f"out_tok/s={r['tok_s']:.0f} server_cpu={r['cpu_s']:.1f}s "
+          f"cpu_ms/token={r['cpu_ms_token']:.2f} load={r['load']:.1f}")
+    if r["ms_token_by_role"]:
+        print("  ms/token by process: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in sorted(r["ms_token_by_role"].items())))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
-"""The data type table of the seed: config names, API names, numpy dtypes, byte sizes."""
+"""The data type table: config names, API names, numpy dtypes, byte sizes."""
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from tritonclient.utils import deserialize_bytes_tensor as _deserialize
+from tritonclient.utils import serialize_byte_tensor
 
 from llmserve.core.errors import InvalidArgument
 
@@ -72,36 +75,33 @@ def api_name_of_numpy(dtype: np.dtype) -> str:
     raise InvalidArgument(f"unsupported numpy dtype {dtype}")
 
 
+def as_bytes(item: Any) -> bytes:
+    """One BYTES element as bytes: bytes-likes as they are, anything else as UTF-8 text."""
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, (bytearray, memoryview, np.bytes_)):
+        return bytes(item)
+    return str(item).encode("utf-8")
+
+
 def serialize_bytes_tensor(array: np.ndarray) -> bytes:
-    """Triton's BYTES wire form: each element a 4-byte little-endian length, then its bytes."""
-    parts = []
-    for item in np.asarray(array, dtype=np.object_).reshape(-1):
-        if isinstance(item, str):
-            item = item.encode("utf-8")
-        elif not isinstance(item, (bytes, bytearray)):
-            item = str(item).encode("utf-8")
-        parts.append(struct.pack("<I", len(item)))
-        parts.append(bytes(item))
-    return b"".join(parts)
+    """Triton's BYTES wire form (each element a 4-byte little-endian length, then its
+    bytes), by tritonclient's codec; str elements are UTF-8."""
+    flat = np.asarray(array, dtype=np.object_).reshape(-1)
+    if flat.size == 0:
+        return b""
+    items = np.empty(flat.size, dtype=np.object_)
+    items[:] = [as_bytes(x) for x in flat.tolist()]
+    return serialize_byte_tensor(items).item()
 
 
 def deserialize_bytes_tensor(buf: bytes | memoryview) -> np.ndarray:
-    """Inverse of serialize_bytes_tensor; returns a 1-D object array of bytes."""
-    buf = memoryview(buf)
-    out = []
-    offset = 0
-    while offset < len(buf):
-        if offset + 4 > len(buf):
-            raise InvalidArgument("malformed BYTES tensor: truncated length prefix")
-        (n,) = struct.unpack_from("<I", buf, offset)
-        offset += 4
-        if offset + n > len(buf):
-            raise InvalidArgument("malformed BYTES tensor: element runs past the end")
-        out.append(bytes(buf[offset : offset + n]))
-        offset += n
-    arr = np.empty(len(out), dtype=np.object_)
-    arr[:] = out
-    return arr
+    """Inverse of serialize_bytes_tensor (tritonclient's codec); returns a 1-D object
+    array of bytes. A truncated buffer is the client's error."""
+    try:
+        return _deserialize(bytes(buf))
+    except struct.error as exc:
+        raise InvalidArgument(f"malformed BYTES tensor: {exc}") from None
 
 
 def bf16_to_float32(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:

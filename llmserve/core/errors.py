@@ -16,7 +16,7 @@ class ErrorCode(enum.Enum):
     CANCELLED = "CANCELLED"
 
 
-# Triton's HTTP server mapping (SPEC.md section 2).
+# Triton's HTTP server mapping.
 _HTTP_STATUS = {
     ErrorCode.INTERNAL: 500,
     ErrorCode.NOT_FOUND: 404,
@@ -95,10 +95,3 @@ class AlreadyExists(ServerError):
 class Cancelled(ServerError):
     code = ErrorCode.CANCELLED
 
-
-def http_status_for(code: ErrorCode) -> int:
-    return _HTTP_STATUS[code]
-
-
-def grpc_status_name_for(code: ErrorCode) -> str:
-    return _GRPC_STATUS[code]

@@ -67,6 +67,12 @@ class CancellationToken:
                 return
         cb()
 
+    def remove_callback(self, cb) -> None:
+        """Forget cb (its work finished): a long stream must not pile up callbacks."""
+        with self._lock:
+            if cb in self._callbacks:
+                self._callbacks.remove(cb)
+
 
 @dataclass(slots=True)
 class InferenceRequest:
@@ -93,6 +99,11 @@ class InferenceResponse:
     parameters: dict[str, Any] = field(default_factory=dict)
     error: ServerError | None = None
     final: bool = True  # decoupled streams: False until the last response
+
+    @property
+    def flag_only(self) -> bool:
+        """A decoupled stream's bare final flag: no outputs, no error, nothing to send."""
+        return self.final and not self.outputs and self.error is None
 
     def output(self, name: str) -> Tensor | None:
         for t in self.outputs:

@@ -1,4 +1,4 @@
-"""KServe v2 gRPC service (SPEC.md section 3) on grpc.aio with tritonclient's generated
+"""KServe v2 gRPC service on grpc.aio with tritonclient's generated
 definitions: every RPC incl. bidirectional ModelStreamInfer, and grpc.health.v1."""
 
 from __future__ import annotations
@@ -62,10 +62,6 @@ def _wants_grpc_error(context: grpc.aio.ServicerContext) -> bool:
         if key.lower() == "triton_grpc_error" and str(value).lower() == "true":
             return True
     return False
-
-
-def _flag_only(response: InferenceResponse) -> bool:
-    return response.final and not response.outputs and response.error is None
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -271,7 +267,7 @@ class _Stream:
             async for response in agen:
                 if response.error is not None:
                     self.queue.put_nowait(self._error(response.error, req))
-                elif not _flag_only(response) or empty_final is True:
+                elif not response.flag_only or empty_final is True:
                     msg = encode_response(response, ireq.requested_outputs, batched,
                                           response.final, labels_of=self.servicer.labels_of)
                     self.queue.put_nowait(pb.ModelStreamInferResponse(infer_response=msg))

@@ -1,20 +1,18 @@
-"""Triton's generate extension (SPEC.md section 2): POST .../generate returns one JSON
+"""Triton's generate extension: POST .../generate returns one JSON
 object, POST .../generate_stream streams one SSE `data: {json}` event per response."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import numpy as np
 from fastapi import APIRouter
+from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import Receive, Scope, Send
 
 from llmserve.core.errors import InvalidArgument, ServerError
 from llmserve.core.types import InferenceRequest, InferenceResponse, Tensor
@@ -23,8 +21,6 @@ from llmserve.frontends.http_common import read_body, until_disconnect
 from llmserve.frontends.tensors import apply_parameters, parse_version
 from llmserve.frontends.wire import parse_json, tensor_from_json
 from llmserve.options import ServerOptions
-
-logger = logging.getLogger(__name__)
 
 
 def build_generate_request(server: Any, model: str, version: str, doc: Any) -> InferenceRequest:
@@ -129,10 +125,6 @@ def _decode(item: Any) -> Any:
     return item
 
 
-def _flag_only(response: InferenceResponse) -> bool:
-    return response.final and not response.outputs and response.error is None
-
-
 async def collect_one(agen: AsyncIterator[InferenceResponse], model: str) -> InferenceResponse:
     """Every response of a /generate request; exactly one may carry outputs."""
     found: InferenceResponse | None = None
@@ -140,7 +132,7 @@ async def collect_one(agen: AsyncIterator[InferenceResponse], model: str) -> Inf
         async for response in agen:
             if response.error is not None:
                 raise response.error
-            if _flag_only(response):
+            if response.flag_only:
                 continue
             if found is not None:
                 raise InvalidArgument(
@@ -157,78 +149,39 @@ async def collect_one(agen: AsyncIterator[InferenceResponse], model: str) -> Inf
 
 async def _first_event(agen: AsyncIterator[InferenceResponse]) -> InferenceResponse | None:
     async for response in agen:
-        if not _flag_only(response):
+        if not response.flag_only:
             return response
         if response.final:
             return None
     return None
 
 
-class EventStreamResponse(Response):
-    """text/event-stream body that stops producing (and cancels) when the client leaves."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, events: AsyncIterator[bytes], on_disconnect: Callable[[], None]):
-        self.status_code = 200
-        self.background = None
-        self.init_headers({"cache-control": "no-cache"})
-        self.events = events
-        self.on_disconnect = on_disconnect
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        producer = asyncio.ensure_future(self._pump(send))
-        watcher = asyncio.ensure_future(self._watch(receive))
-        try:
-            await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-            if not producer.done():
-                self.on_disconnect()
-                producer.cancel()
-                with contextlib.suppress(BaseException):
-                    await producer
-        if not producer.cancelled() and producer.exception() is not None:
-            logger.error("generate_stream failed", exc_info=producer.exception())
-
-    async def _pump(self, send: Send) -> None:
-        try:
-            async for chunk in self.events:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            self.on_disconnect()
-
-    @staticmethod
-    async def _watch(receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-
-def sse(doc: dict) -> bytes:
-    return b"data: " + json.dumps(doc).encode("utf-8") + b"\n\n"
+def _event(doc: dict) -> dict:
+    return {"data": json.dumps(doc)}
 
 
 async def stream_events(
     first: InferenceResponse | None, agen: AsyncIterator[InferenceResponse], request: InferenceRequest
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[dict]:
+    """One SSE `data:` event per response; cancels the request unless it finished,
+    however the stream ends (a client that leaves included)."""
     try:
         response = first
         while response is not None:
             if response.error is not None:
-                yield sse({"error": response.error.message})
-            elif not _flag_only(response):
-                yield sse(response_json(response))
+                yield _event({"error": response.error.message})
+            elif not response.flag_only:
+                yield _event(response_json(response))
             if response.final:
                 return
             response = await anext(agen, None)
     except Exception as exc:  # an error after the stream began is an event, not a status
-        yield sse({"error": as_server_error(exc).message})
+        yield _event({"error": as_server_error(exc).message})
     finally:
         if response is None or not response.final:
             request.cancel.cancel()
-        await agen.aclose()  # type: ignore[attr-defined]
+        with anyio.CancelScope(shield=True):
+            await agen.aclose()  # type: ignore[attr-defined]
 
 
 def generate_router(server: Any, options: ServerOptions) -> APIRouter:
@@ -259,6 +212,6 @@ def generate_router(server: Any, options: ServerOptions) -> APIRouter:
         except BaseException:
             await agen.aclose()
             raise
-        return EventStreamResponse(stream_events(first, agen, ireq), ireq.cancel.cancel)
+        return EventSourceResponse(stream_events(first, agen, ireq), sep="\n", ping=15)
 
     return router

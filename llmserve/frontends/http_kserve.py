@@ -1,4 +1,4 @@
-"""KServe v2 HTTP/REST routes (SPEC.md section 2): health, metadata, config, infer,
+"""KServe v2 HTTP/REST routes: health, metadata, config, infer,
 repository index/load/unload and statistics, over the InferenceServer contract."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The LLM executor: inflight batching on a paged KV cache over the PyTorch engine.
 
-The public names mirror TensorRT-LLM's executor Python bindings (SPEC.md section 8).
+The public names mirror TensorRT-LLM's executor Python bindings.
 """
 
 from llmserve.llm.config import (

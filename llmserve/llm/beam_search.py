@@ -14,7 +14,6 @@ import torch
 from llmserve.llm.outputs import perf_metrics
 from llmserve.llm.request import FinishReason, Response, Result, SamplingConfig
 from llmserve.llm.sampling import SamplingParams, apply_logits_processors
-from llmserve.llm.scheduler import Scheduler
 from llmserve.llm.sequence import RequestState, Sequence, SequenceStatus
 from llmserve.llm.stop import StopCriteria
 
@@ -95,6 +94,15 @@ def select_candidates(log_probs: torch.Tensor, beam_scores: torch.Tensor, k: int
             break  # banned tokens: nothing further is a real continuation
         out.append(Candidate(p, int(toks[p, c]), float(vals[p, c]), float(score)))
     return out
+
+
+@dataclass(slots=True)
+class BeamStep:
+    """What one beam step asks of the scheduler: forked beams, freed beams."""
+
+    done: bool
+    forks: list[tuple[Sequence, Sequence]] = field(default_factory=list)  # (parent, child)
+    dropped: list[Sequence] = field(default_factory=list)
 
 
 class BeamSearch:
@@ -211,11 +219,12 @@ class BeamSearch:
 
     # -- applying a step to the request's Sequences -------------------------------------
 
-    def advance(self, state: RequestState, scheduler: Scheduler) -> bool:
-        """One beam step on the held logits rows of all running beams; True when done.
+    def advance(self, state: RequestState) -> BeamStep:
+        """One beam step on the held logits rows of all running beams.
 
-        Beams the step drops are freed; a beam chosen by several candidates is forked
-        (its KV blocks shared, the partial last block copied on the next write)."""
+        The caller applies the result to the scheduler: it forks each (parent, child)
+        (a beam chosen by several candidates: its KV blocks shared, the partial last block
+        copied on the next write), then frees the dropped beams."""
         beams = list(state.seqs)
         rows = torch.stack([b.beam_logits for b in beams]).float()  # type: ignore[misc]
         for b in beams:
@@ -228,20 +237,21 @@ class BeamSearch:
         log_probs = torch.log_softmax(logits, dim=-1)
         chosen = self.search_step(beams, log_probs, raw)
         if self.done:
-            return True
+            return BeamStep(done=True)
+        step = BeamStep(done=False)
         children: list[Sequence] = []
         used: set[int] = set()
         for i, c in enumerate(chosen):
             parent = beams[c.parent]
             if c.parent in used:
-                children.append(self._fork(state, parent, i, scheduler))
+                child = self._fork(state, parent, i)
+                step.forks.append((parent, child))
+                children.append(child)
             else:
                 used.add(c.parent)
                 parent.index = i
                 children.append(parent)
-        for i, beam in enumerate(beams):
-            if i not in used:
-                self.drop(beam, scheduler)
+        step.dropped = [self._drop(beam) for i, beam in enumerate(beams) if i not in used]
         for child, c in zip(children, chosen, strict=True):
             child.token_ids.append(c.token)
             child.log_probs.append(c.log_prob)
@@ -251,29 +261,23 @@ class BeamSearch:
             if raw is not None:
                 child.generation_logits.append(raw[c.parent])
         state.seqs = children
-        return False
+        return step
 
-    def _fork(self, state: RequestState, parent: Sequence, index: int,
-              scheduler: Scheduler) -> Sequence:
-        child = Sequence(state, index, list(parent.token_ids), parent.prompt_len,
-                         status=SequenceStatus.RUNNING, cur_top_p=parent.cur_top_p,
-                         log_probs=list(parent.log_probs), cum_log_prob=parent.cum_log_prob,
-                         generation_logits=list(parent.generation_logits),
-                         beam_score=parent.beam_score, decoding_iter=parent.decoding_iter)
-        scheduler.bm.fork(parent, child)
-        scheduler.add_forked(child)
-        return child
+    def _fork(self, state: RequestState, parent: Sequence, index: int) -> Sequence:
+        return Sequence(state, index, list(parent.token_ids), parent.prompt_len,
+                        status=SequenceStatus.RUNNING, cur_top_p=parent.cur_top_p,
+                        log_probs=list(parent.log_probs), cum_log_prob=parent.cum_log_prob,
+                        generation_logits=list(parent.generation_logits),
+                        beam_score=parent.beam_score, decoding_iter=parent.decoding_iter)
 
-    def drop(self, beam: Sequence, scheduler: Scheduler) -> None:
+    def _drop(self, beam: Sequence) -> Sequence:
         self.dropped_new_blocks += beam.num_new_blocks
         beam.finish_reason = FinishReason.NOT_FINISHED
-        scheduler.finish(beam)
+        return beam
 
-    def finish(self, state: RequestState, scheduler: Scheduler) -> None:
-        """Free every running beam (the search is over)."""
-        for beam in state.seqs:
-            if not beam.is_finished:
-                self.drop(beam, scheduler)
+    def finish(self, state: RequestState) -> list[Sequence]:
+        """The search is over: the running beams, for the caller to free."""
+        return [self._drop(beam) for beam in state.seqs if not beam.is_finished]
 
     # -- outputs ------------------------------------------------------------------------
 

@@ -130,10 +130,6 @@ class BlockManager:
             parent = h
         return found
 
-    def can_allocate(self, seq: Sequence, num_new_tokens: int,
-                     computed: Seq[int] = ()) -> bool:
-        return self._needed(seq, num_new_tokens, computed) <= self.num_free_blocks
-
     # -- mutation --------------------------------------------------------------
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int,

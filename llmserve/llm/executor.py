@@ -226,9 +226,9 @@ class Executor(RoutedResponses):
         Unavailable when the queue is full or the executor is shut down."""
         if self.queue_is_full():  # refuse before the costly validation (checked again below)
             self._refuse_full()
-        params, stop, num_seqs, failure, tuning = self._validate(request)
+        params, stop, num_seqs, tuning = self._validate(request)
         guide = None
-        if failure is None and request.guided_decoding_params is not None:
+        if request.guided_decoding_params is not None:
             guide = self._guides.prepare(request.guided_decoding_params)
         with self._cond:
             self._check_accepting()
@@ -236,8 +236,7 @@ class Executor(RoutedResponses):
                 self._refuse_full()
             request_id = self._next_id
             self._next_id += 1
-            if failure is None:
-                self._num_queued += 1  # hold the queue slot
+            self._num_queued += 1  # hold the queue slot
         # the router is never called with self._cond held: a response callback may call
         # back into the executor (cancel_request) while the loop thread delivers
         state = RequestState(request_id, request, params, stop, num_seqs)
@@ -245,16 +244,13 @@ class Executor(RoutedResponses):
             state.prompt_table = tuning.embedding_table  # on the engine's device
         if request.sampling_config.beam_width > 1:
             state.beam = BeamSearch.for_request(state)
-        if failure is None and request.lora_config is not None:
+        if request.lora_config is not None:
             try:  # pinned until the request's final response (see _flush)
                 self.lora_cache.acquire(request_id, request.lora_config)
             except ServerError:
                 self._dequeued(1)
                 raise
         self._router.register(request_id)
-        if failure is not None:
-            self._router.deliver(error_response(state, failure))
-            return request_id
         seq0 = state.seqs[0]
         seq0.generator = make_generator(params.seed, 0)
         draft = request.external_draft_tokens_config
@@ -325,7 +321,7 @@ class Executor(RoutedResponses):
     def enqueue_requests(self, requests: list[Request]) -> list[int]:
         return [self.enqueue_request(r) for r in requests]
 
-    def _validate(self, req: Request) -> tuple[SamplingParams, StopCriteria, int, str | None,
+    def _validate(self, req: Request) -> tuple[SamplingParams, StopCriteria, int,
                                                PromptTuningConfig | None]:
         prompt = [int(t) for t in req.input_token_ids]
         if len(prompt) == 0:
@@ -413,7 +409,7 @@ class Executor(RoutedResponses):
         if not 0.0 <= float(req.priority) <= 1.0:
             raise InvalidArgument(f"Request priority must be in [0, 1], got {req.priority}")
         self._warn_request_fields(req)
-        return params, stop, num_seqs, None, tuning
+        return params, stop, num_seqs, tuning
 
     def _fit_output_len(self, prompt_len: int, max_tokens: int, num_draft: int) -> int:
         """max_tokens lowered to fit max_seq_len with the step's draft tokens, with a

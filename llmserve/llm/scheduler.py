@@ -72,7 +72,9 @@ class Scheduler:
                      and w.state.request.priority < priority)
         self.waiting.insert(index, seq)
 
-    def add_forked(self, child: Sequence) -> None:
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """Run child beside parent, sharing parent's KV blocks (a sampled sibling, a beam)."""
+        self.bm.fork(parent, child)
         child.status = SequenceStatus.RUNNING
         self.running.append(child)
 
@@ -94,10 +96,6 @@ class Scheduler:
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
-
-    @property
-    def num_waiting_requests(self) -> int:
-        return sum(1 for s in self.waiting if s.status is SequenceStatus.WAITING)
 
     def num_slots_used(self) -> int:
         return sum(1 + (s.state.unforked_extra() if s.index == 0 else 0) for s in self.running)
@@ -231,7 +229,6 @@ class Scheduler:
         self.running.remove(seq)
         self.bm.free(seq)
         seq.status = SequenceStatus.PREEMPTED
-        seq.num_preemptions += 1
         self.waiting.appendleft(seq)
         out.preempted.append(seq)
 

@@ -50,7 +50,6 @@ class Sequence:
     generation_logits: list[torch.Tensor] = field(default_factory=list)
     finish_reason: FinishReason = FinishReason.NOT_FINISHED
     num_sent: int = 0  # generated tokens already delivered (streaming)
-    num_preemptions: int = 0
     draft_tokens: list[int] = field(default_factory=list)  # proposed, awaiting verification
     draft_logits: torch.Tensor | None = None  # [len(draft_tokens), vocab] external drafts
     num_draft_tokens: int = 0
@@ -107,7 +106,6 @@ class RequestState:
         self.last_iter: int | None = None
         self.context_logits: list[torch.Tensor] = []
         self.context_logits_sent = False
-        self.error: str | None = None  # set when the request fails before it runs
         self.beam: BeamSearch | None = None  # beam_width > 1: the search's own state
         prompt = [int(t) for t in request.input_token_ids]  # numpy / torch ints too
         # p-tuning: the request's prompt table (the executor puts it on the engine's

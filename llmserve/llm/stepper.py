@@ -210,9 +210,12 @@ class Stepper:
         if bs is None or not wants_beam_now(state):
             return
         mark_first_tokens(state, self.iteration)
-        done = bs.advance(state, self.scheduler)
-        if done:
-            bs.finish(state, self.scheduler)
+        step = bs.advance(state)
+        for parent, child in step.forks:
+            self.scheduler.fork(parent, child)
+        done = step.done
+        for beam in step.dropped + (bs.finish(state) if done else []):
+            self.scheduler.finish(beam)
         if done or state.request.streaming:
             self.outbox.append(beam_response(state, is_final=done))
         if done:
@@ -229,10 +232,9 @@ class Stepper:
                              cur_top_p=state.params.top_p)
             if parent.guide is not None:  # nothing accepted yet: the same start state
                 child.guide = parent.guide.fork()
-            self.bm.fork(parent, child)
+            self.scheduler.fork(parent, child)
             child.num_new_blocks = 0
             state.seqs.append(child)
-            self.scheduler.add_forked(child)
             children.append(child)
         return children
 

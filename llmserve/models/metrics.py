@@ -1,4 +1,4 @@
-"""Prometheus collectors for the nv_* per-model metrics (SPEC.md section 4) and the
+"""Prometheus collectors for the nv_* per-model metrics and the
 server-wide response cache gauges, read from live statistics at scrape time."""
 
 from __future__ import annotations

@@ -109,6 +109,11 @@ class EnsembleRun:
         self.waiting: list[_Branch] = []  # ready to emit, in creation order
         self.failed = False
         self.streaming = any(self._step_decoupled(s) for s in self.steps)
+        # a step is asked only for the outputs a later step reads or the client wants:
+        # the rest would be built, sent and dropped once per streamed token
+        needed = set(output_names).union(*(s.input_map.values() for s in self.steps))
+        self.step_outputs = [[RequestedOutput(n) for n, t in s.output_map.items() if t in needed]
+                             or [RequestedOutput(n) for n in s.output_map] for s in self.steps]
 
     def _step_decoupled(self, step: mc.ModelEnsembling.Step) -> bool:
         try:
@@ -176,7 +181,7 @@ class EnsembleRun:
             inputs=inputs,
             model_version=int(step.model_version),
             id=self.request.id,
-            requested_outputs=[RequestedOutput(n) for n in step.output_map],
+            requested_outputs=self.step_outputs[index],
             parameters=dict(self.request.parameters),
             correlation_id=self.request.correlation_id,
             flags=self.request.flags,
@@ -211,6 +216,7 @@ class EnsembleRun:
         except Exception as exc:
             self._fail(InternalError(f"in ensemble '{self.config.name}', step '{step.model_name}': {exc}"))
         finally:
+            self.request.cancel.remove_callback(token.cancel)  # one step per streamed token
             branch.running -= 1
             self._flush()
 

@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PORT = 18400
 
 
-def fill_repository(model: Path, out: Path, max_batch_size: int = 64) -> Path:
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "fill_demo_repository.py"),
+def fill_repository(model: Path, out: Path, max_batch_size: int = 64, root: Path = ROOT) -> Path:
+    """The demo model set, filled by the fill script of the tree at root."""
+    subprocess.run([sys.executable, str(root / "scripts" / "fill_demo_repository.py"),
                     str(out), "--model", str(model), "--no-draft", "--force",
                     "--max-batch-size", str(max_batch_size)], check=True,
                    stdout=subprocess.DEVNULL)
@@ -38,10 +39,11 @@ def fill_repository(model: Path, out: Path, max_batch_size: int = 64) -> Path:
 
 
 def start_server(repo: Path, engine_process: bool, log: Path,
-                 extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
+                 extra_args: tuple[str, ...] = (), root: Path = ROOT) -> subprocess.Popen:
+    """`llmserve serve` of the tree at root on repo, once it answers ready."""
     env = dict(os.environ, LLMSERVE_ENGINE_PROCESS=str(engine_process).lower(),
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-c", "import sys; from llmserve.cli import main; sys.exit(main())",
            "serve", "--model-repository", str(repo), "--http-port", str(PORT),
            "--grpc-port", str(PORT + 1), "--metrics-port", str(PORT + 2), *extra_args]

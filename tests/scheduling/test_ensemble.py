@@ -80,3 +80,39 @@ def test_a_failed_request_is_logged_with_model_id_and_error(sched_server, caplog
     assert any("'ens_fail'" in line and "req-42\\r\\nforged" in line and "step exploded" in line
                for line in lines), lines
     assert all("\n" not in line for line in lines)
+
+
+def test_a_step_is_asked_only_for_outputs_a_later_step_or_the_client_reads():
+    """Per streamed token an unread output would be built and dropped: a step asks for
+    the outputs other steps take and those the client requested (all when none is read)."""
+    from pathlib import Path
+
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from llmserve.core.types import InferenceRequest
+    from llmserve.scheduling.ensemble import EnsembleRun
+
+    config = text_format.Parse(
+        (Path(__file__).parent / "models" / "ens" / "config.pbtxt").read_text(), mc.ModelConfig())
+    config.name = "ens"
+
+    class Server:
+        def is_decoupled(self, name, version):
+            return False
+
+    def asked(output_names):
+        run = EnsembleRun(Server(), config, 1, InferenceRequest("ens", {}), {}, output_names)
+        return [sorted(o.name for o in outs) for outs in run.step_outputs]
+
+    assert asked(["TWO_A", "TWO_B"]) == [["OUTPUT0", "OUTPUT1"], ["OUTPUT0", "OUTPUT1"]]
+    assert asked(["TWO_A"]) == [["OUTPUT0", "OUTPUT1"], ["OUTPUT0"]]
+
+
+def test_a_streamed_ensemble_leaves_no_step_callbacks_on_the_request(sched_server):
+    """Each step of each streamed response hangs a cancel callback on the request; it
+    goes when the step ends, so a long stream does not pile them up."""
+    request = make_request("ens_stream", {"IN": np.array([1, 2, 3], np.int32)})
+    resps = sched_server.run(collect(sched_server, request))
+    assert resps[-1].final and resps[-1].error is None
+    assert request.cancel._callbacks == []

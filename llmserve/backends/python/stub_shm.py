@@ -18,9 +18,10 @@ import pickle
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
+
+from llmserve.core.datatypes import as_bytes
 
 _ALIGN = 64
 INLINE_MAX_BYTES = 4096  # tensors up to this size ride in the message itself
@@ -144,17 +145,9 @@ class PeerSegments:
 # ("s", segment, offset, nbytes) in the sender's arena, or a list of bytes (BYTES)
 
 
-def _as_bytes(item: Any) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, (bytearray, memoryview, np.bytes_)):
-        return bytes(item)
-    return str(item).encode("utf-8")
-
-
 def pack_tensor(name: str, datatype: str, data: np.ndarray, arena: Arena | None) -> tuple:
     if data.dtype.kind in ("O", "S", "U"):
-        items = [_as_bytes(x) for x in data.reshape(-1).tolist()]
+        items = [as_bytes(x) for x in data.reshape(-1).tolist()]
         return name, datatype, "|O", data.shape, items
     data = np.ascontiguousarray(data)
     if data.nbytes <= INLINE_MAX_BYTES or arena is None:

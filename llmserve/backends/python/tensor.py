@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import numpy as np
+from tritonclient.utils import deserialize_bytes_tensor  # noqa: F401 - pb_utils API
+from tritonclient.utils import serialize_byte_tensor as _serialize
 
 from llmserve.backends.python.errors import TritonModelException
 from llmserve.core import datatypes
@@ -47,45 +48,19 @@ def triton_string_to_numpy(triton_type_string: str) -> Any:
 
 
 def serialize_byte_tensor(input_tensor: np.ndarray) -> np.ndarray | tuple:
-    """Triton's BYTES layout (4-byte length + bytes per element) as a 0-d object array."""
+    """Triton's BYTES layout (4-byte length + bytes per element) as a 0-d object array,
+    by tritonclient's codec; an empty tensor gives (), as pb_utils' does."""
     if input_tensor.size == 0:
         return ()
-    if input_tensor.dtype != np.object_ and input_tensor.dtype.type != np.bytes_:
-        raise TritonModelException("cannot serialize bytes tensor: invalid datatype")
-    parts = []
-    for obj in np.nditer(input_tensor, flags=["refs_ok"], order="C"):
-        item = obj.item()
-        if input_tensor.dtype == np.object_ and not isinstance(item, bytes):
-            item = str(item).encode("utf-8")
-        parts.append(struct.pack("<I", len(item)))
-        parts.append(item)
-    return np.asarray(b"".join(parts), dtype=np.object_)
-
-
-def deserialize_bytes_tensor(encoded_tensor: Any) -> np.ndarray:
-    strs = []
-    offset = 0
-    buf = encoded_tensor.item() if isinstance(encoded_tensor, np.ndarray) else encoded_tensor
-    buf = bytes(buf)
-    while offset < len(buf):
-        (length,) = struct.unpack_from("<I", buf, offset)
-        offset += 4
-        strs.append(buf[offset : offset + length])
-        offset += length
-    return np.array(strs, dtype=np.object_)
+    try:
+        return _serialize(input_tensor)
+    except Exception as exc:  # tritonclient raises its own InferenceServerException
+        raise TritonModelException(str(exc)) from None
 
 
 def _as_bytes_array(array: np.ndarray) -> np.ndarray:
     out = np.empty(array.shape, dtype=np.object_)
-    flat_in = array.reshape(-1)
-    flat_out = out.reshape(-1)
-    for i, item in enumerate(flat_in):
-        if isinstance(item, bytes):
-            flat_out[i] = item
-        elif isinstance(item, (bytearray, memoryview, np.bytes_)):
-            flat_out[i] = bytes(item)
-        else:
-            flat_out[i] = str(item).encode("utf-8")
+    out.reshape(-1)[:] = [datatypes.as_bytes(x) for x in array.reshape(-1).tolist()]
     return out
 
 

@@ -1,4 +1,4 @@
-"""OpenAI-compatible API (SPEC.md section 9) served by the HTTP frontend on the KServe
+"""OpenAI-compatible API served by the HTTP frontend on the KServe
 port: /v1/models, /v1/completions and /v1/chat/completions over the repository's
 text-generation models."""
 

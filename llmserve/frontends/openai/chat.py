@@ -67,8 +67,11 @@ def render_prompt(req: ChatCompletionRequest, model: TextModel, tok: Any) -> str
 
 
 def _adds_bos(tok: Any) -> bool:
-    ids = tok.encode("a", add_special_tokens=True)
-    return bool(ids) and ids[0] == tok.bos_token_id
+    cached = getattr(tok, "_llmserve_adds_bos", None)  # one probe per tokenizer
+    if cached is None:
+        ids = tok.encode("a", add_special_tokens=True)
+        cached = tok._llmserve_adds_bos = bool(ids) and ids[0] == tok.bos_token_id
+    return cached
 
 
 async def create_chat_completion(server: Any, catalog: ModelCatalog, http: Request,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from llmserve.core.datatypes import from_api_name
-from llmserve.core.types import InferenceRequest, InferenceResponse, Tensor
+from llmserve.core.types import InferenceRequest, InferenceResponse, RequestedOutput, Tensor
 from llmserve.frontends.openai.errors import bad_request
 from llmserve.frontends.openai.logprobs import TokenLogprob, prompt_logprobs, step_logprobs
 from llmserve.frontends.openai.models_discovery import TextModel
@@ -156,9 +156,22 @@ def _bias_words(tokenizer: Any, bias: dict[int, float]) -> tuple[list[str], list
     return words, weights
 
 
-def build_request(model: TextModel, values: dict[str, Any], request_id: str = "") -> InferenceRequest:
+def wanted_outputs(model: TextModel, p: GenParams) -> list[RequestedOutput]:
+    """The outputs deltas() reads, of those the model declares: a model set builds and
+    passes on each streamed token only these."""
+    names = ["text_output", "output_log_probs", "num_input_tokens", "num_output_tokens"]
+    if p.top_logprobs:
+        names.append("generation_logits")
+    if p.prompt_logprobs:
+        names.append("context_logits")
+    return [RequestedOutput(n) for n in names if n in model.outputs]
+
+
+def build_request(model: TextModel, values: dict[str, Any], request_id: str = "",
+                  outputs: list[RequestedOutput] | None = None) -> InferenceRequest:
     inputs = {name: _tensor(model, name, value) for name, value in values.items()}
-    return InferenceRequest(model_name=model.name, inputs=inputs, id=request_id)
+    return InferenceRequest(model_name=model.name, inputs=inputs, id=request_id,
+                            requested_outputs=outputs)
 
 
 def _tensor(model: TextModel, name: str, value: Any) -> Tensor:
@@ -215,7 +228,7 @@ class Generation:
         self.params = params
         self.prompt_ids = prompt_ids
         self.request = build_request(model, model_inputs(model, prompt, params, tokenizer),
-                                     request_id)
+                                     request_id, wanted_outputs(model, params))
         self._agen: AsyncIterator[InferenceResponse] | None = None
         self._first: InferenceResponse | None = None
         self.cum_logprob = 0.0

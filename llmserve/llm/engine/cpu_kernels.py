@@ -129,11 +129,6 @@ def kernels() -> ctypes.CDLL | None:
     return _lib
 
 
-def paged_decode_supported(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    return (q.device.type == "cpu" and q.dtype == torch.float32
-            and k_cache.dtype == torch.float32 and kernels() is not None)
-
-
 # The engine calls these functions directly, on tensors whose dtype, device and layout it
 # guarantees by construction (a per-call check of each costs 1-3 us, 60 calls a step);
 # kernel_ops.py registers them as torch ops that check every argument first. The ids

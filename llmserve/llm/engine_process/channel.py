@@ -4,8 +4,7 @@ ipc:// in a private folder, and two pipes that tell each side when the other is 
 The worker is a fresh interpreter (`python -m <module>`), never a fork of the threaded
 server. The server reads `alive_fd`: it reaches end of file when the worker exits, however
 it exits. The worker reads its lifeline fd: end of file when the server exits, even by
-SIGKILL, and it then exits too (watch_parent). Python model stubs (issue 13) are meant to
-reuse this module.
+SIGKILL, and it then exits too (watch_parent).
 """
 
 from __future__ import annotations

@@ -132,11 +132,6 @@ class GuideCompiler:
                                       set(self._info.special_token_ids))
             return self._compiler
 
-    @property
-    def tokenizer_info(self) -> Any:
-        self._grammar_compiler()
-        return self._info
-
     def prepare(self, params: GuidedDecodingParams) -> Future:
         """Future of the compiled grammar (xgrammar CompiledGrammar). Raises
         InvalidArgument for a malformed guide, Unsupported without xgrammar."""

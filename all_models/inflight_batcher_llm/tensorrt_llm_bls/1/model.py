@@ -12,8 +12,8 @@ import json
 import uuid
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
 
+import triton_python_backend_utils as pb_utils
 from llmserve.backends.tensorrtllm import text
 from llmserve.backends.tensorrtllm.values import is_unset, parse_bool
 
@@ -73,20 +73,27 @@ class _Sequence:
     def __init__(self, decode_many, stop_words):
         self.decoder = text.IncrementalDecoder(decode_many)
         self.stop_words = stop_words
+        self.longest = max((len(w) for w in stop_words), default=0)
         self.text = ""
         self.sent = 0
         self.stopped = False
 
     def push(self, tokens, final):
         if not self.stopped:
+            start = len(self.text)
             self.text += self.decoder.push(tokens, final)
-            self._check_stop()
+            self._check_stop(start)
         end = len(self.text) if (final or self.stopped) else len(self.text) - self._stop_prefix()
         delta, self.sent = self.text[self.sent : end], max(self.sent, end)
         return delta
 
-    def _check_stop(self):
-        hits = [(self.text.find(w), w) for w in self.stop_words if w in self.text]
+    def _check_stop(self, start=0):
+        """A stop word in the text, looking only where one could end in text[start:]
+        (the text before it was checked already)."""
+        if start >= len(self.text):
+            return
+        frm = max(0, start - self.longest + 1)
+        hits = [(pos, w) for w in self.stop_words if (pos := self.text.find(w, frm)) >= 0]
         if hits:
             pos, word = min(hits)
             self.text, self.stopped = self.text[: pos + len(word)], True
@@ -154,13 +161,17 @@ class TritonPythonModel:
             yield from self._speculate(inputs, llm_inputs, num_draft, stop_words)
             return
         request_id = f"bls-{uuid.uuid4().hex}"
-        llm_request = self._bls_request(self.llm_name, llm_inputs, ["output_ids", "sequence_length"] + self.llm_outputs, request_id)
+        outputs = self._wanted(request)
+        asked = [n for n in outputs if n in self.llm_outputs and n != "sequence_index"]
+        llm_request = self._bls_request(
+            self.llm_name, llm_inputs, ["output_ids", "sequence_length", "sequence_index"] + asked,
+            request_id)
         responses = llm_request.exec(decoupled=True) if self.decoupled else [llm_request.exec()]
         if not streaming:
             for response in responses:
                 out = _outputs(_check(response))
                 if "output_ids" in out:
-                    yield self._final_response_from(out, llm_inputs, stop_words, inputs)
+                    yield self._final_response_from(out, llm_inputs, stop_words, inputs, outputs)
             return
         sequences = {}
         stopped = False
@@ -182,12 +193,20 @@ class TritonPythonModel:
                 self._send_stop(request_id)
                 raise _exception("Request was cancelled", "CANCELLED")
             if delta or any(name in out for name in _PER_STEP_OUTPUTS):
-                yield self._response(seq.text[: seq.sent] if self.accumulate else delta, out)
+                yield self._response(seq.text[: seq.sent] if self.accumulate else delta, out,
+                                     outputs)
         for index, seq in sequences.items():
             delta = seq.push([], True)
             if delta:
                 shown = seq.text if self.accumulate else delta
-                yield self._response(shown, {"sequence_index": np.array([[index]], np.int32)})
+                yield self._response(shown, {"sequence_index": np.array([[index]], np.int32)},
+                                     outputs)
+
+    def _wanted(self, request):
+        """The outputs the caller asked for (all when none): tensorrt_llm builds only
+        these, once per streamed token."""
+        asked = set(request.requested_output_names())
+        return [n for n in self.outputs if n in asked] if asked else self.outputs
 
     def _preprocess(self, inputs):
         tensors = []
@@ -268,7 +287,7 @@ class TritonPythonModel:
         out = _outputs(_check(request.exec()))["OUTPUT"].reshape(len(id_lists), -1)
         return [text.as_text(row[0]) for row in out]
 
-    def _final_response_from(self, out, llm_inputs, stop_words, inputs):
+    def _final_response_from(self, out, llm_inputs, stop_words, inputs, outputs=None):
         ids, lengths = out["output_ids"], out["sequence_length"]
         ids = ids.reshape(-1, ids.shape[-1])
         lengths = lengths.reshape(-1)
@@ -285,12 +304,12 @@ class TritonPythonModel:
                 seq._check_stop()
                 full = (prompt if full.startswith(prompt) else "") + seq.text
             texts.append(full)
-        return self._response(texts, out)
+        return self._response(texts, out, outputs)
 
-    def _response(self, texts, llm_out):
+    def _response(self, texts, llm_out, outputs=None):
         texts = [texts] if isinstance(texts, str) else texts
         tensors = [pb_utils.Tensor("text_output", np.array([[t.encode("utf-8") for t in texts]], dtype=object))]
-        for name in self.outputs:
+        for name in self.outputs if outputs is None else outputs:
             if name != "text_output" and name in llm_out:
                 tensors.append(pb_utils.Tensor(name, llm_out[name]))
         return pb_utils.InferenceResponse(output_tensors=tensors)
