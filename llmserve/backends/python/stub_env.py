@@ -22,6 +22,7 @@ from typing import Any
 
 import llmserve
 from llmserve.backends.python.stub_settings import ENV_PARAMETER, parameter
+from llmserve.child_command import PACKAGE_ROOT, child_env
 from llmserve.core.errors import Unavailable
 
 _PACKAGE_DIR = Path(llmserve.__file__).resolve().parent
@@ -32,6 +33,7 @@ MODEL_DIRECTORY = "$$TRITON_MODEL_DIRECTORY"
 class StubInterpreter:
     python: str
     env: dict[str, str]
+    import_root: str = PACKAGE_ROOT  # the sys.path entry that gives the stub this llmserve
 
 
 _lock = threading.Lock()
@@ -58,8 +60,7 @@ def interpreter_for(config: Any, model_dir: Path) -> StubInterpreter:
     value = parameter(config, ENV_PARAMETER)
     env = dict(os.environ)
     if not value:
-        env["PYTHONPATH"] = _with_path(str(_PACKAGE_DIR.parent), env.get("PYTHONPATH"))
-        return StubInterpreter(sys.executable, env)
+        return StubInterpreter(sys.executable, child_env(env))
     root = _environment_root(value.replace(MODEL_DIRECTORY, str(model_dir)), config.name)
     activate = root / "bin" / "activate"
     if not activate.is_file():
@@ -77,7 +78,8 @@ def interpreter_for(config: Any, model_dir: Path) -> StubInterpreter:
     with _lock:
         imports = _scratch_dir() / "import"
     env["PYTHONPATH"] = _with_path(str(imports), env.get("PYTHONPATH"))
-    return StubInterpreter(str(python), env)
+    # only llmserve (a link) is added for that interpreter, none of the server's packages
+    return StubInterpreter(str(python), env, str(imports))
 
 
 def _environment_root(value: str, model: str) -> Path:

@@ -21,6 +21,7 @@ from llmserve.backends.python.stub_channel import Channel, ChannelClosed
 from llmserve.backends.python.stub_env import StubInterpreter
 from llmserve.backends.python.stub_link import Link
 from llmserve.backends.python.stub_settings import PythonBackendSettings
+from llmserve.child_command import module_command
 from llmserve.core.errors import Unavailable
 
 log = logging.getLogger("llmserve.backends.python.stub")
@@ -56,8 +57,9 @@ class StubProcess:
         self.kill_reason: str | None = None
         self.stopping = False  # stop() closed the channel: the exit that follows is expected
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        cmd = [interpreter.python, "-m", "llmserve.backends.python.stub_main",
-               "--fd", str(theirs.fileno()), "--name", name]
+        cmd = module_command(interpreter.python, "llmserve.backends.python.stub_main",
+                             "--fd", str(theirs.fileno()), "--name", name,
+                             root=interpreter.import_root)
         try:
             # a session of its own: a Ctrl-C meant for the server does not reach the stub
             self.proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), env=interpreter.env,

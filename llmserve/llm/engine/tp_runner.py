@@ -8,7 +8,6 @@ here; a forward's all-reduces keep the ranks in step."""
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-import llmserve
+from llmserve.child_command import child_env, module_command
 from llmserve.core import errors
 from llmserve.core.errors import ServerError, Unavailable
 
@@ -47,14 +46,11 @@ class _Worker:
     def __init__(self, rank: int) -> None:
         self.rank = rank
         ours, theirs = socket.socketpair()
-        env = dict(os.environ)
-        # the child imports this very llmserve, wherever it was imported from
-        root = str(Path(llmserve.__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        with theirs:
+        with theirs:  # the child imports this very llmserve, wherever it was imported from
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "llmserve.llm.engine.tp_worker", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
+                module_command(sys.executable, "llmserve.llm.engine.tp_worker",
+                               str(theirs.fileno())),
+                pass_fds=(theirs.fileno(),), env=child_env(), stdin=subprocess.DEVNULL)
         self.conn = Connection(ours.detach())
 
     def send(self, message: tuple) -> None:

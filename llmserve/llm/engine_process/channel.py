@@ -23,10 +23,11 @@ from pathlib import Path
 
 import zmq
 
+from llmserve.child_command import child_env, module_command
+
 logger = logging.getLogger(__name__)
 
 TO_WORKER, FROM_WORKER = "to_worker", "from_worker"
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])  # the folder holding llmserve/
 
 
 def _endpoint(folder: Path, name: str) -> str:
@@ -98,14 +99,12 @@ class WorkerProcess:
     def _spawn(self, module: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
         lifeline_r, self._lifeline_w = os.pipe()  # the worker sees EOF when we are gone
         self.alive_fd, alive_w = os.pipe()  # we see EOF when the worker is gone
-        child_env = dict(os.environ, **env)
-        path = child_env.get("PYTHONPATH")
-        child_env["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
-        cmd = [sys.executable, "-m", module, "--channel", str(self.folder),
-               "--lifeline", str(lifeline_r), "--alive", str(alive_w), "--name", self.name,
-               *args]
+        cmd = module_command(sys.executable, module, "--channel", str(self.folder),
+                             "--lifeline", str(lifeline_r), "--alive", str(alive_w),
+                             "--name", self.name, *args)
         try:
-            return subprocess.Popen(cmd, pass_fds=(lifeline_r, alive_w), env=child_env)
+            return subprocess.Popen(cmd, pass_fds=(lifeline_r, alive_w),
+                                    env=child_env(dict(os.environ, **env)))
         finally:
             self._close_fds(lifeline_r, alive_w)
 
