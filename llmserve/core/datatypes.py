@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tritonclient.utils import deserialize_bytes_tensor as _deserialize
-from tritonclient.utils import serialize_byte_tensor
 
 from llmserve.core.errors import InvalidArgument
+
+_LENGTH = struct.Struct("<I")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,23 +85,35 @@ def as_bytes(item: Any) -> bytes:
 
 
 def serialize_bytes_tensor(array: np.ndarray) -> bytes:
-    """Triton's BYTES wire form (each element a 4-byte little-endian length, then its
-    bytes), by tritonclient's codec; str elements are UTF-8."""
-    flat = np.asarray(array, dtype=np.object_).reshape(-1)
-    if flat.size == 0:
-        return b""
-    items = np.empty(flat.size, dtype=np.object_)
-    items[:] = [as_bytes(x) for x in flat.tolist()]
-    return serialize_byte_tensor(items).item()
+    """Triton's BYTES wire form: each element a 4-byte little-endian length, then its
+    bytes; str elements are UTF-8. The one codec of llmserve, server and Python stubs
+    alike (a stub in a model's own environment has numpy, not tritonclient)."""
+    parts = []
+    for item in np.asarray(array, dtype=np.object_).reshape(-1).tolist():
+        item = as_bytes(item)
+        parts.append(_LENGTH.pack(len(item)))
+        parts.append(item)
+    return b"".join(parts)
 
 
 def deserialize_bytes_tensor(buf: bytes | memoryview) -> np.ndarray:
-    """Inverse of serialize_bytes_tensor (tritonclient's codec); returns a 1-D object
-    array of bytes. A truncated buffer is the client's error."""
-    try:
-        return _deserialize(bytes(buf))
-    except struct.error as exc:
-        raise InvalidArgument(f"malformed BYTES tensor: {exc}") from None
+    """Inverse of serialize_bytes_tensor; returns a 1-D object array of bytes. A
+    truncated buffer is the client's error."""
+    view = memoryview(buf).cast("B")
+    out = []
+    offset, end = 0, len(view)
+    while offset < end:
+        if offset + 4 > end:
+            raise InvalidArgument("malformed BYTES tensor: truncated length prefix")
+        (n,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + n > end:
+            raise InvalidArgument("malformed BYTES tensor: element runs past the end")
+        out.append(bytes(view[offset:offset + n]))
+        offset += n
+    arr = np.empty(len(out), dtype=np.object_)
+    arr[:] = out
+    return arr
 
 
 def bf16_to_float32(raw: bytes, shape: tuple[int, ...]) -> np.ndarray:

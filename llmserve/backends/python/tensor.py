@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tritonclient.utils import deserialize_bytes_tensor  # noqa: F401 - pb_utils API
-from tritonclient.utils import serialize_byte_tensor as _serialize
 
 from llmserve.backends.python.errors import TritonModelException
 from llmserve.core import datatypes
@@ -49,13 +47,22 @@ def triton_string_to_numpy(triton_type_string: str) -> Any:
 
 def serialize_byte_tensor(input_tensor: np.ndarray) -> np.ndarray | tuple:
     """Triton's BYTES layout (4-byte length + bytes per element) as a 0-d object array,
-    by tritonclient's codec; an empty tensor gives (), as pb_utils' does."""
+    by llmserve's one codec; an empty tensor gives (), as pb_utils' does."""
     if input_tensor.size == 0:
         return ()
-    try:
-        return _serialize(input_tensor)
-    except Exception as exc:  # tritonclient raises its own InferenceServerException
-        raise TritonModelException(str(exc)) from None
+    if input_tensor.dtype != np.object_ and input_tensor.dtype.type != np.bytes_:
+        raise TritonModelException("cannot serialize bytes tensor: invalid datatype")
+    out = np.empty((), dtype=np.object_)
+    out[()] = datatypes.serialize_bytes_tensor(input_tensor)
+    return out
+
+
+def deserialize_bytes_tensor(encoded_tensor: Any) -> np.ndarray:
+    """pb_utils' inverse of serialize_byte_tensor: the bytes (or a 0-d array holding
+    them) to a 1-D object array of bytes."""
+    if isinstance(encoded_tensor, np.ndarray):
+        encoded_tensor = encoded_tensor.item()
+    return datatypes.deserialize_bytes_tensor(encoded_tensor)
 
 
 def _as_bytes_array(array: np.ndarray) -> np.ndarray:
