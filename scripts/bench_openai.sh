@@ -15,6 +15,8 @@
 #   ISL / OSL   synthetic input / output tokens, stddev 0       [128 / 64]
 #   SEED        aiperf --random-seed (same prompts for both)    [0]
 #   SERVED_MODEL the model set's entry: ensemble or tensorrt_llm_bls [ensemble]
+#   MAX_BATCH   fill_demo_repository --max-batch-size: also the BLS instance count, and
+#               a decoupled BLS instance serves one stream at a time    [8]
 #
 # Per system it runs, with identical aiperf arguments: completions streaming and chat
 # streaming at each concurrency, then chat non-streaming at the highest concurrency.
@@ -43,6 +45,7 @@ ISL="${ISL:-128}"
 OSL="${OSL:-64}"
 SEED="${SEED:-0}"
 SERVED_MODEL="${SERVED_MODEL:-ensemble}"
+MAX_BATCH="${MAX_BATCH:-8}"
 LLMSERVE_PORT="${LLMSERVE_PORT:-18000}"
 VLLM_PORT="${VLLM_PORT:-18100}"
 REPO="$ROOT/build/bench_repo"
@@ -71,7 +74,7 @@ wait_ready() {  # url seconds
 
 start_llmserve() {
     .venv/bin/python scripts/fill_demo_repository.py "$REPO" --model "$MODEL_DIR" \
-        --no-draft --force >/dev/null
+        --no-draft --force --max-batch-size "$MAX_BATCH" >/dev/null
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/llmserve serve \
         --model-repository "$REPO" --http-port "$LLMSERVE_PORT" \
         --grpc-port $((LLMSERVE_PORT + 1)) --metrics-port $((LLMSERVE_PORT + 2)) \
@@ -130,7 +133,7 @@ environment() {
         echo "vllm: $("$VLLM_PY" -c 'import vllm; print(vllm.__version__)' 2>/dev/null)"
         echo "torch (llmserve): $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
         echo "model: $MODEL_DIR"
-        echo "served model: $SERVED_MODEL"
+        echo "served model: $SERVED_MODEL, max batch size (BLS instances) $MAX_BATCH"
         echo "requests: $REQUESTS (+8 warm-up), isl $ISL, osl $OSL, seed $SEED, concurrency $CONCURRENCY"
     } >"$OUT/environment.txt"
 }
