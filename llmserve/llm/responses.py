@@ -13,6 +13,7 @@ import datetime
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 
 from llmserve.core.errors import InvalidArgument
@@ -136,14 +137,14 @@ def timeout_seconds(timeout: datetime.timedelta | float | None) -> float | None:
     return float(timeout)
 
 
-class RoutedResponses:
+class RoutedResponses(ABC):
     """The response calls of the executor API over self._router (a ResponseRouter);
     the class using it provides cancel_request."""
 
     _router: ResponseRouter
 
-    def cancel_request(self, id: int) -> None:  # noqa: A002
-        raise NotImplementedError
+    @abstractmethod
+    def cancel_request(self, id: int) -> None: ...  # noqa: A002
 
     def await_responses(
         self,

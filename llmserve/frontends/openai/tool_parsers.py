@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 ARGS_KEYS = ("arguments", "parameters")
@@ -158,14 +159,14 @@ class CallScanner:
         return out
 
 
-class ToolParser:
+class ToolParser(ABC):
     """Base: feed() text pieces, finish() at the end; both return Events."""
 
     def __init__(self) -> None:
         self.scanner = CallScanner()
 
-    def feed(self, text: str) -> list[Event]:
-        raise NotImplementedError
+    @abstractmethod
+    def feed(self, text: str) -> list[Event]: ...
 
     def finish(self) -> list[Event]:
         return []
