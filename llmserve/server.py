@@ -285,21 +285,29 @@ class InferenceServer:
                 stream = run.responses()
                 if mv.cache is not None and not run.streaming:  # never a decoupled ensemble
                     stream = mv.cache.ensemble(request, stream)
-                ok = False
-                try:
-                    async for resp in stream:
-                        finished = resp.final
-                        ok = finished and resp.error is None
-                        yield resp
-                        if finished:
-                            return
-                finally:
-                    await stream.aclose()
+                counted = False
+
+                def count(ok: bool) -> None:
                     # Triton counts an ensemble request like any other: success or failure
-                    # with its duration, and one execution of its batch
+                    # with its duration, and one execution of its batch. Counted before the
+                    # final response leaves, so a client that reads statistics next sees it.
+                    nonlocal counted
+                    counted = True
                     mv.stats.request_done(ok, now_ns() - request.arrival_ns)
                     if ok and not getattr(stream, "hit", False):  # a cache hit runs nothing
                         mv.stats.executed(batch_size, 1, 0, 0, 0)
+
+                try:
+                    async for resp in stream:
+                        if resp.final:
+                            count(resp.error is None)
+                            yield resp
+                            return
+                        yield resp
+                finally:
+                    await stream.aclose()
+                    if not counted:  # cancelled or failed before a final response
+                        count(False)
                 return
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[InferenceResponse] = asyncio.Queue()
