@@ -25,7 +25,7 @@ from llmserve.models.metrics import CacheMetricsCollector, ModelMetricsCollector
 from llmserve.options import ServerOptions
 from llmserve.scheduling.ensemble import EnsembleRun
 from llmserve.scheduling.rate_limiter import RateLimiter
-from llmserve.scheduling.request import now_ns
+from llmserve.scheduling.request import ResponseSink, now_ns
 from llmserve.scheduling.response_cache import ResponseCache, cache_size
 from llmserve.scheduling.validate import dtype_api_name, requested_output_names, validate_request
 
@@ -252,24 +252,29 @@ class InferenceServer:
                 self._idle.set()
 
     def submit_direct(self, request: InferenceRequest,
-                      deliver: Callable[[InferenceResponse], None]) -> bool:
+                      deliver: Callable[[InferenceResponse], None],
+                      track_reads: bool = False) -> ResponseSink | None:
         """A BLS call's way in without the event loop: submit `request` to a non-ensemble
         model from any thread, its responses going to deliver() on the thread that produces
-        them. False for an ensemble (its steps run on the loop: use infer_internal); a
-        refused request raises ServerError."""
+        them. Returns the request's sink (track_reads: its reader will call read() for
+        each response it takes); None for an ensemble (its steps run on the loop: use
+        infer_internal). A refused request raises ServerError."""
         if not request.arrival_ns:
             request.arrival_ns = now_ns()
         mv = self.models.resolve(request.model_name, _version_arg(request.model_version))
         if mv.is_ensemble:
-            return False
+            return None
 
         def logged(resp: InferenceResponse) -> None:
             if resp.error is not None:
                 _log_failure(request, resp.error, logging.DEBUG)
             deliver(resp)
 
-        mv.submit(mv.prepare(request, logged))
-        return True
+        sreq = mv.prepare(request, logged)
+        if track_reads:
+            sreq.sink.track_reads()
+        mv.submit(sreq)
+        return sreq.sink
 
     async def infer_internal(self, request: InferenceRequest) -> AsyncIterator[InferenceResponse]:
         """infer() without the shutdown gate: BLS calls and ensemble steps of in-flight requests."""
@@ -319,9 +324,12 @@ class InferenceServer:
                     pass
 
             sreq = mv.prepare(request, deliver)
+            sink = sreq.sink
+            sink.track_reads()
             mv.submit(sreq)
             while True:
                 resp = await queue.get()
+                sink.read()
                 finished = resp.final
                 if resp.error is not None:
                     _log_failure(request, resp.error, logging.DEBUG)

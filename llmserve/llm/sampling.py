@@ -140,12 +140,8 @@ def sample(logits: torch.Tensor, rows: Seq[SampleRow],
         top_k = [params[i].top_k for i in sample_idx]
         top_p = [rows[i].cur_top_p if params[i].top_p < 1.0 else 1.0 for i in sample_idx]
         sub = _top_k_top_p(sub, top_k, top_p)
-        probs = torch.softmax(sub, dim=-1)
-        noise = torch.stack([
-            torch.empty(vocab).exponential_(generator=rows[i].generator)  # type: ignore[arg-type]
-            for i in sample_idx
-        ]).to(device)
-        tokens.index_copy_(0, idx, (probs / noise).argmax(dim=-1))
+        tokens.index_copy_(0, idx, _inverse_cdf(torch.softmax(sub, dim=-1),
+                                                [rows[i].generator for i in sample_idx]))
     if guided:
         check_guided(tokens, rows, guided)
     log_probs = None
@@ -156,6 +152,18 @@ def sample(logits: torch.Tensor, rows: Seq[SampleRow],
             if p.log_probs_over_kept:
                 log_probs[i] = _log_prob_over_kept(i, int(tokens[i]), sample_idx, sub)
     return SampleOutput(tokens.tolist(), log_probs)
+
+
+def _inverse_cdf(probs: torch.Tensor, generators: list) -> torch.Tensor:
+    """One token per row of probs [n, vocab], by inverting the row's CDF at a uniform
+    draw from the row's own generator (one draw per row, where an exponential race draws
+    one per vocabulary entry: about 1 M random numbers per step at 32 rows of a 32 k
+    vocabulary). u lies in (0, 1], so a token of probability 0 is never picked."""
+    u = torch.tensor([1.0 - torch.rand(1, generator=g).item() for g in generators],
+                     dtype=torch.float64)
+    cdf = probs.to(device="cpu", dtype=torch.float64).cumsum_(dim=-1)
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).squeeze(1)
+    return picked.clamp_(max=probs.shape[1] - 1).to(probs.device)
 
 
 def _log_prob_over_kept(row: int, token: int, sample_idx: list[int],

@@ -41,6 +41,7 @@ class _Branch:
         self.emitted = False
         self.running = 0  # step tasks in flight on this branch
         self.pending: list[Tensor] | None = None  # outputs waiting for earlier branches
+        self.consumed = False  # its response reached the ensemble's reader
         self.prev = parent.children[-1] if parent is not None and parent.children else None
 
     def get(self, name: str) -> Tensor | None:
@@ -83,6 +84,11 @@ class _Branch:
             b = b.parent
         return None
 
+    def quiet(self) -> bool:
+        """Every step of this subtree finished, and what it emitted was read."""
+        return all(b.running == 0 and b.pending is None and (b.consumed or not b.emitted)
+                   for b in self.subtree())
+
     def settled(self) -> bool:
         """Nothing more will be emitted from this subtree."""
         if self.pending is not None or (self.running and not self.emitted):
@@ -107,6 +113,7 @@ class EnsembleRun:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.tasks: set[asyncio.Task] = set()
         self.waiting: list[_Branch] = []  # ready to emit, in creation order
+        self.pacing: list[tuple[_Branch, asyncio.Event]] = []  # decoupled steps, paced
         self.failed = False
         self.streaming = any(self._step_decoupled(s) for s in self.steps)
         # a step is asked only for the outputs a later step reads or the client wants:
@@ -157,8 +164,8 @@ class EnsembleRun:
                     continue
                 self.waiting.remove(b)
                 outs, b.pending, b.emitted = b.pending, None, True
-                self.queue.put_nowait(InferenceResponse(self.config.name, self.version,
-                                                        self.request.id, outs, final=False))
+                self.queue.put_nowait((b, InferenceResponse(self.config.name, self.version,
+                                                            self.request.id, outs, final=False)))
                 progressed = True
 
     def _task_done(self, task: asyncio.Task) -> None:
@@ -204,6 +211,7 @@ class EnsembleRun:
                     child = _Branch(produced, branch)
                     branch.children.append(child)
                     self._trigger(child)
+                    await self._paced(child)
                 else:
                     branch.own.update(produced)
                     self._trigger(branch)
@@ -219,6 +227,30 @@ class EnsembleRun:
             self.request.cancel.remove_callback(token.cancel)  # one step per streamed token
             branch.running -= 1
             self._flush()
+            self._wake()
+
+    async def _paced(self, child: _Branch) -> None:
+        """A decoupled step's next response waits until this one has gone through the
+        later steps and its ensemble response was read. Meanwhile the upstream model
+        holds its new tokens (the tensorrt_llm backend merges a stream's tokens while its
+        reader is behind), so a slow pipeline carries several tokens per response rather
+        than queueing one per token; a pipeline that keeps up waits for nothing."""
+        if child.quiet():
+            return
+        event = asyncio.Event()
+        self.pacing.append((child, event))
+        await event.wait()
+
+    def _wake(self) -> None:
+        if not self.pacing:
+            return
+        still = []
+        for child, event in self.pacing:
+            if child.quiet():
+                event.set()
+            else:
+                still.append((child, event))
+        self.pacing = still
 
     def _fail(self, error: ServerError) -> None:
         if self.failed:
@@ -234,7 +266,6 @@ class EnsembleRun:
         if not self.tasks:
             self.queue.put_nowait(None)
         held: InferenceResponse | None = None
-        sent = 0
         try:
             while True:
                 item = await self.queue.get()
@@ -243,11 +274,13 @@ class EnsembleRun:
                     return
                 if item is None:
                     break
+                branch, item = item
                 if self.streaming:
-                    sent += 1
                     yield item
                 else:
                     held = item
+                branch.consumed = True  # the reader is back for the next one
+                self._wake()
             if self.streaming:
                 yield self._final()
             elif held is not None:

@@ -20,7 +20,14 @@ _SEQ = itertools.count()
 
 
 class ResponseSink:
-    """Thread-safe delivery of responses; remembers whether the final one went out."""
+    """Thread-safe delivery of responses; remembers whether the final one went out.
+
+    A consumer that reads responses from a queue may say so (`track_reads`, then `read`
+    for each one it takes): `unread` then counts the responses delivered and not yet
+    taken, and a producer able to merge its streamed responses (the tensorrt_llm backend)
+    holds new tokens back while the consumer is behind and sends them as one response
+    when it catches up (`on_drained`), as vLLM's output collector merges deltas for a
+    slow reader. A consumer that never says so is never treated as behind."""
 
     def __init__(self, deliver: Callable[[InferenceResponse], None]):
         self._deliver = deliver
@@ -29,9 +36,35 @@ class ResponseSink:
         self.count = 0
         self.failed = False
         self._on_final: list[Callable[[InferenceResponse], None]] = []
+        self.tracks_reads = False
+        self.unread = 0
+        self._drained: Callable[[], None] | None = None
 
     def add_final_callback(self, cb: Callable[[InferenceResponse], None]) -> None:
         self._on_final.append(cb)
+
+    def track_reads(self) -> None:
+        """The consumer will call read() for every response it takes."""
+        self.tracks_reads = True
+
+    def behind(self, drained: Callable[[], None]) -> bool:
+        """True when the consumer has not taken every delivered response yet; drained()
+        is then called once, on the consumer's thread, when it has."""
+        with self._lock:
+            if not self.tracks_reads or self.unread == 0 or self.closed:
+                return False
+            self._drained = drained
+            return True
+
+    def read(self) -> None:
+        """The consumer took one delivered response."""
+        with self._lock:
+            self.unread -= 1
+            drained = self._drained if self.unread <= 0 else None
+            if drained is not None:
+                self._drained = None
+        if drained is not None:
+            drained()
 
     def send(self, response: InferenceResponse) -> bool:
         """Deliver one response; returns False (and drops it) once the final was sent."""
@@ -39,6 +72,7 @@ class ResponseSink:
             if self.closed:
                 return False
             self.count += 1
+            self.unread += 1
             if response.error is not None:
                 self.failed = True
             if response.final:

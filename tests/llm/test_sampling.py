@@ -179,3 +179,30 @@ def test_sibling_sequences_get_distinct_streams():
     b = torch.empty(8).exponential_(generator=make_generator(5, 1))
     a2 = torch.empty(8).exponential_(generator=make_generator(5, 0))
     assert torch.equal(a, a2) and not torch.equal(a, b)
+
+
+def test_sampled_frequencies_follow_the_probabilities_in_a_batch():
+    """Inverse-CDF sampling: over many draws each row's frequencies match its softmax
+    (within 4 standard deviations), rows of one batch use their own distributions, and
+    tokens of probability 0 (outside top_k) never come up."""
+    torch.manual_seed(0)
+    rows_logits = [torch.tensor([2.0, 1.0, 0.0, -1.0] + [-5.0] * (V - 4)),
+                   torch.tensor([0.0] * V)]
+    ps = [params(top_k=V, temperature=1.0, seed=11), params(top_k=4, temperature=1.0, seed=12)]
+    rows = [Row([0], 1, make_generator(11)), Row([0], 1, make_generator(12))]
+    n = 4000
+    counts = torch.zeros(2, V)
+    for _ in range(n):
+        out = sample(torch.stack(rows_logits), rows, ps).tokens
+        for r, tok in enumerate(out):
+            counts[r, tok] += 1
+    expected = [torch.softmax(rows_logits[0], -1), torch.zeros(V)]
+    # row 1: top_k=4 over equal logits keeps 4 tokens (ties: the first four), 1/4 each
+    kept = counts[1].nonzero().flatten().tolist()
+    assert len(kept) == 4
+    for tok in kept:
+        expected[1][tok] = 0.25
+    for r in range(2):
+        p = expected[r]
+        sd = torch.sqrt(n * p * (1 - p))
+        assert torch.all((counts[r] - n * p).abs() <= 4 * sd + 1e-6), (r, counts[r], n * p)

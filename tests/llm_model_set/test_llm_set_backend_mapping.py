@@ -70,6 +70,7 @@ HONOURED = {
     "prompt_lookup_min_matching_ngram_size": ("2", lambda s, c: c.speculative_decoding_config
                                               .prompt_lookup.min_matching_ngram_size == 2),
     "engine_process": ("true", lambda s, c: s.engine_process),
+    "stream_coalescing": ("false", lambda s, c: s.stream_coalescing is False),
 }
 # Read, but checked elsewhere (or not honoured on purpose): every other parameter
 # read_settings consults must be in HONOURED.

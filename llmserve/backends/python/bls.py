@@ -11,6 +11,7 @@ import asyncio
 import collections
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from llmserve.backends.python.errors import TritonError
@@ -48,20 +49,25 @@ def refusal(server: Any, request: CoreRequest) -> ServerError | None:
     return None
 
 
-def start(server: Any, request: CoreRequest, put, decoupled: bool) -> None:
-    """Pump the server's responses for `request` into put(item); _END closes."""
+def start(server: Any, request: CoreRequest, put, decoupled: bool,
+          reads: bool = False) -> Callable[[], None] | None:
+    """Pump the server's responses for `request` into put(item); _END closes.
+
+    reads: the caller will say when its model takes each response; then the returned
+    function (when not None) is to be called for each one, so that a producer that
+    merges its streamed responses (tensorrt_llm) knows the reader's pace."""
     start_bls = getattr(server, "start_bls", None)
     if start_bls is not None:  # inside a stub process
-        start_bls(request, put, decoupled)
-        return
+        return start_bls(request, put, decoupled)
     if not decoupled:
         refused = refusal(server, request)
         if refused is not None:
             put(refused)
             put(_END)
-            return
-    if _start_direct(server, request, put):
-        return
+            return None
+    handled, read = _start_direct(server, request, put, reads)
+    if handled:
+        return read
 
     async def pump() -> None:
         try:
@@ -84,14 +90,17 @@ def start(server: Any, request: CoreRequest, put, decoupled: bool) -> None:
     if running is loop:
         raise InternalError("BLS requests cannot be made from the server's event loop")
     asyncio.run_coroutine_threadsafe(pump(), loop)
+    return None
 
 
-def _start_direct(server: Any, request: CoreRequest, put) -> bool:
+def _start_direct(server: Any, request: CoreRequest, put,
+                  reads: bool) -> tuple[bool, Callable[[], None] | None]:
     """A call to a non-ensemble model goes in from this thread and its responses come
-    from the thread that makes them: no event-loop hop either way (ensembles: False)."""
+    from the thread that makes them: no event-loop hop either way (ensembles: not
+    handled). Returns (handled, the sink's read() when reads)."""
     submit = getattr(server, "submit_direct", None)
     if submit is None:
-        return False
+        return False, None
 
     def deliver(resp: CoreResponse) -> None:
         put(resp)
@@ -99,11 +108,14 @@ def _start_direct(server: Any, request: CoreRequest, put) -> bool:
             put(_END)
 
     try:
-        return submit(request, deliver)
+        sink = submit(request, deliver, track_reads=reads)
     except ServerError as exc:
         put(exc)
         put(_END)
-        return True
+        return True, None
+    if sink is None:
+        return False, None
+    return True, sink.read if reads else None
 
 
 def _convert(item: Any) -> InferenceResponse:
@@ -143,7 +155,8 @@ class ResponseIterator:
         # async_exec's caller waits on this event in its own loop instead of blocking it
         self._loop = loop
         self._arrived = asyncio.Event() if loop is not None else None
-        start(server, request, self._put, True)
+        self._read: Callable[[], None] | None = None
+        self._read = start(server, request, self._put, True, reads=True)
 
     def _put(self, item: Any) -> None:
         with self._lock:
@@ -210,6 +223,8 @@ class ResponseIterator:
         if item is _END or self._orphaned:
             self._finish()
             raise stop
+        if self._read is not None:
+            self._read()
         response = _convert(item)
         self._responses.append(response)
         if isinstance(item, BaseException) or item.final:

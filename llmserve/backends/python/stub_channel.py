@@ -90,7 +90,16 @@ class Channel:
     def send(self, message: Any, fds: tuple[int, ...] = ()) -> None:
         """Send one message, with fds attached to it; silently dropped once the peer is
         gone (the reader reports that)."""
-        chunks = encode(message)
+        self._send_chunks(encode(message), fds)
+
+    def send_many(self, messages: list[Any]) -> None:
+        """Send several messages in one write, in order."""
+        chunks: list[Any] = []
+        for message in messages:
+            chunks.extend(encode(message))
+        self._send_chunks(chunks, ())
+
+    def _send_chunks(self, chunks: list[Any], fds: tuple[int, ...]) -> None:
         with self._lock:
             if self.broken:
                 return

@@ -4,7 +4,9 @@ a ("reply", call, value, error) message, and the return of released blocks.
 
 Every message is a tuple whose first item names its kind. The kinds both sides handle
 here: ("seg", id, size) with the segment's fd, ("free", [(segment, offset), ...]) and
-("reply", call, value, error).
+("reply", call, value, error). The stub also notes ("bls_read", [call, ...]): the BLS
+responses its model took, so that the server's producer knows the reader's pace. Frees
+and read notes ride in the same write as the next message (or leave within 0.1 s).
 """
 
 from __future__ import annotations
@@ -40,16 +42,37 @@ class Link:
         self.closed = False
         # called before a call waits for its reply: the stub makes sure someone reads
         self.before_wait: Callable[[], None] | None = None
+        self._reads: list[int] = []
+        self._reads_lock = threading.Lock()
 
     # -- sending --------------------------------------------------------------------------
     def send(self, message: tuple) -> None:
-        if self.peer.released:
-            self.channel.send(("free", self.peer.take_released()))
-        self.channel.send(message)
+        notes = self._notes()
+        if notes:
+            notes.append(message)
+            self.channel.send_many(notes)
+        else:
+            self.channel.send(message)
+
+    def note_read(self, call: int) -> None:
+        """The model took one response of BLS call `call` (told with the next message)."""
+        with self._reads_lock:
+            self._reads.append(call)
 
     def flush_released(self) -> None:
+        notes = self._notes()
+        if notes:
+            self.channel.send_many(notes)
+
+    def _notes(self) -> list[tuple]:
+        notes: list[tuple] = []
         if self.peer.released:
-            self.channel.send(("free", self.peer.take_released()))
+            notes.append(("free", self.peer.take_released()))
+        if self._reads:
+            with self._reads_lock:
+                reads, self._reads = self._reads, []
+            notes.append(("bls_read", reads))
+        return notes
 
     def _announce(self, seg_id: int, size: int, fd: int) -> None:
         self.channel.send(("seg", seg_id, size), (fd,))

@@ -78,9 +78,10 @@ class StubServer:
         self.link.send(("resp", state.key, packed, final))
 
     # -- BLS --------------------------------------------------------------------------------
-    def start_bls(self, request: CoreRequest, put: Any, decoupled: bool) -> None:
+    def start_bls(self, request: CoreRequest, put: Any, decoupled: bool) -> Any:
         """bls.start's way to the real server: it runs the request there and streams the
-        responses back (bls_response)."""
+        responses back (bls_response). Returns what to call when the model takes one of
+        its responses (a decoupled call's reader pace, told to the server)."""
         with self._lock:
             call = next(self._bls_ids)
             self._bls[call] = put
@@ -88,6 +89,7 @@ class StubServer:
             self.before_wait()
         self.link.send(("bls", call, pack_bls_request(self.link, request), decoupled))
         request.cancel.add_callback(lambda: self.link.send(("bls_cancel", call)))
+        return (lambda: self.link.note_read(call)) if decoupled else None
 
     def bls_response(self, call: int, item: tuple | None, end: bool) -> None:
         with self._lock:

@@ -4,7 +4,8 @@ metrics and log records.
 
 Messages: ("bls", call, request, decoupled) answered by ("bls_resp", call, item, end)
 messages, item ("r", response) or ("e", error), end True with the last one;
-("bls_cancel", call); ("call", call, what, *args) answered by a reply;
+("bls_cancel", call); ("bls_read", [call, ...]): the model took a response of each
+(a decoupled call's pace); ("call", call, what, *args) answered by a reply;
 ("metric_op", family, labels, op, value); ("log", logger name, level, text).
 """
 
@@ -36,6 +37,7 @@ class StubServices:
                  pool: concurrent.futures.Executor):
         self.server, self.model_name, self.link, self.pool = server, model_name, link, pool
         self._bls: dict[int, CancellationToken] = {}
+        self._reads: dict[int, Any] = {}  # a decoupled call's ResponseSink.read
         self._lock = threading.Lock()
 
     def handle(self, message: tuple) -> None:
@@ -47,6 +49,11 @@ class StubServices:
                 token = self._bls.get(message[1])
             if token is not None:
                 token.cancel()
+        elif kind == "bls_read":
+            for call in message[1]:
+                read = self._reads.get(call)
+                if read is not None:
+                    read()
         elif kind == "metric_op":
             self._metric_op(*message[1:])
         elif kind == "log":
@@ -93,12 +100,17 @@ class StubServices:
                 ended = True
                 with self._lock:
                     self._bls.pop(call, None)
+                    self._reads.pop(call, None)
             self.link.send(("bls_resp", call, payload, end))
 
         try:
-            bls.start(self.server, request, put, decoupled)
+            read = bls.start(self.server, request, put, decoupled, reads=decoupled)
         except ServerError as exc:
             put(exc)
+            return
+        if read is not None and not ended:
+            with self._lock:
+                self._reads[call] = read
 
     # -- calls ---------------------------------------------------------------------------------
     def _answer(self, call: int, what: str, args: list) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
 from llmserve.backends.tensorrtllm import request_mapping as rm
+from llmserve.backends.tensorrtllm.coalesce import HeldTokens, can_merge
 from llmserve.backends.tensorrtllm.metrics import LlmMetrics
 from llmserve.backends.tensorrtllm.parameters import BackendSettings, read_settings
 from llmserve.backends.tensorrtllm.response_mapping import add_batch_dim, result_tensors
@@ -63,6 +64,9 @@ class _Item:
     last_token_s: dict[int, float] = field(default_factory=dict)
     arrival_s: float = field(default_factory=time.monotonic)
     wanted: frozenset[str] | None = None  # output names to build, set on the first response
+    held: HeldTokens | None = None  # streamed tokens waiting for a reader that is behind
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held, sent in order
+    mergeable: bool = False  # stream_coalescing on and can_merge(options)
 
 
 def _parameters(config) -> dict[str, str]:
@@ -212,6 +216,9 @@ class TensorRTLLMModel:
                 streaming=request.streaming,
                 exclude_input=request.output_config.exclude_input_from_output,
                 pad_id=request.pad_id if request.pad_id is not None else 0,
+                # one item per sink: the sink calls back one waiting producer
+                mergeable=(self.settings.stream_coalescing and self.decoupled
+                           and len(built) == 1 and request.streaming and can_merge(options)),
             )
             # enqueued and recorded under the lock _on_response takes, so no response can
             # be handled before its id is known (TensorRT-LLM's backend does the same);
@@ -390,17 +397,20 @@ class TensorRTLLMModel:
             item.last_token_s[seq] = now
         return n
 
-    def _tensors(self, item: _Item, result, output_ids=None) -> list[Tensor]:
+    def _tensors(self, item: _Item, result, output_ids=None,
+                 num_output_tokens: int | None = None) -> list[Tensor]:
         if item.wanted is None:  # the config's outputs the request asked for (all when none)
             asked = getattr(item.group.sched, "output_names", None)
             item.wanted = frozenset(n for n in self._dtypes if not asked or n in asked)
+        if num_output_tokens is None:
+            num_output_tokens = item.generated.get(result.sequence_index, 0)
         raw = result_tensors(
             result,
             item.options,
             wanted=item.wanted,
             output_ids=output_ids,
             pad_id=item.pad_id,
-            num_output_tokens=item.generated.get(result.sequence_index, 0),
+            num_output_tokens=num_output_tokens,
         )
         if self.batched:
             raw = add_batch_dim(raw)
@@ -416,7 +426,40 @@ class TensorRTLLMModel:
         final = result.is_final and last
         if not final and item.streaming and not any(released) and not result.is_sequence_final:
             return  # everything held back: nothing to say yet
-        item.group.sched.respond(self._tensors(item, result, released), final=final)
+        if not item.mergeable:
+            item.group.sched.respond(self._tensors(item, result, released), final=final)
+            return
+        count = item.generated.get(result.sequence_index, 0)
+        with item.lock:  # the reader's thread may be flushing what is held
+            held = item.held
+            if held is not None and held.sequence_index != result.sequence_index:
+                self._send_held(item)  # another sequence's tokens go first
+                held = None
+            if held is None:
+                held = item.held = HeldTokens(result, released, count)
+            else:
+                held.add(result, released, count)
+            ends = result.is_final or result.is_sequence_final
+            if ends or not item.group.sched.sink.behind(lambda: self._flush_held(item)):
+                self._send_held(item, final=final)
+
+    def _send_held(self, item: _Item, final: bool = False) -> None:
+        """Sends what is held (under item.lock)."""
+        held, item.held = item.held, None
+        if held is not None:
+            item.group.sched.respond(self._tensors(item, held.merged(), held.ids,
+                                                   held.num_output_tokens), final=final)
+
+    def _flush_held(self, item: _Item) -> None:
+        """The reader caught up (called on its thread): what was held leaves now."""
+        try:
+            with item.lock:
+                if not (item.group.failed or item.group.cancelled):
+                    self._send_held(item)
+        except Exception as exc:  # not the reader's fault: the request fails, not the reader
+            logger.exception("tensorrt_llm '%s': response handling failed", self.name)
+            self._fail_group(item.group, InternalError(
+                f"tensorrt_llm '{self.name}': response handling failed: {exc}"))
 
     def _send_final(self, item: _Item, result, last: bool) -> None:
         self._count_tokens(item, result)

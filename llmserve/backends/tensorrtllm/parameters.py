@@ -30,6 +30,11 @@ on CUDA gpu_device_ids lists the ranks' GPUs.
 Process placement (llmserve's addition): engine_process "true" runs the executor in an
 engine process of its own (llmserve/llm/engine_process); unset, the environment variable
 LLMSERVE_ENGINE_PROCESS decides (default false: the executor runs in the server process).
+
+Streaming (llmserve's addition): stream_coalescing "true" (the default) lets a streamed
+response carry several tokens when its reader (an ensemble step, a frontend) has not yet
+taken the previous one, as vLLM's output collector merges deltas; "false" sends one
+response per engine step whatever the reader's pace, as TensorRT-LLM's backend does.
 """
 
 from __future__ import annotations
@@ -117,6 +122,7 @@ class BackendSettings:
     tokenizer_dir: Path | None = None
     guided_decoding: bool = True  # False: guided_decoding_backend "none"
     engine_process: bool = False  # the executor in a process of its own
+    stream_coalescing: bool = True  # merge streamed tokens while the reader is behind
     warnings: list[str] = field(default_factory=list)
 
 
@@ -405,5 +411,6 @@ def read_settings(
         tokenizer_dir=tokenizer_dir,
         guided_decoding=config.guided_decoding_config is not None,
         engine_process=p.as_bool("engine_process", _engine_process_default()),
+        stream_coalescing=p.as_bool("stream_coalescing", True),
         warnings=_warn_ineffective(p),
     )
