@@ -160,3 +160,34 @@ def test_execution_mode_per_model():
         execution_mode(config, PythonBackendSettings())
     del config.parameters["PYTHON_EXECUTION_MODE"]
     assert execution_mode(config, PythonBackendSettings(execution_mode="in_process")) == "stub"
+
+
+def test_read_notes_ride_with_the_next_message_and_reach_the_calls_sink():
+    """A stub notes each BLS response its model takes; the notes leave in the same write
+    as its next message (or with the periodic flush), and the server's services call the
+    read() of each call's sink, once per note."""
+    from llmserve.backends.python.stub_link import Link
+    from llmserve.backends.python.stub_services import StubServices
+
+    a, b = socket.socketpair()
+    stub = Link(Channel(a), "test_reads", MIB, MIB)
+    server = Link(Channel(b), "test_reads_srv", MIB, MIB)
+    try:
+        stub.note_read(7)
+        stub.note_read(7)
+        stub.note_read(9)
+        stub.send(("log", "x", 20, "text"))
+        assert server.channel.recv() == ("bls_read", [7, 7, 9])
+        assert server.channel.recv() == ("log", "x", 20, "text")
+        stub.note_read(9)
+        stub.flush_released()
+        assert server.channel.recv() == ("bls_read", [9])
+
+        services = StubServices(None, "m", server, None)
+        reads: list[int] = []
+        services._reads = {7: lambda: reads.append(7), 9: lambda: reads.append(9)}
+        services.handle(("bls_read", [7, 7, 9, 11]))  # 11: a call that already ended
+        assert reads == [7, 7, 9]
+    finally:
+        stub.close()
+        server.close()

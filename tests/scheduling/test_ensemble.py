@@ -116,3 +116,62 @@ def test_a_streamed_ensemble_leaves_no_step_callbacks_on_the_request(sched_serve
     resps = sched_server.run(collect(sched_server, request))
     assert resps[-1].final and resps[-1].error is None
     assert request.cancel._callbacks == []
+
+
+def test_a_decoupled_step_is_paced_by_the_ensembles_reader():
+    """The next response of a decoupled step goes down the pipeline only once the previous
+    one has been through it and its ensemble response was read: one postprocessing per
+    stream at a time, in order, so a producer that merges its tokens (tensorrt_llm) can
+    do so while the reader is behind. Nothing is lost or reordered."""
+    import asyncio
+    from pathlib import Path
+
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from llmserve.core.types import InferenceRequest, InferenceResponse, Tensor
+    from llmserve.scheduling.ensemble import EnsembleRun
+
+    config = text_format.Parse(
+        (Path(__file__).parent / "models" / "ens_ordered" / "config.pbtxt").read_text(),
+        mc.ModelConfig())
+    config.name = "ens_ordered"
+    log: list[str] = []
+    active = [0, 0]  # running downstream steps, most at once
+
+    class Server:
+        def is_decoupled(self, name, version):
+            return name == "repeat"
+
+        async def infer_internal(self, request):
+            if request.model_name == "repeat":
+                for i, v in enumerate(request.inputs["IN"].data.tolist()):
+                    log.append(f"up {v}")
+                    yield InferenceResponse("repeat", 1, "", [
+                        Tensor("OUT", "INT32", np.array([v], np.int32)),
+                        Tensor("IDX", "UINT32", np.array([i], np.uint32))], final=False)
+                yield InferenceResponse("repeat", 1, "", [], final=True)
+                return
+            active[0] += 1
+            active[1] = max(active)
+            await asyncio.sleep(0.01)
+            active[0] -= 1
+            x = request.inputs["X"].data
+            yield InferenceResponse("slow_scale", 1, "", [Tensor("Y", "INT32", x * 10)])
+
+    async def read_slowly():
+        inputs = {"IN": Tensor("IN", "INT32", np.array([1, 2, 3, 4], np.int32))}
+        run = EnsembleRun(Server(), config, 1, InferenceRequest("ens_ordered", inputs), inputs,
+                          ["OUT", "IDX"])
+        got = []
+        async for resp in run.responses():
+            if resp.outputs:
+                got.append(int(resp.output("OUT").data[0]))
+                log.append(f"read {got[-1]}")
+                await asyncio.sleep(0.02)  # a slow reader
+        return got
+
+    assert asyncio.run(read_slowly()) == [10, 20, 30, 40]
+    assert active[1] == 1
+    # the upstream's next response is taken only after the previous one was read
+    assert log == ["up 1", "read 10", "up 2", "read 20", "up 3", "read 30", "up 4", "read 40"]

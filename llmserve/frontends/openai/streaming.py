@@ -70,13 +70,25 @@ async def start_all(http: Request, gens: list[Generation]) -> None:
 
 
 async def merge(gens: list[Generation]) -> AsyncIterator[tuple[int, Delta]]:
-    """(choice index, delta) from all generations as they come."""
-    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    """(choice index, delta) from all generations as they come. Each generation is read
+    only as fast as the consumer takes its deltas (one waits in the queue at most), so a
+    slow client holds the server's tokens back where they can merge (README "Streamed
+    tokens under load") instead of in a queue here."""
+    if len(gens) == 1:  # the common case: no pump task, no queue hop per token
+        try:
+            async for delta in gens[0].deltas():
+                yield 0, delta
+        finally:
+            cancel_all(gens)
+        return
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize=len(gens))
 
     async def pump(index: int, gen: Generation) -> None:
         try:
             async for delta in gen.deltas():
                 await queue.put((index, delta))
+        except asyncio.CancelledError:
+            raise  # the consumer is gone: nobody would take a put
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             await queue.put((index, exc))
             return
