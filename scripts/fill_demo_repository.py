@@ -24,6 +24,10 @@ FILL = ROOT / "tools" / "fill_template.py"
 DEFAULT_OUT = ROOT / "build" / "demo_repository"
 DEFAULT_MODEL = ROOT / "models" / "demo-llm"
 DEFAULT_DRAFT = ROOT / "models" / "demo-draft"
+# tokens per engine step (prompt chunks included): prompts that arrive together are
+# prefilled a few per step, first come first served, so the first of them get their
+# first token sooner than when one step prefills them all (docs/BENCHMARKS.md, session 6)
+DEFAULT_MAX_NUM_TOKENS = 256
 
 
 def _escape(value: str) -> str:
@@ -43,6 +47,7 @@ def model_values(
     max_batch_size: int = 8,
     instances: int | None = None,
     draft_name: str | None = None,
+    max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS,
 ) -> dict[str, dict[str, str]]:
     """Placeholder values per model folder of the template set. instances: the pre/post
     and BLS instance counts. By default: for pre/post-processing 1 on machines of up to 4
@@ -72,6 +77,7 @@ def model_values(
         "enable_chunked_context": "true",
         "exclude_input_in_output": "true",
         "max_beam_width": "4",
+        "engine_max_num_tokens": str(max_num_tokens),
     }
     bls = {
         **common,
@@ -115,6 +121,7 @@ def fill_repository(
     extra: dict[str, dict[str, str]] | None = None,
     engine_process: bool = False,
     python_execution_mode: str = "stub",
+    max_num_tokens: int = DEFAULT_MAX_NUM_TOKENS,
 ) -> Path:
     """Copy the templates to out and fill them; returns out. extra: more placeholder
     values per model folder (e.g. the tensorrt_llm LoRA cache parameters). engine_process:
@@ -135,6 +142,7 @@ def fill_repository(
         max_batch_size=max_batch_size,
         instances=instances,
         draft_name=draft_name,
+        max_num_tokens=max_num_tokens,
     )
     if draft_dir is not None:
         shutil.copytree(out / "tensorrt_llm", out / draft_name)
@@ -184,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default, Triton's; level or faster at 16 streams) or the "
                              "server's threads (faster for a single stream on 2 cores; "
                              "docs/BENCHMARKS.md)")
+    parser.add_argument("--max-num-tokens", type=int, default=DEFAULT_MAX_NUM_TOKENS,
+                        help="tokens per engine step, prompt chunks included (tensorrt_llm's "
+                             "engine_max_num_tokens; default %(default)s)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     args = parser.parse_args(argv)
     draft = args.draft
@@ -201,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             engine_process=args.engine_process == "true",
             python_execution_mode=args.python_execution_mode,
             instances=args.instances,
+            max_num_tokens=args.max_num_tokens,
             force=args.force,
         )
     except (FileNotFoundError, FileExistsError, subprocess.CalledProcessError) as e:
