@@ -59,10 +59,12 @@ class Link:
         with self._reads_lock:
             self._reads.append(call)
 
-    def flush_released(self) -> None:
+    def flush_released(self) -> bool:
+        """Sends pending frees and read notes; True if there were any."""
         notes = self._notes()
         if notes:
             self.channel.send_many(notes)
+        return bool(notes)
 
     def _notes(self) -> list[tuple]:
         notes: list[tuple] = []

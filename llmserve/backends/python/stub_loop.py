@@ -44,6 +44,11 @@ from llmserve.core.errors import InternalError
 
 log = logging.getLogger("llmserve.backends.python.stub")
 _HOUSEKEEPING_S = 0.1
+# after this many quiet ticks (no work, nothing to flush) housekeeping waits up to
+# _IDLE_HOUSEKEEPING_S, or until work starts: dozens of idle stubs waking ten times a
+# second cost about 5% of a core
+_IDLE_TICKS = 20
+_IDLE_HOUSEKEEPING_S = 1.0
 
 
 def import_model(model_file: Path) -> ModuleType:
@@ -90,6 +95,7 @@ class Stub:
         self._reader: int | None = None
         self._reader_working = False
         self._work_since = 0.0
+        self._work_started = threading.Event()  # wakes an idle housekeeping thread
         self._working = False
         self._pending: collections.deque[tuple] = collections.deque()
         self.link.before_wait = self.server.before_wait = self.hand_off_reading
@@ -213,6 +219,7 @@ class Stub:
                     continue
                 self._working = self._reader_working = True
                 self._work_since = time.monotonic()
+                self._work_started.set()
                 return work
 
     def hand_off_reading(self) -> None:
@@ -259,15 +266,24 @@ class Stub:
     def _housekeeping(self) -> None:
         """Every 0.1 s: shared-memory blocks the model no longer holds go back to the
         server (they also go with any message), and work that has held the reader's role
-        for that long gives it to the other thread."""
+        for that long gives it to the other thread. A stub quiet for 2 s checks once a
+        second, and at once when work starts."""
+        quiet = 0
         while True:
-            time.sleep(_HOUSEKEEPING_S)
-            self.link.flush_released()
+            if quiet < _IDLE_TICKS:
+                time.sleep(_HOUSEKEEPING_S)
+            elif self._work_started.wait(_IDLE_HOUSEKEEPING_S):
+                quiet = 0
+                continue  # work began: check its reader's role a tick from now
+            self._work_started.clear()
+            sent = self.link.flush_released()
             with self._role:
+                busy = self._working
                 if (self._reader_working
                         and time.monotonic() - self._work_since >= _HOUSEKEEPING_S):
                     self._reader, self._reader_working = None, False
                     self._role.notify()
+            quiet = 0 if (sent or busy) else quiet + 1
 
     def _state(self, wire: tuple) -> RequestState:
         key, cancelled = wire[0], wire[10]
