@@ -34,6 +34,7 @@ from llmserve.scheduling.rate_limiter import Grantee
 from llmserve.scheduling.request import ResponseSink, SchedRequest, now_ns
 from llmserve.scheduling.sequence_batcher import SequenceBatcher
 from llmserve.scheduling.sequence_controls import uses_sequence_batcher
+from llmserve.scheduling.step_limiter import limiters_for
 from llmserve.scheduling.validate import output_transform, requested_output_names, validate_request
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class ModelVersion:
         self.reason = ""
         self.stats = ModelStats()
         self.cache = ModelCache.for_model(server, config, version, self.stats)
+        # ensemble_scheduling.max_inflight_requests: slots per step, shared by its requests
+        self.step_limiters = limiters_for(config) if self.is_ensemble else None
         self.queue: RequestQueue | SequenceBatcher | None = None
         if uses_sequence_batcher(config) and not self.is_ensemble:
             self.queue = SequenceBatcher(config, len(instance_specs(config)))

@@ -24,6 +24,7 @@ from llmserve.core.types import (
     RequestedOutput,
     Tensor,
 )
+from llmserve.scheduling.step_limiter import StepLimiter
 
 
 class _Branch:
@@ -100,8 +101,10 @@ class _Branch:
 
 class EnsembleRun:
     def __init__(self, server: Any, config: mc.ModelConfig, version: int, request: InferenceRequest,
-                 inputs: dict[str, Tensor], output_names: list[str]):
+                 inputs: dict[str, Tensor], output_names: list[str],
+                 limiters: list[StepLimiter] | None = None):
         self.server = server
+        self.limiters = limiters  # max_inflight_requests: one per step, shared
         self.config = config
         self.version = version
         self.request = request
@@ -197,7 +200,12 @@ class EnsembleRun:
             cancel=token,
         )
         decoupled = self._step_decoupled(step)
+        limiter = self.limiters[index] if self.limiters else None
+        acquired = False
         try:
+            if limiter is not None:
+                await self._acquire(limiter, index)
+                acquired = True
             async for resp in self.server.infer_internal(sub):
                 if resp.error is not None:
                     raise resp.error
@@ -224,10 +232,25 @@ class EnsembleRun:
         except Exception as exc:
             self._fail(InternalError(f"in ensemble '{self.config.name}', step '{step.model_name}': {exc}"))
         finally:
+            if acquired:
+                limiter.release()
             self.request.cancel.remove_callback(token.cancel)  # one step per streamed token
             branch.running -= 1
             self._flush()
             self._wake()
+
+    async def _acquire(self, limiter: StepLimiter, index: int) -> None:
+        """A slot at this step (max_inflight_requests); a cancelled request stops waiting."""
+        loop = asyncio.get_running_loop()
+
+        def poke() -> None:
+            loop.call_soon_threadsafe(limiter.poke)
+
+        self.request.cancel.add_callback(poke)
+        try:
+            await limiter.acquire(self.request.cancel.is_cancelled, self.config.name, index)
+        finally:
+            self.request.cancel.remove_callback(poke)
 
     async def _paced(self, child: _Branch) -> None:
         """A decoupled step's next response waits until this one has gone through the

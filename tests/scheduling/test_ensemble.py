@@ -175,3 +175,63 @@ def test_a_decoupled_step_is_paced_by_the_ensembles_reader():
     assert active[1] == 1
     # the upstream's next response is taken only after the previous one was read
     assert log == ["up 1", "read 10", "up 2", "read 20", "up 3", "read 30", "up 4", "read 40"]
+
+
+def test_max_inflight_requests_bounds_each_step_across_requests():
+    """ensemble_scheduling.max_inflight_requests (Triton): at most N requests in flight
+    at each step, shared by all of the ensemble's requests; without it, no bound."""
+    import asyncio
+    from pathlib import Path
+
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from llmserve.core.types import InferenceRequest, InferenceResponse, Tensor
+    from llmserve.scheduling.ensemble import EnsembleRun
+    from llmserve.scheduling.step_limiter import limiters_for
+
+    config = text_format.Parse(
+        (Path(__file__).parent / "models" / "ens_ordered" / "config.pbtxt").read_text(),
+        mc.ModelConfig())
+    config.name = "ens_ordered"
+
+    def most_at_once(limit: int) -> int:
+        config.ensemble_scheduling.max_inflight_requests = limit
+        limiters = limiters_for(config)
+        assert (limiters is None) == (limit == 0)
+        active = [0, 0]
+
+        class Server:
+            def is_decoupled(self, name, version):
+                return name == "repeat"
+
+            async def infer_internal(self, request):
+                if request.model_name == "repeat":
+                    for i, v in enumerate(request.inputs["IN"].data.tolist()):
+                        yield InferenceResponse("repeat", 1, "", [
+                            Tensor("OUT", "INT32", np.array([v], np.int32)),
+                            Tensor("IDX", "UINT32", np.array([i], np.uint32))], final=False)
+                    yield InferenceResponse("repeat", 1, "", [], final=True)
+                    return
+                active[0] += 1
+                active[1] = max(active)
+                await asyncio.sleep(0.01)
+                active[0] -= 1
+                yield InferenceResponse("slow_scale", 1, "", [
+                    Tensor("Y", "INT32", request.inputs["X"].data * 10)])
+
+        async def one(n: int) -> list[int]:
+            inputs = {"IN": Tensor("IN", "INT32", np.arange(1, n + 1, dtype=np.int32))}
+            run = EnsembleRun(Server(), config, 1, InferenceRequest("ens_ordered", inputs),
+                              inputs, ["OUT", "IDX"], limiters)
+            return [int(r.output("OUT").data[0]) async for r in run.responses() if r.outputs]
+
+        async def many():
+            return await asyncio.gather(*(one(3) for _ in range(6)))
+
+        assert asyncio.run(many()) == [[10, 20, 30]] * 6
+        return active[1]
+
+    assert most_at_once(0) == 6  # one per stream (paced), every stream at once
+    assert most_at_once(2) == 2
+    assert most_at_once(1) == 1
