@@ -61,3 +61,29 @@ def metaspace_tokenizer(out_dir: Path):
     )
     fast.save_pretrained(str(out_dir))
     return fast
+
+
+class RouterExecutor:
+    """An executor stand-in for the tensorrtllm backend's dispatcher: responses come from
+    self.router, which the test (or a subclass's enqueue_request) feeds."""
+
+    vocab_size = 320
+
+    def __init__(self) -> None:
+        from llmserve.llm.responses import ResponseRouter
+
+        self.router = ResponseRouter()
+
+    def await_responses(self, id=None, timeout=None):  # noqa: A002
+        from llmserve.llm.responses import timeout_seconds
+
+        return self.router.await_responses(id, timeout_seconds(timeout))
+
+    def cancel_request(self, id) -> None:  # noqa: A002
+        pass
+
+    def get_latest_iteration_stats(self) -> list:
+        return []
+
+    def shutdown(self) -> None:
+        pass

@@ -5,23 +5,18 @@ import threading
 import time
 
 import numpy as np
+from model_set_helpers import RouterExecutor
 from tritonclient.grpc import model_config_pb2 as mc
 
 from llmserve.backends.tensorrtllm.backend import TensorRTLLMModel
 from llmserve.core.types import InferenceRequest, Tensor
 from llmserve.llm import FinishReason, Response, Result
-from llmserve.llm.responses import ResponseRouter, timeout_seconds
 from llmserve.scheduling.request import ResponseSink, SchedRequest
 
 
-class EarlyExecutor:
+class EarlyExecutor(RouterExecutor):
     """Delivers the whole answer inside enqueue_request and returns the id only after the
     dispatcher has had ample time to see it."""
-
-    vocab_size = 320
-
-    def __init__(self) -> None:
-        self.router = ResponseRouter()
 
     def enqueue_request(self, request) -> int:
         self.router.register(1)
@@ -29,18 +24,6 @@ class EarlyExecutor:
                                                is_sequence_final=True)))
         time.sleep(0.3)
         return 1
-
-    def await_responses(self, id=None, timeout=None):  # noqa: A002
-        return self.router.await_responses(id, timeout_seconds(timeout))
-
-    def cancel_request(self, id) -> None:  # noqa: A002
-        pass
-
-    def get_latest_iteration_stats(self) -> list:
-        return []
-
-    def shutdown(self) -> None:
-        pass
 
 
 def test_response_before_enqueue_returns_is_answered(tmp_path):

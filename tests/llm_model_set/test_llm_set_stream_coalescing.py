@@ -10,24 +10,19 @@ import threading
 
 import numpy as np
 import pytest
+from model_set_helpers import RouterExecutor
 from tritonclient.grpc import model_config_pb2 as mc
 
 from llmserve.backends.tensorrtllm.backend import TensorRTLLMModel
 from llmserve.core.types import InferenceRequest, InferenceResponse, Tensor
 from llmserve.llm import FinishReason, Response, Result
-from llmserve.llm.responses import ResponseRouter, timeout_seconds
 from llmserve.scheduling.request import ResponseSink, SchedRequest
 
 RID = 1
 
 
-class ScriptedExecutor:
+class ScriptedExecutor(RouterExecutor):
     """The test delivers each step's Result itself."""
-
-    vocab_size = 320
-
-    def __init__(self) -> None:
-        self.router = ResponseRouter()
 
     def enqueue_request(self, request) -> int:
         self.router.register(RID)
@@ -38,18 +33,6 @@ class ScriptedExecutor:
             final, [tokens], [FinishReason.LENGTH if final else FinishReason.NOT_FINISHED],
             cum_log_probs=[sum(log_probs)] if log_probs else None,
             log_probs=[log_probs] if log_probs else None, is_sequence_final=final)))
-
-    def await_responses(self, id=None, timeout=None):  # noqa: A002
-        return self.router.await_responses(id, timeout_seconds(timeout))
-
-    def cancel_request(self, id) -> None:  # noqa: A002
-        pass
-
-    def get_latest_iteration_stats(self) -> list:
-        return []
-
-    def shutdown(self) -> None:
-        pass
 
 
 def _model(tmp_path, coalescing: str | None) -> tuple[TensorRTLLMModel, ScriptedExecutor]:

@@ -118,50 +118,68 @@ def test_a_streamed_ensemble_leaves_no_step_callbacks_on_the_request(sched_serve
     assert request.cancel._callbacks == []
 
 
+def _ordered_config():
+    from pathlib import Path
+
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = text_format.Parse(
+        (Path(__file__).parent / "models" / "ens_ordered" / "config.pbtxt").read_text(),
+        mc.ModelConfig())
+    config.name = "ens_ordered"
+    return config
+
+
+class _OrderedServer:
+    """ens_ordered's two steps without models: `repeat` streams its input's values at
+    once, `slow_scale` takes 10 ms; active = [running slow_scale steps, most at once]."""
+
+    def __init__(self, log: list[str] | None = None):
+        self.log = log if log is not None else []
+        self.active = [0, 0]
+
+    def is_decoupled(self, name, version):
+        return name == "repeat"
+
+    async def infer_internal(self, request):
+        import asyncio
+
+        from llmserve.core.types import InferenceResponse, Tensor
+
+        if request.model_name == "repeat":
+            for i, v in enumerate(request.inputs["IN"].data.tolist()):
+                self.log.append(f"up {v}")
+                yield InferenceResponse("repeat", 1, "", [
+                    Tensor("OUT", "INT32", np.array([v], np.int32)),
+                    Tensor("IDX", "UINT32", np.array([i], np.uint32))], final=False)
+            yield InferenceResponse("repeat", 1, "", [], final=True)
+            return
+        self.active[0] += 1
+        self.active[1] = max(self.active)
+        await asyncio.sleep(0.01)
+        self.active[0] -= 1
+        yield InferenceResponse("slow_scale", 1, "", [
+            Tensor("Y", "INT32", request.inputs["X"].data * 10)])
+
+
 def test_a_decoupled_step_is_paced_by_the_ensembles_reader():
     """The next response of a decoupled step goes down the pipeline only once the previous
     one has been through it and its ensemble response was read: one postprocessing per
     stream at a time, in order, so a producer that merges its tokens (tensorrt_llm) can
     do so while the reader is behind. Nothing is lost or reordered."""
     import asyncio
-    from pathlib import Path
 
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    from llmserve.core.types import InferenceRequest, InferenceResponse, Tensor
+    from llmserve.core.types import InferenceRequest, Tensor
     from llmserve.scheduling.ensemble import EnsembleRun
 
-    config = text_format.Parse(
-        (Path(__file__).parent / "models" / "ens_ordered" / "config.pbtxt").read_text(),
-        mc.ModelConfig())
-    config.name = "ens_ordered"
+    config = _ordered_config()
     log: list[str] = []
-    active = [0, 0]  # running downstream steps, most at once
-
-    class Server:
-        def is_decoupled(self, name, version):
-            return name == "repeat"
-
-        async def infer_internal(self, request):
-            if request.model_name == "repeat":
-                for i, v in enumerate(request.inputs["IN"].data.tolist()):
-                    log.append(f"up {v}")
-                    yield InferenceResponse("repeat", 1, "", [
-                        Tensor("OUT", "INT32", np.array([v], np.int32)),
-                        Tensor("IDX", "UINT32", np.array([i], np.uint32))], final=False)
-                yield InferenceResponse("repeat", 1, "", [], final=True)
-                return
-            active[0] += 1
-            active[1] = max(active)
-            await asyncio.sleep(0.01)
-            active[0] -= 1
-            x = request.inputs["X"].data
-            yield InferenceResponse("slow_scale", 1, "", [Tensor("Y", "INT32", x * 10)])
+    server = _OrderedServer(log)
 
     async def read_slowly():
         inputs = {"IN": Tensor("IN", "INT32", np.array([1, 2, 3, 4], np.int32))}
-        run = EnsembleRun(Server(), config, 1, InferenceRequest("ens_ordered", inputs), inputs,
+        run = EnsembleRun(server, config, 1, InferenceRequest("ens_ordered", inputs), inputs,
                           ["OUT", "IDX"])
         got = []
         async for resp in run.responses():
@@ -172,7 +190,7 @@ def test_a_decoupled_step_is_paced_by_the_ensembles_reader():
         return got
 
     assert asyncio.run(read_slowly()) == [10, 20, 30, 40]
-    assert active[1] == 1
+    assert server.active[1] == 1
     # the upstream's next response is taken only after the previous one was read
     assert log == ["up 1", "read 10", "up 2", "read 20", "up 3", "read 30", "up 4", "read 40"]
 
@@ -181,48 +199,22 @@ def test_max_inflight_requests_bounds_each_step_across_requests():
     """ensemble_scheduling.max_inflight_requests (Triton): at most N requests in flight
     at each step, shared by all of the ensemble's requests; without it, no bound."""
     import asyncio
-    from pathlib import Path
 
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    from llmserve.core.types import InferenceRequest, InferenceResponse, Tensor
+    from llmserve.core.types import InferenceRequest, Tensor
     from llmserve.scheduling.ensemble import EnsembleRun
     from llmserve.scheduling.step_limiter import limiters_for
 
-    config = text_format.Parse(
-        (Path(__file__).parent / "models" / "ens_ordered" / "config.pbtxt").read_text(),
-        mc.ModelConfig())
-    config.name = "ens_ordered"
+    config = _ordered_config()
 
     def most_at_once(limit: int) -> int:
         config.ensemble_scheduling.max_inflight_requests = limit
         limiters = limiters_for(config)
         assert (limiters is None) == (limit == 0)
-        active = [0, 0]
-
-        class Server:
-            def is_decoupled(self, name, version):
-                return name == "repeat"
-
-            async def infer_internal(self, request):
-                if request.model_name == "repeat":
-                    for i, v in enumerate(request.inputs["IN"].data.tolist()):
-                        yield InferenceResponse("repeat", 1, "", [
-                            Tensor("OUT", "INT32", np.array([v], np.int32)),
-                            Tensor("IDX", "UINT32", np.array([i], np.uint32))], final=False)
-                    yield InferenceResponse("repeat", 1, "", [], final=True)
-                    return
-                active[0] += 1
-                active[1] = max(active)
-                await asyncio.sleep(0.01)
-                active[0] -= 1
-                yield InferenceResponse("slow_scale", 1, "", [
-                    Tensor("Y", "INT32", request.inputs["X"].data * 10)])
+        server = _OrderedServer()
 
         async def one(n: int) -> list[int]:
             inputs = {"IN": Tensor("IN", "INT32", np.arange(1, n + 1, dtype=np.int32))}
-            run = EnsembleRun(Server(), config, 1, InferenceRequest("ens_ordered", inputs),
+            run = EnsembleRun(server, config, 1, InferenceRequest("ens_ordered", inputs),
                               inputs, ["OUT", "IDX"], limiters)
             return [int(r.output("OUT").data[0]) async for r in run.responses() if r.outputs]
 
@@ -230,7 +222,7 @@ def test_max_inflight_requests_bounds_each_step_across_requests():
             return await asyncio.gather(*(one(3) for _ in range(6)))
 
         assert asyncio.run(many()) == [[10, 20, 30]] * 6
-        return active[1]
+        return server.active[1]
 
     assert most_at_once(0) == 6  # one per stream (paced), every stream at once
     assert most_at_once(2) == 2
