@@ -88,3 +88,35 @@ def test_demo_chat_and_stream(demo):
                                                max_tokens=24, temperature=0, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == text
     assert demo.models.list().data[0].model_dump()["max_model_len"] == 512
+
+
+@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+def test_demo_streams_under_load_equal_the_whole_text(demo, model):
+    """24 greedy streams at once: while the pipeline is behind, a stream's tokens arrive
+    merged into fewer chunks (README "Streamed tokens under load"); the text and the
+    token count are those of the same request not streamed, whatever the chunking."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [f"Story {i}: the {w} went to the" for i, w in
+               enumerate(["cat", "dog", "river", "king", "ship", "tree"])]
+    want = {p: demo.completions.create(model=model, prompt=p, max_tokens=32, temperature=0,
+                                       extra_body={"ignore_eos": True}).choices[0].text
+            for p in prompts}
+
+    def streamed(prompt: str) -> tuple[str, int]:
+        stream = demo.completions.create(model=model, prompt=prompt, max_tokens=32,
+                                         temperature=0, stream=True,
+                                         stream_options={"include_usage": True},
+                                         extra_body={"ignore_eos": True})
+        text, tokens = "", 0
+        for chunk in stream:
+            text += "".join(c.text for c in chunk.choices)
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        return text, tokens
+
+    with ThreadPoolExecutor(24) as pool:
+        got = list(pool.map(streamed, [prompts[i % len(prompts)] for i in range(24)]))
+    for i, (text, tokens) in enumerate(got):
+        assert text == want[prompts[i % len(prompts)]]
+        assert tokens == 32
