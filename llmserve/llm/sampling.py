@@ -160,10 +160,10 @@ def _inverse_cdf(probs: torch.Tensor, generators: list) -> torch.Tensor:
     one per vocabulary entry: about 1 M random numbers per step at 32 rows of a 32 k
     vocabulary). u lies in (0, 1], so a token of probability 0 is never picked."""
     u = torch.tensor([1.0 - torch.rand(1, generator=g).item() for g in generators],
-                     dtype=torch.float64)
-    cdf = probs.to(device="cpu", dtype=torch.float64).cumsum_(dim=-1)
+                     dtype=torch.float64).to(probs.device)  # n numbers cross, not n x vocab
+    cdf = probs.to(torch.float64).cumsum_(dim=-1)
     picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1)).squeeze(1)
-    return picked.clamp_(max=probs.shape[1] - 1).to(probs.device)
+    return picked.clamp_(max=probs.shape[1] - 1)
 
 
 def _log_prob_over_kept(row: int, token: int, sample_idx: list[int],

@@ -25,9 +25,9 @@ class ResponseSink:
     A consumer that reads responses from a queue may say so (`track_reads`, then `read`
     for each one it takes): `unread` then counts the responses delivered and not yet
     taken, and a producer able to merge its streamed responses (the tensorrt_llm backend)
-    holds new tokens back while the consumer is behind and sends them as one response
-    when it catches up (`on_drained`), as vLLM's output collector merges deltas for a
-    slow reader. A consumer that never says so is never treated as behind."""
+    holds new tokens back while the consumer is behind (`behind`) and sends them as one
+    response when it catches up, as vLLM's output collector merges deltas for a slow
+    reader. A consumer that never says so is never treated as behind."""
 
     def __init__(self, deliver: Callable[[InferenceResponse], None]):
         self._deliver = deliver

@@ -10,6 +10,7 @@ a wait of more than 5 minutes proceeds with an error in the log rather than dead
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable
 
@@ -19,40 +20,46 @@ WAIT_LIMIT_S = 300.0
 
 
 class StepLimiter:
-    """One step's slots (all on the server's event loop)."""
+    """One step's slots (all on the server's event loop): a waiter is a future that a
+    release (or a cancelled request's poke) resolves, so freeing a slot costs no task."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.inflight = 0
-        self._changed: asyncio.Condition | None = None
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
     async def acquire(self, cancelled: Callable[[], bool], ensemble: str, step: int) -> None:
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        async with self._changed:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_LIMIT_S
+        while self.inflight >= self.limit and not cancelled():
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
             try:
-                await asyncio.wait_for(self._changed.wait_for(
-                    lambda: cancelled() or self.inflight < self.limit), WAIT_LIMIT_S)
+                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
             except TimeoutError:
                 log.error("ensemble '%s' could not schedule step %d (%d in flight, limit %d) "
                           "for %.0f s; proceeding to avoid a deadlock", ensemble, step,
                           self.inflight, self.limit, WAIT_LIMIT_S)
-            self.inflight += 1
+                break
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.inflight += 1
 
     def release(self) -> None:
         self.inflight -= 1
-        if self._changed is not None:
-            asyncio.ensure_future(self._notify())
-
-    async def _notify(self) -> None:
-        assert self._changed is not None
-        async with self._changed:
-            self._changed.notify_all()
+        while self._waiters:  # the first waiter still waiting takes the slot
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def poke(self) -> None:
-        """A waiting request may have been cancelled: let the waiters look again."""
-        if self._changed is not None:
-            asyncio.ensure_future(self._notify())
+        """A waiting request may have been cancelled: every waiter looks again."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 def limiters_for(config) -> list[StepLimiter] | None:

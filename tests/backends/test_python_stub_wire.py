@@ -180,7 +180,7 @@ def test_read_notes_ride_with_the_next_message_and_reach_the_calls_sink():
         assert server.channel.recv() == ("bls_read", [7, 7, 9])
         assert server.channel.recv() == ("log", "x", 20, "text")
         stub.note_read(9)
-        stub.flush_released()
+        stub.flush_notes()
         assert server.channel.recv() == ("bls_read", [9])
 
         services = StubServices(None, "m", server, None)

@@ -155,8 +155,8 @@ class ResponseIterator:
         # async_exec's caller waits on this event in its own loop instead of blocking it
         self._loop = loop
         self._arrived = asyncio.Event() if loop is not None else None
-        self._read: Callable[[], None] | None = None
-        self._read = start(server, request, self._put, True, reads=True)
+        self._read: Callable[[], None] | None = start(server, request, self._put, True,
+                                                      reads=True)
 
     def _put(self, item: Any) -> None:
         with self._lock:

@@ -59,7 +59,7 @@ class Link:
         with self._reads_lock:
             self._reads.append(call)
 
-    def flush_released(self) -> bool:
+    def flush_notes(self) -> bool:
         """Sends pending frees and read notes; True if there were any."""
         notes = self._notes()
         if notes:

@@ -123,7 +123,7 @@ class Stub:
         self._serve()
 
     def _exit(self) -> None:
-        self.link.flush_released()
+        self.link.flush_notes()
         sys.stdout.flush()
         sys.stderr.flush()
         # the model's own non-daemon threads must not keep a finished stub alive
@@ -276,7 +276,7 @@ class Stub:
                 quiet = 0
                 continue  # work began: check its reader's role a tick from now
             self._work_started.clear()
-            sent = self.link.flush_released()
+            sent = self.link.flush_notes()
             with self._role:
                 busy = self._working
                 if (self._reader_working

@@ -138,7 +138,7 @@ class StubProcess:
             if not channel.buffered():
                 events = poller.poll(self._poll_timeout(handler) * 1000)
                 if not events:
-                    self.link.flush_released()
+                    self.link.flush_notes()
                     deadline = handler.hang_deadline()
                     if deadline is not None and time.monotonic() >= deadline:
                         handler.on_hang()

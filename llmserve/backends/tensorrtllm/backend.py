@@ -429,18 +429,22 @@ class TensorRTLLMModel:
         if not item.mergeable:
             item.group.sched.respond(self._tensors(item, result, released), final=final)
             return
-        count = item.generated.get(result.sequence_index, 0)
         with item.lock:  # the reader's thread may be flushing what is held
             held = item.held
             if held is not None and held.sequence_index != result.sequence_index:
                 self._send_held(item)  # another sequence's tokens go first
                 held = None
+            ends = result.is_final or result.is_sequence_final
+            hold = not ends and item.group.sched.sink.behind(lambda: self._flush_held(item))
+            if held is None and not hold:  # the reader keeps up: nothing to merge
+                item.group.sched.respond(self._tensors(item, result, released), final=final)
+                return
+            count = item.generated.get(result.sequence_index, 0)
             if held is None:
-                held = item.held = HeldTokens(result, released, count)
+                item.held = HeldTokens(result, released, count)
             else:
                 held.add(result, released, count)
-            ends = result.is_final or result.is_sequence_final
-            if ends or not item.group.sched.sink.behind(lambda: self._flush_held(item)):
+            if not hold:
                 self._send_held(item, final=final)
 
     def _send_held(self, item: _Item, final: bool = False) -> None:
