@@ -15,8 +15,7 @@
 #   ISL / OSL   synthetic input / output tokens, stddev 0       [128 / 64]
 #   SEED        aiperf --random-seed (same prompts for both)    [0]
 #   SERVED_MODEL the model set's entry: ensemble or tensorrt_llm_bls [ensemble]
-#   MAX_BATCH   fill_demo_repository --max-batch-size: also the BLS instance count, and
-#               a decoupled BLS instance serves one stream at a time    [8]
+#   MAX_BATCH   fill_demo_repository --max-batch-size (the engine's max batch)   [8]
 #
 # Per system it runs, with identical aiperf arguments: completions streaming and chat
 # streaming at each concurrency, then chat non-streaming at the highest concurrency.
@@ -133,7 +132,7 @@ environment() {
         echo "vllm: $("$VLLM_PY" -c 'import vllm; print(vllm.__version__)' 2>/dev/null)"
         echo "torch (llmserve): $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
         echo "model: $MODEL_DIR"
-        echo "served model: $SERVED_MODEL, max batch size (BLS instances) $MAX_BATCH"
+        echo "served model: $SERVED_MODEL, max batch size $MAX_BATCH"
         echo "requests: $REQUESTS (+8 warm-up), isl $ISL, osl $OSL, seed $SEED, concurrency $CONCURRENCY"
     } >"$OUT/environment.txt"
 }

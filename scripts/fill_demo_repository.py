@@ -51,13 +51,15 @@ def model_values(
 ) -> dict[str, dict[str, str]]:
     """Placeholder values per model folder of the template set. instances: the pre/post
     and BLS instance counts. By default: for pre/post-processing 1 on machines of up to 4
-    CPUs and 5 (the model set's advice) above; and the max batch size for the BLS (it
-    serves one request per instance at a time, so fewer instances serialise requests).
-    On 2 cores one pre/post instance streamed 12-40% more tokens/s than five under
-    aiperf at concurrency 8 (docs/BENCHMARKS.md): their per-token Python work shares one
-    GIL, and with fewer instances the postprocessing's dynamic batcher batches more."""
+    CPUs and 5 (the model set's advice) above. On 2 cores one pre/post instance streamed
+    12-40% more tokens/s than five under aiperf at concurrency 8 (docs/BENCHMARKS.md):
+    their per-token Python work shares one GIL, and with fewer instances the
+    postprocessing's dynamic batcher batches more. The decoupled BLS serves every stream
+    of an instance at once (a thread each), so it takes the pre/post count too; the
+    non-decoupled BLS answers one request per instance at a time and takes the max batch
+    size, so that a full batch can be in flight."""
     pre = post = instances or (1 if (os.cpu_count() or 1) <= 4 else 5)
-    bls_count = instances or max_batch_size
+    bls_count = instances or (pre if decoupled else max_batch_size)
     model = str(model_dir.resolve())
     common = {"triton_max_batch_size": str(max_batch_size)}
     trtllm = {
@@ -86,6 +88,9 @@ def model_values(
         "logits_datatype": "TYPE_FP32",
         "accumulate_tokens": "false",
         "tensorrt_llm_model_name": "tensorrt_llm",
+        # decode streamed text in the BLS itself, not by a postprocessing round trip
+        "tokenizer_dir": model,
+        "skip_special_tokens": "true",
     }
     if draft_name:
         bls["tensorrt_llm_draft_model_name"] = draft_name
@@ -180,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoupled", choices=["true", "false"], default="true")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--instances", type=int, default=None,
-                        help="pre/post/BLS instance count (default: pre/post 1 up to 4 "
-                             "CPUs, else 5; max batch size for the BLS)")
+                        help="pre/post/BLS instance count (default: 1 up to 4 CPUs, else 5; "
+                             "the max batch size for a BLS that is not decoupled)")
     parser.add_argument("--engine-process", choices=["true", "false"], default="true",
                         help="run each tensorrt_llm executor in an engine process of its own "
                              "(default true: 1.4x streamed tokens/s at 32 streams, "

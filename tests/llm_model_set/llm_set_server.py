@@ -53,8 +53,8 @@ class ServedModelSet:
     def infer(self, model: str, inputs: dict[str, np.ndarray], request_id: str = "") -> list:
         return self.run(self.ainfer(model, inputs, request_id))
 
-    async def ainfer(self, model: str, inputs: dict[str, np.ndarray], request_id: str = "",
-                     stop_after: int | None = None) -> list:
+    @staticmethod
+    def core_request(model: str, inputs: dict[str, np.ndarray], request_id: str = "") -> InferenceRequest:
         tensors = {}
         for name, value in inputs.items():
             arr = np.asarray(value)
@@ -62,9 +62,12 @@ class ServedModelSet:
             dtype = dtype or {np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32",
                               np.dtype(np.uint64): "UINT64"}[arr.dtype]
             tensors[name] = Tensor(name, dtype, arr)
-        request = InferenceRequest(model_name=model, inputs=tensors, id=request_id)
+        return InferenceRequest(model_name=model, inputs=tensors, id=request_id)
+
+    async def ainfer(self, model: str, inputs: dict[str, np.ndarray], request_id: str = "",
+                     stop_after: int | None = None) -> list:
         out = []
-        agen = self.server.infer(request)
+        agen = self.server.infer(self.core_request(model, inputs, request_id))
         try:
             async for resp in agen:
                 assert resp.error is None, resp.error

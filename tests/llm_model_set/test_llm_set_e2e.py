@@ -3,17 +3,38 @@ tensorrt_llm give transformers' greedy output; streaming, stop words, concurrenc
 cancellation and speculative decoding through the BLS."""
 
 import asyncio
+import re
+import shutil
+import time
 
 import numpy as np
 import pytest
 from llm_set_server import ServedModelSet, text_of, text_request
 
 PROMPT = "The quick brown fox"
+# the filled BLS decodes text itself (its tokenizer_dir is set); this copy of it leaves
+# tokenizer_dir unset and so decodes through the postprocessing model, as the stock BLS
+BLS_VIA_POST = "bls_via_postprocessing"
+BLS_MODELS = ["tensorrt_llm_bls", BLS_VIA_POST]
+
+
+def _add_bls_via_postprocessing(repo):
+    bls = repo / "tensorrt_llm_bls" / "config.pbtxt"  # one instance, whatever the CPU count
+    bls.write_text(re.sub(r"count: \d+", "count: 1", bls.read_text(), count=1))
+    copy = repo / BLS_VIA_POST
+    shutil.copytree(repo / "tensorrt_llm_bls", copy)
+    config = (copy / "config.pbtxt").read_text()
+    config = config.replace('name: "tensorrt_llm_bls"', f'name: "{BLS_VIA_POST}"')
+    config = re.sub(r'(key: "tokenizer_dir"\s*value: \{\s*string_value: )"[^"]*"',
+                    r'\1"${tokenizer_dir}"', config)
+    config = re.sub(r"count: \d+", "count: 2", config, count=1)
+    assert "${tokenizer_dir}" in config
+    (copy / "config.pbtxt").write_text(config)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    s = ServedModelSet(tmp_path_factory.mktemp("llmset"))
+    s = ServedModelSet(tmp_path_factory.mktemp("llmset"), prepare=_add_bls_via_postprocessing)
     yield s
     s.close()
 
@@ -22,17 +43,61 @@ def expected_text(served, prompt, n):
     return served.tokenizer.decode(served.greedy(prompt, n), skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+@pytest.mark.parametrize("model", ["ensemble", *BLS_MODELS])
 def test_greedy_equals_transformers(served, model):
     responses = served.infer(model, text_request(PROMPT, 12))
     assert text_of(responses) == expected_text(served, PROMPT, 12)
 
 
-@pytest.mark.parametrize("model", ["ensemble", "tensorrt_llm_bls"])
+@pytest.mark.parametrize("model", ["ensemble", *BLS_MODELS])
 def test_streaming_concatenates_to_full_text(served, model):
     responses = served.infer(model, text_request(PROMPT, 12, stream=[[True]]))
     assert len([r for r in responses if r.output("text_output") is not None]) > 1
     assert text_of(responses) == expected_text(served, PROMPT, 12)
+
+
+def test_bls_decodes_itself_only_with_its_tokenizer_dir(served):
+    def post_count():
+        [stats] = served.server.statistics("postprocessing")["model_stats"]
+        return stats["inference_stats"]["success"]["count"]
+
+    def chunks(responses):
+        return len([r for r in responses if r.output("text_output") is not None])
+
+    before = post_count()
+    assert chunks(served.infer("tensorrt_llm_bls", text_request(PROMPT, 12, stream=[[True]]))) > 1
+    time.sleep(0.2)
+    assert post_count() == before  # no postprocessing request at all
+    n = chunks(served.infer(BLS_VIA_POST, text_request(PROMPT, 12, stream=[[True]])))
+    deadline = time.monotonic() + 5  # a Python model's execution is counted after it answers
+    while post_count() - before < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert post_count() - before >= n  # at least one round trip per streamed chunk
+
+
+def test_one_decoupled_bls_instance_serves_its_streams_at_once(served):
+    """Our BLS streams each request on a thread of its own: with one instance, four
+    streams are all under way before the first of them ends (the stock BLS would serve
+    them one after another), and each is the text it has alone."""
+    prompts = [f"{PROMPT} {i}" for i in range(4)]
+    firsts, finals = {}, {}
+
+    async def stream(i):
+        request = served.core_request("tensorrt_llm_bls", text_request(prompts[i], 24, stream=[[True]]))
+        out = []
+        async for resp in served.server.infer(request):
+            assert resp.error is None, resp.error
+            firsts.setdefault(i, time.monotonic())
+            out.append(resp)
+        finals[i] = time.monotonic()
+        return text_of(out)
+
+    async def all_at_once():
+        return await asyncio.gather(*(stream(i) for i in range(4)))
+
+    texts = served.run(all_at_once())
+    assert texts == [expected_text(served, p, 24) for p in prompts]
+    assert max(firsts.values()) < min(finals.values())
 
 
 def test_tensorrt_llm_token_ids(served):
@@ -54,7 +119,7 @@ def test_stop_words(served):
     stop = served.stop_word(gen)
     want = full[: full.index(stop) + len(stop)]
     assert want != full
-    for model in ("ensemble", "tensorrt_llm_bls"):
+    for model in ("ensemble", *BLS_MODELS):
         for stream in (False, True):
             request = text_request(PROMPT, 16, stop_words=np.array([[stop.encode()]], dtype=object),
                                    stream=[[stream]])

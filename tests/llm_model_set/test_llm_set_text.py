@@ -1,11 +1,14 @@
 """Tokenizer helpers of the model set: word lists, embedding bias, streaming decode."""
 
+import json
+
 import numpy as np
 import pytest
 from llm_fixtures import build_tokenizer
-from model_set_helpers import metaspace_tokenizer
+from model_set_helpers import REPO, metaspace_tokenizer
 
 from llmserve.backends.tensorrtllm import text
+from llmserve.backends.tensorrtllm.fast_decode import FastDecoder
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +91,33 @@ def test_sentencepiece_spaces_kept(tmp_path):
     dec = text.IncrementalDecoder(lambda lists: [sp.decode(x) for x in lists])
     out = "".join(dec.push([t]) for t in ids) + dec.push([], final=True)
     assert out == "hello world again"
+
+
+@pytest.mark.parametrize("kind", ["byte_level", "metaspace", "demo"])
+@pytest.mark.parametrize("skip", [True, False])
+def test_fast_decoder_is_the_postprocessing_text(tmp_path, tok, kind, skip):
+    """The BLS's in-process decoder (tokenizers only) gives transformers' text for every
+    single id and for random id runs (special and byte-fallback ids included), plain and
+    as a streamed continuation."""
+    demo = REPO / "models" / "demo-llm"
+    folder = {"byte_level": tmp_path / "bl", "metaspace": tmp_path, "demo": demo}[kind]
+    if kind == "byte_level":
+        tok.save_pretrained(str(folder))
+    ref = metaspace_tokenizer(folder) if kind == "metaspace" else text.load_tokenizer(folder)
+    fast = FastDecoder.load(folder, skip)
+    assert fast is not None
+    rng = np.random.default_rng(0)
+    runs = [[i] for i in range(len(ref))] + [
+        rng.integers(0, len(ref), int(rng.integers(1, 12))).tolist() for _ in range(300)]
+    assert fast.decode_many(runs) == [ref.decode(r, skip_special_tokens=skip) for r in runs]
+    assert fast.decode_many(runs, streaming=True) == [
+        text.decode_continuation(ref, r, skip) for r in runs]
+
+
+def test_fast_decoder_declines_what_it_cannot_match(tmp_path, tok):
+    assert FastDecoder.load(tmp_path, True) is None  # no tokenizer.json
+    tok.save_pretrained(str(tmp_path))
+    config = tmp_path / "tokenizer_config.json"
+    settings = json.loads(config.read_text())
+    config.write_text(json.dumps({**settings, "clean_up_tokenization_spaces": True}))
+    assert FastDecoder.load(tmp_path, True) is None

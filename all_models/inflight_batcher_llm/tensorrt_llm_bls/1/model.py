@@ -4,17 +4,23 @@ Streaming state lives here, per request: an IncrementalDecoder per returned sequ
 keeps decode offsets (no split UTF-8 characters, no lost SentencePiece spaces), stop
 words are also checked on the text (a tail that could still become a stop word is held
 back; a hit ends the tensorrt_llm request with `stop`), and accumulate_tokens makes each
-streamed text_output the whole text so far. Draft-model speculative decoding runs the
+streamed text_output the whole text so far. Text comes from the postprocessing model, or,
+when this model's own tokenizer_dir parameter is set (and skip_special_tokens matches
+postprocessing's), from an in-process decoder that saves a postprocessing round trip per
+streamed chunk (fast_decode.FastDecoder). Draft-model speculative decoding runs the
 draft and target models in turn (tensorrt_llm_draft_model_name, num_draft_tokens).
 """
 
+import contextvars
 import json
+import threading
 import uuid
 
 import numpy as np
 
 import triton_python_backend_utils as pb_utils
 from llmserve.backends.tensorrtllm import text
+from llmserve.backends.tensorrtllm.fast_decode import FastDecoder
 from llmserve.backends.tensorrtllm.values import is_unset, parse_bool
 
 # BLS input -> preprocessing input
@@ -120,19 +126,34 @@ class TritonPythonModel:
         self.outputs = [o["name"] for o in config.get("output", [])]
         self.llm_outputs = [name for name in self.outputs if name != "text_output"]
         self._post_batches = True  # postprocessing takes several rows per request
+        # with tokenizer_dir set, text is decoded here instead of by postprocessing
+        tokenizer_dir = _param(config, "tokenizer_dir")
+        skip = _param(config, "skip_special_tokens")
+        skip = True if skip is None else parse_bool("skip_special_tokens", skip)
+        self._fast = None if tokenizer_dir is None else FastDecoder.load(tokenizer_dir, skip)
 
     def execute(self, requests):
         if not self.decoupled:
             return [self._run_once(r) for r in requests]
+        # each stream on a thread of its own, so that one instance serves many streams at
+        # once and the next requests need not wait for this one's last token; the thread
+        # runs in execute's context (BLS calls are only allowed there)
         for request in requests:
-            sender = request.get_response_sender()
-            try:
-                for response in self._generate(request):
-                    sender.send(response)
-            except pb_utils.TritonModelException as e:
-                sender.send(pb_utils.InferenceResponse(error=_error(e)))
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            run = contextvars.copy_context().run
+            threading.Thread(target=run, args=(self._stream, request), daemon=True,
+                             name="tensorrt_llm_bls-stream").start()
         return None
+
+    def _stream(self, request):
+        sender = request.get_response_sender()
+        try:
+            for response in self._generate(request):
+                sender.send(response)
+        except pb_utils.TritonModelException as e:
+            sender.send(pb_utils.InferenceResponse(error=_error(e)))
+        except Exception as e:  # never leave the client without a final response
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(e).__name__}: {e}")))
+        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _run_once(self, request):
         try:
@@ -260,7 +281,10 @@ class TritonPythonModel:
 
     def _decode_many(self, id_lists, streaming=False):
         """Texts of several id lists from one postprocessing request (a batch of rows);
-        one request per list only when postprocessing's max batch size rejects the batch."""
+        one request per list only when postprocessing's max batch size rejects the batch.
+        With the BLS's own tokenizer_dir: decoded here, no postprocessing request."""
+        if self._fast is not None:
+            return self._fast.decode_many(id_lists, streaming)
         if len(id_lists) > 1 and self._post_batches:
             try:
                 return self._decode_batch(id_lists, streaming)
