@@ -10,7 +10,6 @@ from typing import Any
 import anyio
 import numpy as np
 from fastapi import APIRouter
-from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -18,6 +17,7 @@ from llmserve.core.errors import InvalidArgument, ServerError
 from llmserve.core.types import InferenceRequest, InferenceResponse, Tensor
 from llmserve.frontends.errors import as_server_error
 from llmserve.frontends.http_common import read_body, until_disconnect
+from llmserve.frontends.sse import EventStream
 from llmserve.frontends.tensors import apply_parameters, parse_version
 from llmserve.frontends.wire import parse_json, tensor_from_json
 from llmserve.options import ServerOptions
@@ -212,6 +212,6 @@ def generate_router(server: Any, options: ServerOptions) -> APIRouter:
         except BaseException:
             await agen.aclose()
             raise
-        return EventSourceResponse(stream_events(first, agen, ireq), sep="\n", ping=15)
+        return EventStream(stream_events(first, agen, ireq), sep="\n", ping=15)
 
     return router

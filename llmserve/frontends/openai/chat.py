@@ -30,7 +30,14 @@ from llmserve.frontends.openai.protocol import (
     new_id,
 )
 from llmserve.frontends.openai.request_params import gen_params, max_tokens_for, with_seed
-from llmserve.frontends.openai.streaming import cancel_all, collect, merge, sse_response, start_all
+from llmserve.frontends.openai.streaming import (
+    TextChunks,
+    cancel_all,
+    collect,
+    merge,
+    sse_response,
+    start_all,
+)
 from llmserve.frontends.openai.structured import request_guide
 from llmserve.frontends.openai.tool_parsers import CallStart, Content, Event, parse_all
 from llmserve.frontends.openai.tools import (
@@ -117,12 +124,14 @@ async def create_chat_completion(server: Any, catalog: ModelCatalog, http: Reque
 
 
 async def _stream(req: ChatCompletionRequest, rid: str, gens: list[Generation],
-                  prompt_tokens: int, plan: ToolPlan) -> AsyncIterator[ChatCompletionChunk]:
+                  prompt_tokens: int, plan: ToolPlan) -> AsyncIterator[ChatCompletionChunk | str]:
     def chunk(choice: ChatStreamChoice) -> ChatCompletionChunk:
         return ChatCompletionChunk(id=rid, model=req.model, choices=[choice])
 
     for i in range(len(gens)):
         yield chunk(ChatStreamChoice(index=i, delta=ChatDelta(role="assistant", content="")))
+    contents = [TextChunks(lambda text, i=i: chunk(ChatStreamChoice(index=i, delta=ChatDelta(content=text))))
+                for i in range(len(gens))]
     tokens = [0] * len(gens)
     parsers = [plan.parser() for _ in gens]
     called = [False] * len(gens)
@@ -131,7 +140,9 @@ async def _stream(req: ChatCompletionRequest, rid: str, gens: list[Generation],
         logprobs = chat_logprobs(delta.logprobs) if req.logprobs and delta.logprobs else None
         parser = parsers[i]
         if parser is None:
-            if delta.text or delta.logprobs:
+            if logprobs is None and delta.text:
+                yield contents[i](delta.text)
+            elif delta.text or delta.logprobs:
                 yield chunk(ChatStreamChoice(index=i, delta=ChatDelta(content=delta.text),
                                              logprobs=logprobs))
         else:

@@ -22,7 +22,14 @@ from llmserve.frontends.openai.protocol import (
     new_id,
 )
 from llmserve.frontends.openai.request_params import gen_params, max_tokens_for, with_seed
-from llmserve.frontends.openai.streaming import cancel_all, collect, merge, sse_response, start_all
+from llmserve.frontends.openai.streaming import (
+    TextChunks,
+    cancel_all,
+    collect,
+    merge,
+    sse_response,
+    start_all,
+)
 from llmserve.frontends.openai.structured import request_guide
 
 
@@ -118,11 +125,12 @@ class _View:
         return self.prompts[prompt][0], list(prompt_lp or [])
 
 
-async def _stream(view: _View, rid: str, gens: list[Generation]) -> AsyncIterator[CompletionResponse]:
+async def _stream(view: _View, rid: str, gens: list[Generation]) -> AsyncIterator[CompletionResponse | str]:
     req, n = view.req, view.req.n
     offsets = [0] * len(gens)
     echoed = [False] * len(gens)
     tokens = [0] * len(gens)
+    texts: dict[int, TextChunks] = {}
     async for g, delta in merge(gens):
         p = g // view.best_of
         index = p * n + g % view.best_of
@@ -137,6 +145,12 @@ async def _stream(view: _View, rid: str, gens: list[Generation]) -> AsyncIterato
         if req.logprobs is not None:
             logprobs = completion_logprobs(entries, offsets[g])
         offsets[g] += len(text)
+        if logprobs is None and delta.finish_reason is None:
+            if index not in texts:
+                texts[index] = TextChunks(lambda t, i=index: CompletionResponse(
+                    id=rid, model=req.model, choices=[CompletionChoice(index=i, text=t)]))
+            yield texts[index](text)
+            continue
         choice = CompletionChoice(index=index, text=text, logprobs=logprobs,
                                   finish_reason=delta.finish_reason)  # type: ignore[arg-type]
         yield CompletionResponse(id=rid, model=req.model, choices=[choice])

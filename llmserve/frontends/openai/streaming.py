@@ -14,7 +14,6 @@ from typing import Any
 
 import anyio
 from pydantic import BaseModel
-from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 
 from llmserve.core.types import CancellationToken
@@ -22,6 +21,7 @@ from llmserve.frontends.http_common import until_disconnect
 from llmserve.frontends.openai.errors import as_openai_error
 from llmserve.frontends.openai.generation import Delta, Generation
 from llmserve.frontends.openai.logprobs import TokenLogprob
+from llmserve.frontends.sse import EventStream
 
 logger = logging.getLogger(__name__)
 
@@ -148,14 +148,37 @@ async def collect(request: Request, gens: list[Generation]) -> list[Collected]:
     return out
 
 
-def _dump(item: BaseModel | dict) -> str:
+class TextChunks:
+    """The JSON of a streamed chunk whose one changing part is a string (a chat delta's
+    content, a completion's text): pydantic renders the chunk once around a marker, and
+    each chunk is that template with the text put in by json.dumps (about 1 us against
+    pydantic's 11 to build and render the models per chunk). The bytes are pydantic's up to
+    the escaping of the text, which both do as JSON."""
+
+    _MARK = "\u0000llmserve-text\u0000"
+
+    def __init__(self, render: Callable[[str], BaseModel]) -> None:
+        self._render = render
+        encoded = json.dumps(self._MARK)
+        head, mark, tail = render(self._MARK).model_dump_json().partition(encoded)
+        self._parts = (head, tail) if mark and encoded not in tail else None
+
+    def __call__(self, text: str) -> str:
+        if self._parts is None:  # the marker was not found once: render it all
+            return self._render(text).model_dump_json()
+        return self._parts[0] + json.dumps(text, ensure_ascii=False) + self._parts[1]
+
+
+def _dump(item: BaseModel | dict | str) -> str:
+    if isinstance(item, str):  # rendered already (TextChunks)
+        return item
     if isinstance(item, BaseModel):
         return item.model_dump_json()
     return json.dumps(item)
 
 
-def sse_response(events: AsyncIterator[BaseModel | dict],
-                 on_close: Callable[[], Any]) -> EventSourceResponse:
+def sse_response(events: AsyncIterator[BaseModel | dict | str],
+                 on_close: Callable[[], Any]) -> EventStream:
     """`data: {chunk}` per item then `data: [DONE]`; an error after the stream began is
     sent as one `data: {"error": ...}` event. on_close runs however the stream ends
     (client disconnect included) and must cancel the generations."""
@@ -173,4 +196,4 @@ def sse_response(events: AsyncIterator[BaseModel | dict],
                     await events.aclose()  # type: ignore[attr-defined]
         yield {"data": "[DONE]"}
 
-    return EventSourceResponse(body(), sep="\n", ping=15)
+    return EventStream(body(), sep="\n", ping=15)
