@@ -13,7 +13,8 @@
 #   CONCURRENCY space-separated concurrencies                   ["4 8"]
 #   REQUESTS    measured requests per run (after 8 warm-up)     [64]
 #   ISL / OSL   synthetic input / output tokens, stddev 0       [128 / 64]
-#   SEED        aiperf --random-seed (same prompts for both)    [0]
+#   SEED        aiperf --random-seed of the first run; each later run takes the next
+#               seed, so no run re-sends an earlier run's prompts (same for both)  [0]
 #   SERVED_MODEL the model set's entry: ensemble or tensorrt_llm_bls [ensemble]
 #   MAX_BATCH   fill_demo_repository --max-batch-size (the engine's max batch)   [8]
 #
@@ -93,9 +94,9 @@ start_vllm() {
     wait_ready "http://127.0.0.1:$VLLM_PORT" 600
 }
 
-run_aiperf() {  # system url name endpoint-type concurrency [--streaming]
-    local system=$1 url=$2 name=$3 endpoint=$4 conc=$5
-    shift 5
+run_aiperf() {  # system url name endpoint-type concurrency seed [--streaming]
+    local system=$1 url=$2 name=$3 endpoint=$4 conc=$5 seed=$6
+    shift 6
     local dir="$OUT/$system/$name"
     rm -rf "$dir" && mkdir -p "$dir"
     uptime >"$dir/uptime_before.txt"
@@ -108,19 +109,25 @@ run_aiperf() {  # system url name endpoint-type concurrency [--streaming]
         --output-tokens-mean "$OSL" --output-tokens-stddev 0 \
         --extra-inputs ignore_eos:true --use-server-token-count \
         --concurrency "$conc" --request-count "$REQUESTS" --warmup-request-count 8 \
-        --random-seed "$SEED" --ui none --no-server-metrics --no-gpu-telemetry \
+        --random-seed "$seed" --ui none --no-server-metrics --no-gpu-telemetry \
         --artifact-dir "$dir" >"$dir/aiperf.log" 2>&1
     uptime >"$dir/uptime_after.txt"
 }
 
 bench_system() {  # system url
-    local system=$1 url=$2 conc last=""
+    # Each run draws its own prompts (seed SEED, SEED+1, ... in run order, the same for
+    # both systems): with one seed every run after the first re-sends the prompts of the
+    # runs before it, and prefix caching then answers part of each prefill from cache by
+    # block size (vLLM CPU's blocks are 128 tokens: a 134-token chat prompt hit one block,
+    # a 128-token completion prompt none; llmserve's 32-token blocks hit 3-4 of either).
+    local system=$1 url=$2 conc last="" seed=$SEED
     for conc in $CONCURRENCY; do
-        run_aiperf "$system" "$url" "completions_stream_c$conc" completions "$conc" --streaming
-        run_aiperf "$system" "$url" "chat_stream_c$conc" chat "$conc" --streaming
+        run_aiperf "$system" "$url" "completions_stream_c$conc" completions "$conc" "$seed" --streaming
+        run_aiperf "$system" "$url" "chat_stream_c$conc" chat "$conc" "$((seed + 1))" --streaming
+        seed=$((seed + 2))
         last=$conc
     done
-    run_aiperf "$system" "$url" "chat_c$last" chat "$last"
+    run_aiperf "$system" "$url" "chat_c$last" chat "$last" "$seed"
 }
 
 environment() {
@@ -133,7 +140,7 @@ environment() {
         echo "torch (llmserve): $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
         echo "model: $MODEL_DIR"
         echo "served model: $SERVED_MODEL, max batch size $MAX_BATCH"
-        echo "requests: $REQUESTS (+8 warm-up), isl $ISL, osl $OSL, seed $SEED, concurrency $CONCURRENCY"
+        echo "requests: $REQUESTS (+8 warm-up), isl $ISL, osl $OSL, seeds from $SEED (one per run), concurrency $CONCURRENCY"
     } >"$OUT/environment.txt"
 }
 
