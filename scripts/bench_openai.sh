@@ -17,6 +17,8 @@
 #               seed, so no run re-sends an earlier run's prompts (same for both)  [0]
 #   SERVED_MODEL the model set's entry: ensemble or tensorrt_llm_bls [ensemble]
 #   MAX_BATCH   fill_demo_repository --max-batch-size (the engine's max batch)   [8]
+#   MAX_NUM_TOKENS fill_demo_repository --max-num-tokens (tokens per engine step; empty:
+#               the script's default)                                        []
 #
 # Per system it runs, with identical aiperf arguments: completions streaming and chat
 # streaming at each concurrency, then chat non-streaming at the highest concurrency.
@@ -46,6 +48,7 @@ OSL="${OSL:-64}"
 SEED="${SEED:-0}"
 SERVED_MODEL="${SERVED_MODEL:-ensemble}"
 MAX_BATCH="${MAX_BATCH:-8}"
+MAX_NUM_TOKENS="${MAX_NUM_TOKENS:-}"
 LLMSERVE_PORT="${LLMSERVE_PORT:-18000}"
 VLLM_PORT="${VLLM_PORT:-18100}"
 REPO="$ROOT/build/bench_repo"
@@ -74,7 +77,8 @@ wait_ready() {  # url seconds
 
 start_llmserve() {
     .venv/bin/python scripts/fill_demo_repository.py "$REPO" --model "$MODEL_DIR" \
-        --no-draft --force --max-batch-size "$MAX_BATCH" >/dev/null
+        --no-draft --force --max-batch-size "$MAX_BATCH" \
+        ${MAX_NUM_TOKENS:+--max-num-tokens "$MAX_NUM_TOKENS"} >/dev/null
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/llmserve serve \
         --model-repository "$REPO" --http-port "$LLMSERVE_PORT" \
         --grpc-port $((LLMSERVE_PORT + 1)) --metrics-port $((LLMSERVE_PORT + 2)) \
@@ -139,7 +143,7 @@ environment() {
         echo "vllm: $("$VLLM_PY" -c 'import vllm; print(vllm.__version__)' 2>/dev/null)"
         echo "torch (llmserve): $(.venv/bin/python -c 'import torch; print(torch.__version__)')"
         echo "model: $MODEL_DIR"
-        echo "served model: $SERVED_MODEL, max batch size $MAX_BATCH"
+        echo "served model: $SERVED_MODEL, max batch size $MAX_BATCH, max num tokens ${MAX_NUM_TOKENS:-default}"
         echo "requests: $REQUESTS (+8 warm-up), isl $ISL, osl $OSL, seeds from $SEED (one per run), concurrency $CONCURRENCY"
     } >"$OUT/environment.txt"
 }
