@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -25,6 +26,40 @@ from llmserve.core.types import (
     Tensor,
 )
 from llmserve.scheduling.step_limiter import StepLimiter
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One step of ensemble_scheduling as plain Python: the protobuf maps cost a
+    container and a lookup per access, and the dataflow reads them for every streamed
+    response of every request."""
+
+    model_name: str
+    model_version: int
+    inputs: dict[str, str]  # model input -> ensemble tensor
+    outputs: dict[str, str]  # model output -> ensemble tensor
+    reads: tuple[str, ...]  # the ensemble tensors it takes
+
+    @classmethod
+    def of(cls, step: mc.ModelEnsembling.Step) -> _Step:
+        inputs = dict(step.input_map)
+        return cls(step.model_name, int(step.model_version), inputs, dict(step.output_map),
+                   tuple(inputs.values()))
+
+
+_STEPS: dict[int, tuple[mc.ModelConfig, list[_Step]]] = {}
+
+
+def _steps_of(config: mc.ModelConfig) -> list[_Step]:
+    """The config's steps, converted once per loaded config (it is never changed after)."""
+    cached = _STEPS.get(id(config))
+    if cached is not None and cached[0] is config:
+        return cached[1]
+    steps = [_Step.of(s) for s in config.ensemble_scheduling.step]
+    if len(_STEPS) > 256:  # configs of unloaded models
+        _STEPS.clear()
+    _STEPS[id(config)] = (config, steps)
+    return steps
 
 
 class _Branch:
@@ -108,7 +143,7 @@ class EnsembleRun:
         self.config = config
         self.version = version
         self.request = request
-        self.steps = list(config.ensemble_scheduling.step)
+        self.steps = _steps_of(config)
         self.output_names = output_names
         self.root = _Branch(inputs)
         # optional ensemble inputs the client left out: steps run without them (Triton)
@@ -118,14 +153,15 @@ class EnsembleRun:
         self.waiting: list[_Branch] = []  # ready to emit, in creation order
         self.pacing: list[tuple[_Branch, asyncio.Event]] = []  # decoupled steps, paced
         self.failed = False
-        self.streaming = any(self._step_decoupled(s) for s in self.steps)
+        self.step_decoupled = [self._step_decoupled(s) for s in self.steps]  # once per request
+        self.streaming = any(self.step_decoupled)
         # a step is asked only for the outputs a later step reads or the client wants:
         # the rest would be built, sent and dropped once per streamed token
-        needed = set(output_names).union(*(s.input_map.values() for s in self.steps))
-        self.step_outputs = [[RequestedOutput(n) for n, t in s.output_map.items() if t in needed]
-                             or [RequestedOutput(n) for n in s.output_map] for s in self.steps]
+        needed = set(output_names).union(*(s.reads for s in self.steps))
+        self.step_outputs = [[RequestedOutput(n) for n, t in s.outputs.items() if t in needed]
+                             or [RequestedOutput(n) for n in s.outputs] for s in self.steps]
 
-    def _step_decoupled(self, step: mc.ModelEnsembling.Step) -> bool:
+    def _step_decoupled(self, step: _Step) -> bool:
         try:
             return bool(self.server.is_decoupled(step.model_name, _version(step.model_version)))
         except ServerError:
@@ -137,7 +173,7 @@ class EnsembleRun:
             for i, step in enumerate(self.steps):
                 if b.has_started(i):
                     continue
-                if all(b.known(t) or t in self.absent for t in step.input_map.values()):
+                if all(b.known(t) or t in self.absent for t in step.reads):
                     b.started.add(i)
                     b.running += 1
                     task = asyncio.create_task(self._run_step(b, i))
@@ -179,7 +215,7 @@ class EnsembleRun:
     async def _run_step(self, branch: _Branch, index: int) -> None:
         step = self.steps[index]
         inputs = {}
-        for model_input, tensor_name in step.input_map.items():
+        for model_input, tensor_name in step.inputs.items():
             t = branch.get(tensor_name)
             if t is None:  # an optional ensemble input the client did not send, or a
                 continue   # tensor an earlier step left out
@@ -189,7 +225,7 @@ class EnsembleRun:
         sub = InferenceRequest(
             model_name=step.model_name,
             inputs=inputs,
-            model_version=int(step.model_version),
+            model_version=step.model_version,
             id=self.request.id,
             requested_outputs=self.step_outputs[index],
             parameters=dict(self.request.parameters),
@@ -199,7 +235,7 @@ class EnsembleRun:
             timeout_us=self.request.timeout_us,
             cancel=token,
         )
-        decoupled = self._step_decoupled(step)
+        decoupled = self.step_decoupled[index]
         limiter = self.limiters[index] if self.limiters else None
         acquired = False
         try:
@@ -209,11 +245,12 @@ class EnsembleRun:
             async for resp in self.server.infer_internal(sub):
                 if resp.error is not None:
                     raise resp.error
+                outputs = step.outputs
                 produced: dict[str, Tensor | None] = {
-                    step.output_map[t.name]: t for t in resp.outputs if t.name in step.output_map}
+                    outputs[t.name]: t for t in resp.outputs if t.name in outputs}
                 if not produced:  # a flag-only response (e.g. a decoupled model's final)
                     continue
-                for tensor_name in step.output_map.values():
+                for tensor_name in outputs.values():
                     produced.setdefault(tensor_name, None)
                 if decoupled:
                     child = _Branch(produced, branch)
