@@ -142,9 +142,8 @@ def test_bls_speculative_with_draft_model(served):
     assert text_of(responses) == expected_text(served, PROMPT, 10)
 
 
-def test_dropped_stream_cancels_and_frees_kv_blocks(served):
-    import time
-
+@pytest.mark.parametrize("model", ["ensemble", *BLS_MODELS])
+def test_dropped_stream_cancels_and_frees_kv_blocks(served, model):
     executor = served.server.models.resolve("tensorrt_llm")._backend_model.model.executor
     total = executor.get_kv_cache_stats().free_num_blocks
     labels = {"model": "tensorrt_llm", "version": "1"}
@@ -155,7 +154,7 @@ def test_dropped_stream_cancels_and_frees_kv_blocks(served):
     before = generated()
     # end_id -1: no eos, the request would run all 200 tokens unless cancelled
     request = text_request(PROMPT, 200, stream=[[True]], end_id=np.array([[-1]], np.int32))
-    responses = served.run(served.ainfer("ensemble", request, stop_after=2))
+    responses = served.run(served.ainfer(model, request, stop_after=2))
     assert len(responses) == 2
     deadline = time.monotonic() + 10
     while executor.get_kv_cache_stats().used_num_blocks and time.monotonic() < deadline:
