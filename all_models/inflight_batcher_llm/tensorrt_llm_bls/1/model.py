@@ -147,13 +147,17 @@ class TritonPythonModel:
     def _stream(self, request):
         sender = request.get_response_sender()
         try:
-            for response in self._generate(request):
-                sender.send(response)
-        except pb_utils.TritonModelException as e:
-            sender.send(pb_utils.InferenceResponse(error=_error(e)))
-        except Exception as e:  # never leave the client without a final response
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{type(e).__name__}: {e}")))
-        sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            try:
+                for response in self._generate(request):
+                    sender.send(response)
+            except pb_utils.TritonModelException as e:
+                sender.send(pb_utils.InferenceResponse(error=_error(e)))
+            except Exception as e:  # never leave the client without a final response
+                message = f"{type(e).__name__}: {e}"
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as e:  # the sender itself refused: nobody is left to answer
+            pb_utils.Logger.log_warn(f"tensorrt_llm_bls: a stream ended unanswered: {e}")
 
     def _run_once(self, request):
         try:
