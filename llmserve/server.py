@@ -287,7 +287,7 @@ class InferenceServer:
                 inputs, batch_size = validate_request(mv.config, request)
                 names = requested_output_names(mv.config, request)
                 run = EnsembleRun(self, mv.config, mv.version, request, inputs, names,
-                                  mv.step_limiters)
+                                  mv.step_limiters, mv.ensemble_steps)
                 stream = run.responses()
                 if mv.cache is not None and not run.streaming:  # never a decoupled ensemble
                     stream = mv.cache.ensemble(request, stream)

@@ -24,7 +24,7 @@ from pathlib import Path
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_stream_load import cpu_by_role  # noqa: E402
+from bench_stream_load import cpu_by_role, open_stream  # noqa: E402
 
 WORDS = (Path(__file__).resolve().parent.parent / "README.md").read_text().split()
 
@@ -32,15 +32,8 @@ WORDS = (Path(__file__).resolve().parent.parent / "README.md").read_text().split
 async def _one(client: openai.AsyncOpenAI, args, prompt: str) -> tuple[float, float]:
     start = time.perf_counter()
     first = None
-    extra = {"ignore_eos": True}
-    if args.chat:
-        stream = await client.chat.completions.create(
-            model=args.model, messages=[{"role": "user", "content": prompt}],
-            max_tokens=args.max_tokens, stream=True, extra_body=extra)
-    else:
-        stream = await client.completions.create(
-            model=args.model, prompt=prompt, max_tokens=args.max_tokens, stream=True,
-            extra_body=extra)
+    stream = await open_stream(client, args.model, prompt, args.chat, args.max_tokens,
+                               {"ignore_eos": True})
     async for chunk in stream:
         if first is None and chunk.choices:
             choice = chunk.choices[0]

@@ -72,15 +72,20 @@ def _prompt(rng: random.Random, words: int) -> str:
     return " ".join(rng.choice(vocab) for _ in range(words))
 
 
+async def open_stream(client: openai.AsyncOpenAI, model: str, prompt: str, chat: bool,
+                      max_tokens: int, extra: dict):
+    """A streamed chat or completions request of one user prompt."""
+    if chat:
+        return await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": prompt}],
+            max_tokens=max_tokens, stream=True, extra_body=extra)
+    return await client.completions.create(
+        model=model, prompt=prompt, max_tokens=max_tokens, stream=True, extra_body=extra)
+
+
 async def _one(client: openai.AsyncOpenAI, args, prompt: str) -> int:
     extra = {"ignore_eos": True, "stream_options": {"include_usage": True}}
-    if args.chat:
-        stream = await client.chat.completions.create(
-            model=args.model, messages=[{"role": "user", "content": prompt}],
-            max_tokens=args.osl, stream=True, extra_body=extra)
-    else:
-        stream = await client.completions.create(
-            model=args.model, prompt=prompt, max_tokens=args.osl, stream=True, extra_body=extra)
+    stream = await open_stream(client, args.model, prompt, args.chat, args.osl, extra)
     tokens = 0
     async for chunk in stream:
         if chunk.usage is not None:

@@ -28,6 +28,7 @@ from llmserve.models.warmup import warm_up
 from llmserve.repository import backend_of, config_to_json_dict
 from llmserve.scheduling.batcher import RequestQueue
 from llmserve.scheduling.cache_use import ModelCache
+from llmserve.scheduling.ensemble import ensemble_steps
 from llmserve.scheduling.host_policy import host_policy_cpus, pin_current_thread
 from llmserve.scheduling.ordering import ResponseOrderer
 from llmserve.scheduling.rate_limiter import Grantee
@@ -87,6 +88,7 @@ class ModelVersion:
         self.cache = ModelCache.for_model(server, config, version, self.stats)
         # ensemble_scheduling.max_inflight_requests: slots per step, shared by its requests
         self.step_limiters = limiters_for(config) if self.is_ensemble else None
+        self.ensemble_steps = ensemble_steps(config) if self.is_ensemble else None
         self.queue: RequestQueue | SequenceBatcher | None = None
         if uses_sequence_batcher(config) and not self.is_ensemble:
             self.queue = SequenceBatcher(config, len(instance_specs(config)))

@@ -29,10 +29,10 @@ from llmserve.scheduling.step_limiter import StepLimiter
 
 
 @dataclass(frozen=True, slots=True)
-class _Step:
+class EnsembleStep:
     """One step of ensemble_scheduling as plain Python: the protobuf maps cost a
     container and a lookup per access, and the dataflow reads them for every streamed
-    response of every request."""
+    response of every request. Built once per model version (ensemble_steps)."""
 
     model_name: str
     model_version: int
@@ -41,25 +41,14 @@ class _Step:
     reads: tuple[str, ...]  # the ensemble tensors it takes
 
     @classmethod
-    def of(cls, step: mc.ModelEnsembling.Step) -> _Step:
+    def of(cls, step: mc.ModelEnsembling.Step) -> EnsembleStep:
         inputs = dict(step.input_map)
         return cls(step.model_name, int(step.model_version), inputs, dict(step.output_map),
                    tuple(inputs.values()))
 
 
-_STEPS: dict[int, tuple[mc.ModelConfig, list[_Step]]] = {}
-
-
-def _steps_of(config: mc.ModelConfig) -> list[_Step]:
-    """The config's steps, converted once per loaded config (it is never changed after)."""
-    cached = _STEPS.get(id(config))
-    if cached is not None and cached[0] is config:
-        return cached[1]
-    steps = [_Step.of(s) for s in config.ensemble_scheduling.step]
-    if len(_STEPS) > 256:  # configs of unloaded models
-        _STEPS.clear()
-    _STEPS[id(config)] = (config, steps)
-    return steps
+def ensemble_steps(config: mc.ModelConfig) -> list[EnsembleStep]:
+    return [EnsembleStep.of(s) for s in config.ensemble_scheduling.step]
 
 
 class _Branch:
@@ -137,13 +126,14 @@ class _Branch:
 class EnsembleRun:
     def __init__(self, server: Any, config: mc.ModelConfig, version: int, request: InferenceRequest,
                  inputs: dict[str, Tensor], output_names: list[str],
-                 limiters: list[StepLimiter] | None = None):
+                 limiters: list[StepLimiter] | None = None,
+                 steps: list[EnsembleStep] | None = None):
         self.server = server
         self.limiters = limiters  # max_inflight_requests: one per step, shared
         self.config = config
         self.version = version
         self.request = request
-        self.steps = _steps_of(config)
+        self.steps = ensemble_steps(config) if steps is None else steps
         self.output_names = output_names
         self.root = _Branch(inputs)
         # optional ensemble inputs the client left out: steps run without them (Triton)
@@ -161,7 +151,7 @@ class EnsembleRun:
         self.step_outputs = [[RequestedOutput(n) for n, t in s.outputs.items() if t in needed]
                              or [RequestedOutput(n) for n in s.outputs] for s in self.steps]
 
-    def _step_decoupled(self, step: _Step) -> bool:
+    def _step_decoupled(self, step: EnsembleStep) -> bool:
         try:
             return bool(self.server.is_decoupled(step.model_name, _version(step.model_version)))
         except ServerError:

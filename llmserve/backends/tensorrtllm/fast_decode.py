@@ -21,19 +21,35 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from llmserve.backends.tensorrtllm import text
+
 log = logging.getLogger(__name__)
+
+
+class _RustTokenizer:
+    """A `tokenizers.Tokenizer` behind the encode/decode calls of transformers' fast
+    tokenizer that text.py makes (clean_up_tokenization_spaces is off: load() checked)."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False,
+               clean_up_tokenization_spaces: bool | None = None) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
 
 class FastDecoder:
     """decode_many(id_lists, streaming) with the postprocessing model's semantics:
-    skip_special_tokens as configured; streaming deltas decode as the middle of a text
-    (behind a one-token anchor, so SentencePiece keeps their leading space)."""
+    skip_special_tokens as configured; a streamed delta decodes as the middle of a text
+    (text.decode_continuation, as postprocessing's STREAMING input)."""
 
     def __init__(self, tokenizer, skip_special_tokens: bool) -> None:
-        self._tokenizer = tokenizer
+        self._rust = tokenizer
+        self._tokenizer = _RustTokenizer(tokenizer)
         self._skip = skip_special_tokens
-        self._anchor = tokenizer.encode("a", add_special_tokens=False).ids
-        self._head = tokenizer.decode(self._anchor, skip_special_tokens=True)
 
     @classmethod
     def load(cls, tokenizer_dir: str | Path, skip_special_tokens: bool) -> FastDecoder | None:
@@ -56,14 +72,6 @@ class FastDecoder:
 
     def decode_many(self, id_lists: Sequence[Sequence[int]], streaming: bool = False) -> list[str]:
         if not streaming:
-            return self._tokenizer.decode_batch([list(ids) for ids in id_lists],
-                                                skip_special_tokens=self._skip)
-        return [self._continuation(list(ids)) for ids in id_lists]
-
-    def _continuation(self, ids: list[int]) -> str:
-        if not self._anchor or not ids:
-            return self._tokenizer.decode(ids, skip_special_tokens=self._skip)
-        full = self._tokenizer.decode(self._anchor + ids, skip_special_tokens=self._skip)
-        if self._head and full.startswith(self._head):
-            return full[len(self._head) :]
-        return self._tokenizer.decode(ids, skip_special_tokens=self._skip)
+            return self._rust.decode_batch([list(ids) for ids in id_lists],
+                                           skip_special_tokens=self._skip)
+        return [text.decode_continuation(self._tokenizer, ids, self._skip) for ids in id_lists]
