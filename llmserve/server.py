@@ -395,7 +395,9 @@ def run_server(options: ServerOptions) -> int:
     """Run until SIGINT/SIGTERM; returns the process exit code."""
     if threading.current_thread() is not threading.main_thread():
         raise InternalError("run_server must be called from the main thread")
+    from llmserve.frontends import event_loop
+
     try:
-        return asyncio.run(_serve(options))
+        return event_loop.run(_serve(options))
     except KeyboardInterrupt:
         return 0

@@ -1,10 +1,11 @@
 """Streamed OpenAI load at a fixed concurrency, with the server's CPU seconds per token.
 
     python scripts/bench_stream_load.py URL --model ensemble [--chat] [--concurrency 32]
-        [--requests 64] [--isl 128] [--osl 64] [--pid SERVER_PID]
+        [--requests 64] [--isl 128] [--osl 64] [--seed 0] [--pid SERVER_PID]
 
 Each request streams ignore_eos completions of exactly --osl tokens (counted from the
-server's usage); with --pid it reads the server's process CPU time (/proc, children
+server's usage); prompts are drawn from --seed, so give each run its own seed to keep
+prefix caching out of the figures; with --pid it reads the server's process CPU time (/proc, children
 included) before and after and prints CPU seconds per streamed token.
 """
 
@@ -102,6 +103,7 @@ def arguments() -> argparse.ArgumentParser:
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--isl", type=int, default=128, help="prompt words (about one token each)")
     ap.add_argument("--osl", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0, help="prompts drawn from this seed")
     ap.add_argument("--pid", type=int)
     return ap
 
@@ -109,7 +111,7 @@ def arguments() -> argparse.ArgumentParser:
 async def run(args: argparse.Namespace) -> dict[str, float]:
     """One measurement (8 warm-up requests first): tokens, wall, tok/s, server CPU."""
     client = openai.AsyncOpenAI(base_url=args.url + "/v1", api_key="x", timeout=600)
-    rng = random.Random(0)
+    rng = random.Random(args.seed)
     prompts = [_prompt(rng, args.isl) for _ in range(args.requests + 8)]
     await asyncio.gather(*(_one(client, args, p) for p in prompts[:8]))  # warm-up
     sem = asyncio.Semaphore(args.concurrency)

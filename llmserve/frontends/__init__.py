@@ -15,6 +15,7 @@ import grpc
 import uvicorn
 from fastapi import APIRouter
 
+from llmserve.frontends.event_loop import http_implementation
 from llmserve.frontends.grpc_service import start_grpc
 from llmserve.frontends.http_app import build_http_app, build_metrics_app
 from llmserve.options import ServerOptions
@@ -38,7 +39,7 @@ class _UvicornServer:
         config = uvicorn.Config(
             app,
             lifespan="off",
-            http="h11",
+            http=http_implementation(),
             ws="none",
             access_log=False,
             log_config=None,

@@ -239,13 +239,13 @@ class FakeServer:
 class Running:
     """FakeServer + real frontends on a background loop; stop() tears both down."""
 
-    def __init__(self, options: ServerOptions | None = None) -> None:
+    def __init__(self, options: ServerOptions | None = None, loop_factory=None) -> None:  # noqa: ANN001
         self.fake = FakeServer()
         self.options = options or ServerOptions(
             http_address="127.0.0.1", http_port=0, grpc_address="127.0.0.1", grpc_port=0,
             metrics_address="127.0.0.1", metrics_port=0,
         )
-        self.loop = asyncio.new_event_loop()
+        self.loop = (loop_factory or asyncio.new_event_loop)()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.frontends: Frontends = self.call(start_frontends(self.fake, self.options))

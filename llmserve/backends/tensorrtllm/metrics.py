@@ -65,6 +65,10 @@ class LlmMetrics:
     def __init__(self, registry: CollectorRegistry, model: str, version: str):
         self._f = _families(registry)
         self._labels = (model, version)
+        # the per-token series, looked up once (labels() hashes and locks on every call)
+        self._generated = self._f.generated.labels(model, version)
+        self._ttft = self._f.ttft.labels(model, version)
+        self._itl = self._f.itl.labels(model, version)
 
     def update_from_stats(self, stats) -> None:
         f, (m, v) = self._f, self._labels
@@ -111,10 +115,10 @@ class LlmMetrics:
 
     def observe_tokens(self, count: int) -> None:
         if count > 0:
-            self._f.generated.labels(*self._labels).inc(count)
+            self._generated.inc(count)
 
     def observe_first_token(self, seconds: float) -> None:
-        self._f.ttft.labels(*self._labels).observe(seconds)
+        self._ttft.observe(seconds)
 
     def observe_inter_token(self, seconds: float) -> None:
-        self._f.itl.labels(*self._labels).observe(seconds)
+        self._itl.observe(seconds)
