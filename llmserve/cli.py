@@ -352,12 +352,20 @@ def setup_logging(args: argparse.Namespace) -> None:
                         format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
 
 
+SERVING_ENGINE_NICE = -10
+
+
 def reserve_frontend_cpu() -> None:
-    """The serving default for the engine's intra-op threads: every CPU but one, which is
-    left to the frontends, tokenizers and Python models (as vLLM's CPU build reserves
-    one). A spinning OpenMP team on every core starves them: on 2 cores under aiperf
-    this halved the server's throughput (docs/BENCHMARKS.md). LLMSERVE_ENGINE_THREADS
-    set by the user wins."""
+    """The serving defaults for the engine's threads. Their count: every CPU but one,
+    which is left to the frontends, tokenizers and Python models (as vLLM's CPU build
+    reserves one). A spinning OpenMP team on every core starves them: on 2 cores under
+    aiperf this halved the server's throughput (docs/BENCHMARKS.md). Their priority:
+    nice -10 (engine_thread.apply_engine_nice), so that the engine, the bottleneck on a
+    small machine, is not preempted by the threads that feed it; at 32 streams on 2
+    cores this raised streamed output by a third (docs/BENCHMARKS.md).
+    LLMSERVE_ENGINE_THREADS and LLMSERVE_ENGINE_NICE set by the user win."""
+    if not os.environ.get("LLMSERVE_ENGINE_NICE", "").strip():
+        os.environ["LLMSERVE_ENGINE_NICE"] = str(SERVING_ENGINE_NICE)
     if os.environ.get("LLMSERVE_ENGINE_THREADS", "").strip():
         return
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -262,14 +262,18 @@ def test_config_show_checks_ensemble_steps(tmp_path, capsys):
 def test_serve_leaves_one_cpu_to_the_frontends(monkeypatch):
     from llmserve.cli import reserve_frontend_cpu
 
-    monkeypatch.delenv("LLMSERVE_ENGINE_THREADS", raising=False)
+    monkeypatch.setenv("LLMSERVE_ENGINE_THREADS", "")  # restored after the test
+    monkeypatch.setenv("LLMSERVE_ENGINE_NICE", "")
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     reserve_frontend_cpu()
     assert os.environ["LLMSERVE_ENGINE_THREADS"] == "3"
+    assert os.environ["LLMSERVE_ENGINE_NICE"] == "-10"  # the engine's serving priority
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
     monkeypatch.delenv("LLMSERVE_ENGINE_THREADS")
     reserve_frontend_cpu()
     assert os.environ["LLMSERVE_ENGINE_THREADS"] == "1"
     monkeypatch.setenv("LLMSERVE_ENGINE_THREADS", "2")  # the user's choice wins
+    monkeypatch.setenv("LLMSERVE_ENGINE_NICE", "0")
     reserve_frontend_cpu()
     assert os.environ["LLMSERVE_ENGINE_THREADS"] == "2"
+    assert os.environ["LLMSERVE_ENGINE_NICE"] == "0"

@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 # LLMSERVE_ENGINE_THREADS overrides the intra-op thread count of the engine thread.
 _ENV = "LLMSERVE_ENGINE_THREADS"
+# LLMSERVE_ENGINE_NICE: the nice value of the engine thread and its OpenMP team (unset: the
+# process's own; `llmserve serve` sets -10, see cli.reserve_frontend_cpu).
+NICE_ENV = "LLMSERVE_ENGINE_NICE"
 IDLE_POLL_S = 0.005  # when work exists but nothing fits this step
 
 
@@ -51,6 +54,47 @@ def engine_num_threads() -> int:
             raise ValueError(f"{_ENV} must be a positive integer, got '{value}'")
         return n
     return torch.get_num_threads()
+
+
+def engine_nice() -> int | None:
+    """LLMSERVE_ENGINE_NICE as a nice value (-20..19), or None when unset or 0 (the
+    engine keeps the priority of the thread that starts it)."""
+    value = os.environ.get(NICE_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"{NICE_ENV} must be an integer from -20 to 19, got '{value}'") from None
+    if not -20 <= n <= 19:
+        raise ValueError(f"{NICE_ENV} must be an integer from -20 to 19, got '{value}'")
+    return n or None
+
+
+def apply_engine_nice(n: int | None) -> bool:
+    """Gives the calling thread nice value n (engine_nice(): LLMSERVE_ENGINE_NICE); the
+    OpenMP team it starts later inherits it. True when applied.
+
+    Why: on a small CPU machine the engine thread is the throughput bottleneck, and the
+    scheduler otherwise shares its core fairly with every other runnable thread (HTTP,
+    tokenizers, Python models, a co-located client). The engine cannot take more CPUs
+    than its threads, which `llmserve serve` keeps one below the machine's, so the rest
+    still have a CPU of their own. A lower nice value needs CAP_SYS_NICE (or
+    RLIMIT_NICE); without it the engine keeps the process's priority and a warning
+    says so. Linux applies a nice value per thread; elsewhere it may fail the same way.
+    """
+    if n is None or not hasattr(os, "setpriority"):
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), n)
+    except OSError as exc:
+        logger.warning("engine thread: %s=%d not applied (%s), so it runs at the process's "
+                       "priority; a negative nice value needs CAP_SYS_NICE or RLIMIT_NICE "
+                       "(%s=0 keeps it so without this warning)",
+                       NICE_ENV, n, exc.strerror or exc, NICE_ENV)
+        return False
+    logger.info("engine thread: nice %d", n)
+    return True
 
 
 class EngineClient(Protocol):
@@ -74,6 +118,7 @@ class EngineWorker:
 
     def __init__(self, name: str = "llmserve-engine", num_threads: int | None = None) -> None:
         self.num_threads = num_threads or engine_num_threads()
+        self.nice = engine_nice()  # a bad value fails here, on the caller's thread
         self.cond = threading.Condition()
         self._clients: list[EngineClient] = []
         self._heap = HeapTrimmer()  # used by the engine thread only
@@ -132,6 +177,7 @@ class EngineWorker:
                 self._clients.remove(client)
 
     def _main(self) -> None:
+        apply_engine_nice(self.nice)  # before the OpenMP team exists: it inherits this
         torch.set_num_threads(self.num_threads)
         idle = False
         while True:

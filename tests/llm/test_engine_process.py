@@ -45,6 +45,7 @@ from llmserve.llm import (
 from llmserve.llm.engine_process import EngineProcessExecutor
 
 P = prompt(11, 7)
+ENGINE_NICE = -3
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -88,16 +89,19 @@ def events_endpoint(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def engine(exec_ckpt, events_endpoint):
     """One engine process for the module (starting one imports torch: seconds)."""
-    old = os.environ.get("LLMSERVE_ENGINE_THREADS")
-    os.environ["LLMSERVE_ENGINE_THREADS"] = "1"  # tiny model on a shared 2-core box
+    env = {"LLMSERVE_ENGINE_THREADS": "1",  # tiny model on a shared 2-core box
+           "LLMSERVE_ENGINE_NICE": str(ENGINE_NICE)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         ex = EngineProcessExecutor(exec_ckpt, ModelType.DECODER_ONLY,
                                    engine_config(exec_ckpt, events_endpoint), name="t")
     finally:
-        if old is None:
-            os.environ.pop("LLMSERVE_ENGINE_THREADS")
-        else:
-            os.environ["LLMSERVE_ENGINE_THREADS"] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
     yield ex
     ex.shutdown()
     assert wait_gone(ex.pid), "the engine process outlived shutdown()"
@@ -213,6 +217,24 @@ def test_lora_weights_once_then_task_id(engine, exec_ckpt, exec_hf, tmp_path):
     assert tokens_of(first) == tokens_of(again) == want != hf_reference(exec_hf, p, 10)
     with pytest.raises(InvalidArgument, match="LoRA task 99 not found in cache"):
         engine.enqueue_request(greedy_request(p, 4, lora_config=LoraConfig(99)))
+
+
+def test_the_engine_thread_alone_takes_the_engine_nice_value(engine):
+    """LLMSERVE_ENGINE_NICE reaches the engine process's stepping thread only (its
+    channel threads keep the process's priority), where lowering nice is permitted."""
+    from engine_nice import can_lower_nice, thread_nices
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    permitted = can_lower_nice()
+    deadline = time.monotonic() + 10  # the engine thread sets it as it starts
+    nices = thread_nices(engine.pid)
+    while permitted and ENGINE_NICE not in nices and time.monotonic() < deadline:
+        time.sleep(0.05)
+        nices = thread_nices(engine.pid)
+    if permitted:
+        assert sorted(nices) == sorted([ENGINE_NICE] + [base] * (len(nices) - 1)), nices
+    else:  # not permitted here: every thread keeps the priority (and the log says why)
+        assert set(nices) == {base}, nices
 
 
 def test_stats_and_errors_cross_the_process(engine):

@@ -202,3 +202,69 @@ def test_a_forked_child_starts_its_own_engine_thread():
     assert os.read(read, 1) == b"1"
     os.waitpid(pid, 0)
     assert EngineWorker.shared() is parent
+
+
+def test_engine_nice_reads_the_environment(monkeypatch):
+    from llmserve.llm.engine_thread import NICE_ENV, engine_nice
+
+    monkeypatch.delenv(NICE_ENV, raising=False)
+    assert engine_nice() is None
+    for value, expected in (("0", None), ("-10", -10), (" 5 ", 5), ("", None)):
+        monkeypatch.setenv(NICE_ENV, value)
+        assert engine_nice() == expected
+    for bad in ("high", "-21", "20", "1.5"):
+        monkeypatch.setenv(NICE_ENV, bad)
+        with pytest.raises(ValueError, match=NICE_ENV):
+            engine_nice()
+        # a bad value fails on the thread that builds the worker, not on the engine thread
+        with pytest.raises(ValueError, match=NICE_ENV):
+            EngineWorker("t-bad-nice", num_threads=1)
+
+
+def _on_a_thread(fn):
+    out = []
+    t = threading.Thread(target=lambda: out.append((fn(), threading.get_native_id())))
+    t.start()
+    t.join()
+    return out[0]
+
+
+def test_apply_engine_nice_sets_the_calling_thread_only():
+    import os
+
+    from engine_nice import can_lower_nice
+
+    from llmserve.llm.engine_thread import apply_engine_nice
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert _on_a_thread(lambda: apply_engine_nice(None))[0] is False
+    if can_lower_nice():
+        seen = []
+
+        def apply_and_read():
+            ok = apply_engine_nice(base - 2)
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            child = _on_a_thread(lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            seen.append(child[0])  # a thread it starts (an OpenMP team) inherits it
+            return ok
+
+        assert _on_a_thread(apply_and_read)[0] is True
+        assert seen == [base - 2, base - 2]
+    # the thread that asked keeps its value
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+
+
+def test_apply_engine_nice_without_permission_warns_and_goes_on(monkeypatch, caplog):
+    import logging
+    import os
+
+    def refuse(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    from llmserve.llm.engine_thread import apply_engine_nice
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    with caplog.at_level(logging.WARNING, logger="llmserve.llm.engine_thread"):
+        assert _on_a_thread(lambda: apply_engine_nice(-10))[0] is False
+    assert "LLMSERVE_ENGINE_NICE=-10 not applied (Operation not permitted)" in caplog.text
+    assert "CAP_SYS_NICE" in caplog.text
