@@ -40,35 +40,33 @@ NICE_ENV = "LLMSERVE_ENGINE_NICE"
 IDLE_POLL_S = 0.005  # when work exists but nothing fits this step
 
 
-def engine_num_threads() -> int:
-    """The intra-op threads an engine thread uses: LLMSERVE_ENGINE_THREADS, else the
-    calling thread's torch setting (so torch.set_num_threads before building an
-    Executor carries over to its loop thread)."""
-    value = os.environ.get(_ENV, "").strip()
-    if value:
-        try:
-            n = int(value)
-        except ValueError:
-            raise ValueError(f"{_ENV} must be a positive integer, got '{value}'") from None
-        if n < 1:
-            raise ValueError(f"{_ENV} must be a positive integer, got '{value}'")
-        return n
-    return torch.get_num_threads()
-
-
-def engine_nice() -> int | None:
-    """LLMSERVE_ENGINE_NICE as a nice value (-20..19), or None when unset or 0 (the
-    engine keeps the priority of the thread that starts it)."""
-    value = os.environ.get(NICE_ENV, "").strip()
+def _env_int(name: str, low: int, high: int | None, what: str) -> int | None:
+    """The integer in environment variable `name` (None when unset or blank); ValueError
+    naming the variable when it is not one within [low, high]."""
+    value = os.environ.get(name, "").strip()
     if not value:
         return None
     try:
         n = int(value)
     except ValueError:
-        raise ValueError(f"{NICE_ENV} must be an integer from -20 to 19, got '{value}'") from None
-    if not -20 <= n <= 19:
-        raise ValueError(f"{NICE_ENV} must be an integer from -20 to 19, got '{value}'")
-    return n or None
+        n = None
+    if n is None or n < low or (high is not None and n > high):
+        raise ValueError(f"{name} must be {what}, got '{value}'")
+    return n
+
+
+def engine_num_threads() -> int:
+    """The intra-op threads an engine thread uses: LLMSERVE_ENGINE_THREADS, else the
+    calling thread's torch setting (so torch.set_num_threads before building an
+    Executor carries over to its loop thread)."""
+    n = _env_int(_ENV, 1, None, "a positive integer")
+    return torch.get_num_threads() if n is None else n
+
+
+def engine_nice() -> int | None:
+    """LLMSERVE_ENGINE_NICE as a nice value (-20..19), or None when unset or 0 (the
+    engine keeps the priority of the thread that starts it)."""
+    return _env_int(NICE_ENV, -20, 19, "an integer from -20 to 19") or None
 
 
 def apply_engine_nice(n: int | None) -> bool:
