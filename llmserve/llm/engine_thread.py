@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Protocol, TypeVar
@@ -79,9 +80,14 @@ def apply_engine_nice(n: int | None) -> bool:
     than its threads, which `llmserve serve` keeps one below the machine's, so the rest
     still have a CPU of their own. A lower nice value needs CAP_SYS_NICE (or
     RLIMIT_NICE); without it the engine keeps the process's priority and a warning
-    says so. Linux applies a nice value per thread; elsewhere it may fail the same way.
+    says so. Only Linux gives a thread a nice value of its own: elsewhere this logs that
+    the value is not applied.
     """
-    if n is None or not hasattr(os, "setpriority"):
+    if n is None:
+        return False
+    if not sys.platform.startswith("linux"):
+        logger.info("engine thread: %s=%d not applied: per-thread priority is Linux only",
+                    NICE_ENV, n)
         return False
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), n)
