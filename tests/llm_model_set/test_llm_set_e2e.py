@@ -113,6 +113,18 @@ def test_tensorrt_llm_token_ids(served):
     assert resp.output("sequence_length").data.tolist() == [[len(ids) + len(gen)]]
 
 
+def test_end_token_first_gives_empty_text(served):
+    """A request whose first generated token is its end_id ends with no tokens (a final
+    of shape [1, 1, 0]): every model of the set answers an empty text, streamed or not
+    (the BLS's non-streamed path once failed to reshape it: a fuzz-found 500)."""
+    first = served.greedy(PROMPT, 1)[0]
+    for model in ("ensemble", *BLS_MODELS):
+        for stream in (False, True):
+            request = text_request(PROMPT, 4, end_id=np.array([[first]], np.int32),
+                                   stream=[[stream]])
+            assert text_of(served.infer(model, request)) == "", (model, stream)
+
+
 def test_stop_words(served):
     gen = served.greedy(PROMPT, 16)
     full = served.tokenizer.decode(gen, skip_special_tokens=True)

@@ -33,7 +33,9 @@ def _rows(response: InferenceResponse, name: str) -> np.ndarray | None:
     arr = np.asarray(tensor.data, dtype=np.float32)
     if arr.ndim == 0:
         return None
-    return arr.reshape(-1, arr.shape[-1]) if arr.ndim >= 2 else arr.reshape(1, -1)
+    if arr.ndim < 2:
+        return arr.reshape(1, -1)
+    return arr.reshape(int(np.prod(arr.shape[:-1])), arr.shape[-1])  # -1 fails at 0 tokens
 
 
 def _log_softmax(rows: np.ndarray) -> np.ndarray:

@@ -317,7 +317,9 @@ class TritonPythonModel:
 
     def _final_response_from(self, out, llm_inputs, stop_words, inputs, outputs=None):
         ids, lengths = out["output_ids"], out["sequence_length"]
-        ids = ids.reshape(-1, ids.shape[-1])
+        # rows by the leading dims, not -1: a final of no tokens ([1, 1, 0], e.g. an end
+        # token first with the input excluded) has size 0
+        ids = ids.reshape(int(np.prod(ids.shape[:-1])), ids.shape[-1])
         lengths = lengths.reshape(-1)
         exclude = bool(_scalar(inputs, "exclude_input_in_output", False))
         prompt_len = int(np.asarray(llm_inputs["input_lengths"]).reshape(-1)[0])
