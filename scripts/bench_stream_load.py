@@ -4,9 +4,9 @@
         [--requests 64] [--isl 128] [--osl 64] [--seed 0] [--pid SERVER_PID]
 
 Each request streams ignore_eos completions of exactly --osl tokens (counted from the
-server's usage); prompts are drawn from --seed, so give each run its own seed to keep
-prefix caching out of the figures; with --pid it reads the server's process CPU time (/proc, children
-included) before and after and prints CPU seconds per streamed token.
+server's usage). Prompts are drawn from --seed: give each run its own seed to keep prefix
+caching out of the figures. With --pid it reads the server's process CPU time (/proc,
+children included) before and after and prints CPU seconds per streamed token.
 """
 
 from __future__ import annotations

@@ -53,12 +53,13 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def http_implementation() -> str:
     """uvicorn's `http` setting: httptools when installed, else h11."""
     choice = _choice(HTTP_ENV, _HTTP)
-    if choice != "auto":
-        if choice == "httptools" and importlib.util.find_spec("httptools") is None:
-            log.warning("%s=httptools but httptools is not installed: h11 serves", HTTP_ENV)
-            return "h11"
-        return choice
-    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    if choice == "h11":
+        return "h11"
+    if importlib.util.find_spec("httptools") is not None:
+        return "httptools"
+    if choice == "httptools":
+        log.warning("%s=httptools but httptools is not installed: h11 serves", HTTP_ENV)
+    return "h11"
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

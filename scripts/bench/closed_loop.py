@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("LLMSERVE_ENGINE_THREADS", "1")
 
 from bench import llmserve_runner  # noqa: E402
-from bench.workload import BenchRequest  # noqa: E402
+from bench.workload import make_requests  # noqa: E402
 
 
 def main() -> None:
@@ -34,28 +33,17 @@ def main() -> None:
     ap.add_argument("--max-num-tokens", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    rng = random.Random(args.seed)
-
-    def requests(n: int, plen: int, olen: int) -> list[BenchRequest]:
-        return [BenchRequest([rng.randrange(8, 4096) for _ in range(plen)], olen) for _ in range(n)]
-
     ex = llmserve_runner.make_executor(args.model, llmserve_runner.LlmserveSettings(
         max_num_tokens=args.max_num_tokens, max_batch_size=args.concurrency))
-
-    async def closed(rs: list[BenchRequest]) -> None:
-        sem = asyncio.Semaphore(args.concurrency)
-
-        async def one(r: BenchRequest) -> None:
-            async with sem:
-                await llmserve_runner._one(ex, r, 0.0, True)
-
-        await asyncio.gather(*(one(r) for r in rs))
-
+    vocab = ex.vocab_size
+    warm = make_requests(4, vocab, 4096, seed=99, prompt_range=(16, 16), output_range=(8, 8))
+    requests = make_requests(args.requests, vocab, 4096, seed=args.seed,
+                             prompt_range=(args.prompt, args.prompt),
+                             output_range=(args.out, args.out))
     try:
-        asyncio.run(closed(requests(4, 16, 8)))  # warm-up
-        rs = requests(args.requests, args.prompt, args.out)
+        asyncio.run(llmserve_runner.run_workload(ex, warm, True, args.concurrency))
         cpu0, t0 = time.process_time(), time.perf_counter()
-        asyncio.run(closed(rs))
+        asyncio.run(llmserve_runner.run_workload(ex, requests, True, args.concurrency))
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         ex.shutdown()

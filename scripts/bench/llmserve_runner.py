@@ -61,9 +61,20 @@ async def _one(executor, req: BenchRequest, t0: float, streaming: bool) -> Timin
     return timing
 
 
-async def run_workload(executor, requests: list[BenchRequest], streaming: bool) -> list[Timing]:
+async def run_workload(executor, requests: list[BenchRequest], streaming: bool,
+                       concurrency: int | None = None) -> list[Timing]:
+    """All requests at their arrival times or, with `concurrency`, as a closed loop: at
+    most that many in flight, the next sent as one ends."""
     t0 = time.perf_counter()
-    return list(await asyncio.gather(*[_one(executor, r, t0, streaming) for r in requests]))
+    if concurrency is None:
+        return list(await asyncio.gather(*[_one(executor, r, t0, streaming) for r in requests]))
+    slots = asyncio.Semaphore(concurrency)
+
+    async def bounded(r: BenchRequest) -> Timing:
+        async with slots:
+            return await _one(executor, r, t0, streaming)
+
+    return list(await asyncio.gather(*[bounded(r) for r in requests]))
 
 
 def run(model: str, workloads: dict[str, tuple[list[BenchRequest], bool]],
