@@ -19,6 +19,7 @@ import llmserve
 from llmserve.backends.python import context as pb_context
 from llmserve.backends.python.metrics import CustomMetrics
 from llmserve.core.errors import InternalError, ServerError, Unavailable
+from llmserve.core.gc_freeze import freeze_loaded_heap
 from llmserve.core.types import InferenceRequest, InferenceResponse
 from llmserve.models import ModelManager, ModelState, ModelVersion
 from llmserve.models.metrics import CacheMetricsCollector, ModelMetricsCollector
@@ -46,8 +47,11 @@ def _version_arg(version: str | int) -> str:
 
 
 class InferenceServer:
-    def __init__(self, options: ServerOptions):
+    def __init__(self, options: ServerOptions, freeze_heap: bool = False):
+        """freeze_heap: keep what the model loads leave out of garbage collection
+        (core/gc_freeze.py), for a process that serves (not one that embeds a server)."""
         self.options = options
+        self.freeze_heap = freeze_heap
         self.metrics_registry = CollectorRegistry()
         self.custom_metrics = CustomMetrics()
         self.metrics_registry.register(ModelMetricsCollector(self._metric_rows))
@@ -80,6 +84,9 @@ class InferenceServer:
         self._live = True
         self._accepting = True
         failures = await self.models.start()
+        if self.freeze_heap:
+            freeze_loaded_heap("server", collect=True)
+            self.models.freeze_later_loads = True
         if failures and self.options.exit_on_error:
             detail = "; ".join(f"{n}: {r}" for n, r in failures)
             await self.stop()
@@ -363,7 +370,7 @@ def _printable(text: object) -> str:
 async def _serve(options: ServerOptions) -> int:
     from llmserve.frontends import start_frontends
 
-    server = InferenceServer(options)
+    server = InferenceServer(options, freeze_heap=True)
     try:
         await server.start()
     except ServerError as exc:

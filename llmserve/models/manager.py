@@ -15,6 +15,7 @@ from typing import Any
 from tritonclient.grpc import model_config_pb2 as mc
 
 from llmserve.core.errors import InvalidArgument, NotFound, ServerError, Unavailable
+from llmserve.core.gc_freeze import freeze_loaded_heap, refreeze_after_unload
 from llmserve.models.entry import ModelEntry, dir_signature
 from llmserve.models.version import ModelState, ModelVersion
 from llmserve.repository import find_model, load_model_config, scan_repositories, select_versions
@@ -41,6 +42,10 @@ class ModelManager:
         self.pool = ThreadPoolExecutor(max(1, int(self.options.model_load_thread_count)),
                                        thread_name_prefix="model-load")
         self._poll_task: asyncio.Task | None = None
+        # set once the server has frozen its loaded heap (core/gc_freeze.py): each later
+        # load freezes what it added, without the full collection that would stall
+        # serving; an unload thaws, collects and freezes again (its cycles are garbage)
+        self.freeze_later_loads = False
 
     @property
     def roots(self) -> list[Path]:
@@ -66,6 +71,7 @@ class ModelManager:
         return [(n, _reason(r)) for n, r in zip(names, results, strict=False) if isinstance(r, BaseException)]
 
     async def stop(self, drain_timeout: float | None) -> None:
+        self.freeze_later_loads = False  # the process is ending: no collection to pay for
         if self._poll_task is not None:
             self._poll_task.cancel()
             self._poll_task = None
@@ -133,6 +139,8 @@ class ModelManager:
                     continue  # a failed load dropped it while we waited: start over
                 old, old_temp = await self._load_locked(name, entry, config_json, files)
                 break
+        if self.freeze_later_loads:
+            freeze_loaded_heap(f"model '{name}'", collect=False)
         stale = [v for v in old.values() if v.state != ModelState.UNAVAILABLE]
         if stale or old_temp is not None:
             # the previous versions finish their in-flight requests in the background
@@ -241,6 +249,8 @@ class ModelManager:
             await loop.run_in_executor(None, mv.unload, None)
         if temp_dir is not None:
             shutil.rmtree(temp_dir.parent, ignore_errors=True)
+        if versions and self.freeze_later_loads:
+            refreeze_after_unload(f"model '{versions[0].name}' retired")
 
     # -- unload -------------------------------------------------------------------------
     async def unload(self, name: str, unload_dependents: bool = False,
@@ -263,6 +273,8 @@ class ModelManager:
                 entry.model_dir = find_model(self.roots, name) if self.roots else None
             entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
             log.info("unloaded model '%s'", printable(name))
+            if versions and self.freeze_later_loads:
+                refreeze_after_unload(f"model '{name}' unloaded")
         if unload_dependents and config is not None and config.HasField("ensemble_scheduling"):
             for step in config.ensemble_scheduling.step:
                 if step.model_name != name:

@@ -45,7 +45,7 @@ class LLMServeReplica:
             os.environ["LLMSERVE_ENGINE_THREADS"] = str(max(1, int(cpus)))
         options = dataclasses.replace(options, allow_http=False, allow_grpc=False,
                                       allow_metrics=False)
-        self.server = InferenceServer(options)
+        self.server = InferenceServer(options, freeze_heap=True)
         await self.server.start()
         self.app = build_http_app(self.server, options)
         name = serve.get_replica_context().replica_id.to_full_id_str()

@@ -237,6 +237,12 @@ def test_the_engine_thread_alone_takes_the_engine_nice_value(engine):
         assert set(nices) == {base}, nices
 
 
+def test_the_engine_process_keeps_its_loaded_heap_out_of_garbage_collection(engine):
+    """Frozen once the executor is built (core/gc_freeze.py): torch's and the model's
+    objects are never walked by a full collection while the engine steps."""
+    assert engine.gc_frozen > 10_000
+
+
 def test_stats_and_errors_cross_the_process(engine):
     engine.get_latest_iteration_stats()
     engine.get_latest_request_stats()

@@ -86,6 +86,57 @@ def test_explicit_load_unload(tmp_path):
     asyncio.run(run())
 
 
+def test_a_serving_server_keeps_its_loaded_heap_out_of_garbage_collection(tmp_path,
+                                                                         monkeypatch):
+    """run_server's InferenceServer freezes what its first loads left (after a full
+    collection), then what each later load adds, and collects again after an unload; an
+    embedded one (freeze_heap False, as in these tests) leaves the host's heap alone
+    (core/gc_freeze.py)."""
+    import gc
+
+    from llmserve.core import gc_freeze
+    from llmserve.options import ServerOptions
+    from llmserve.server import InferenceServer
+
+    repo = copy_repo(tmp_path, ["slow", "add_sub"])
+    collected: list[bool | str] = []  # per freeze: its collect; "refreeze" per unload
+    real, real_refreeze = gc_freeze.freeze_loaded_heap, gc_freeze.refreeze_after_unload
+
+    def spy(what, collect=True):
+        collected.append(collect)
+        return real(what, collect)
+
+    def refreeze_spy(what):
+        collected.append("refreeze")
+        real_refreeze(what)
+
+    monkeypatch.setattr("llmserve.server.freeze_loaded_heap", spy)
+    monkeypatch.setattr("llmserve.models.manager.freeze_loaded_heap", spy)
+    monkeypatch.setattr("llmserve.models.manager.refreeze_after_unload", refreeze_spy)
+
+    async def run(freeze_heap):
+        server = InferenceServer(ServerOptions(
+            model_repositories=[repo], exit_timeout_secs=5, model_control_mode="explicit",
+            load_models=["slow"]), freeze_heap=freeze_heap)
+        await server.start()
+        try:
+            started = gc.get_freeze_count()
+            await server.load_model("add_sub")
+            loaded = gc.get_freeze_count()
+            await server.unload_model("add_sub")
+            return started, loaded
+        finally:
+            await server.stop()  # the end of the process: no refreeze
+
+    try:
+        before = gc.get_freeze_count()
+        assert asyncio.run(run(False)) == (before, before) and collected == []
+        started, loaded = asyncio.run(run(True))
+        assert before < started <= loaded and collected == [True, False, "refreeze"]
+    finally:
+        gc.unfreeze()  # this test process's heap goes back to the collector
+
+
 def test_load_with_config_override_and_files(tmp_path):
     repo = copy_repo(tmp_path, ["slow", "add_sub"])
     marker = tmp_path / "final.txt"

@@ -41,6 +41,7 @@ from llmserve.backends.python.stub_runtime import (
     StubSlot,
 )
 from llmserve.core.errors import InternalError
+from llmserve.core.gc_freeze import freeze_loaded_heap
 
 log = logging.getLogger("llmserve.backends.python.stub")
 _HOUSEKEEPING_S = 0.1
@@ -115,6 +116,8 @@ class Stub:
             self._auto_complete()
             self._exit()
         error = self._load()
+        if error is None:  # what initialize built lives as long as the stub
+            freeze_loaded_heap(f"model '{self.init['model_name']}' stub")
         runner = self.runner
         self.link.send(("init_done", error, bool(runner and runner.is_async),
                         bool(runner and runner.has_is_ready)))

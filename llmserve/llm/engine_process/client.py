@@ -104,6 +104,7 @@ class EngineProcessExecutor(RoutedResponses):
         self.max_batch_size = info.max_batch_size
         self.max_num_tokens = info.max_num_tokens
         self.tokens_per_block = info.tokens_per_block
+        self.gc_frozen = info.gc_frozen
 
     def _first_message(self):
         """Ready or LoadFailed, or None when the process exited first."""

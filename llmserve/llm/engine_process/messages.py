@@ -84,6 +84,7 @@ class EngineInfo:
     max_batch_size: int
     max_num_tokens: int
     tokens_per_block: int
+    gc_frozen: int = 0  # objects kept out of garbage collection (core/gc_freeze.py)
 
 
 @dataclass(slots=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import zmq
 
+from llmserve.core.gc_freeze import freeze_loaded_heap
 from llmserve.llm.engine_process import messages as m
 from llmserve.llm.engine_process.channel import (
     RANKS_FAILED_EXIT,
@@ -195,7 +196,9 @@ def main(argv: list[str] | None = None) -> None:
         logger.error("engine load failed: %s", exc)
         outbox.send(m.LoadFailed(m.wire_error(exc)))
         _exit(ctx, 1)
-    outbox.send(m.Ready(executor.info()))
+    info = executor.info()
+    info.gc_frozen = freeze_loaded_heap("engine process")
+    outbox.send(m.Ready(info))
     logger.info("engine process %d ready for '%s'", os.getpid(), init.model_path)
     try:
         serve(executor, pull, outbox)
