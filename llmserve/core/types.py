@@ -73,6 +73,14 @@ class CancellationToken:
             if cb in self._callbacks:
                 self._callbacks.remove(cb)
 
+    def clear_callbacks(self) -> None:
+        """Forget every callback: the request is answered, so cancelling it can do nothing
+        more. The callbacks hold its queue entry and backend state, which hold the
+        request: left here they would make a reference cycle per request for the
+        garbage collector to find."""
+        with self._lock:
+            self._callbacks = []
+
 
 @dataclass(slots=True)
 class InferenceRequest:

@@ -256,6 +256,7 @@ class ModelVersion:
         start = sreq.request.arrival_ns or now_ns()
 
         def done(resp: InferenceResponse) -> None:
+            sreq.request.cancel.clear_callbacks()
             self.stats.request_done(not sreq.sink.failed, now_ns() - start)
             with self._idle:
                 self._inflight -= 1

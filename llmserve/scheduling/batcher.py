@@ -97,9 +97,11 @@ class RequestQueue:
             size = len(self._main[level]) + len(self._delayed[level])
             if policy.max_queue_size > 0 and size >= policy.max_queue_size:
                 raise Unavailable("Exceeds maximum queue size")
+            # before it can be taken: a request answered at once then drops this
+            # callback with the rest (ModelVersion.submit), instead of gaining it after
+            sreq.request.cancel.add_callback(lambda: self._cancel_queued(sreq))
             self._main[level].append(sreq)
             self._cond.notify()
-        sreq.request.cancel.add_callback(lambda: self._cancel_queued(sreq))
 
     def requeue(self, sreq: SchedRequest) -> None:
         """A request released with RESCHEDULE: it goes to the front of its level."""

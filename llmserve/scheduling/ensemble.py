@@ -94,6 +94,16 @@ class _Branch:
             b = b.parent
         return False
 
+    def release(self) -> None:
+        """The run is over: unlink this subtree's children, so that its branches (one
+        per streamed response, each with its tensors) are freed now by reference
+        counting instead of waiting, as reference cycles, for the garbage collector."""
+        stack = [self]
+        while stack:
+            b = stack.pop()
+            stack.extend(b.children)
+            b.children = []
+
     def subtree(self) -> list[_Branch]:
         out = [self]
         for c in self.children:
@@ -234,7 +244,10 @@ class EnsembleRun:
                 acquired = True
             async for resp in self.server.infer_internal(sub):
                 if resp.error is not None:
-                    raise resp.error
+                    # failed here, not raised: the traceback raising would put on the
+                    # response's error ties this frame (and the run) into a cycle
+                    self._fail(self._step_error(step, resp.error))
+                    return
                 outputs = step.outputs
                 produced: dict[str, Tensor | None] = {
                     outputs[t.name]: t for t in resp.outputs if t.name in outputs}
@@ -251,8 +264,7 @@ class EnsembleRun:
                     branch.own.update(produced)
                     self._trigger(branch)
         except ServerError as exc:
-            self._fail(ServerError(f"in ensemble '{self.config.name}', step '{step.model_name}': "
-                                   f"{exc.message}", exc.code))
+            self._fail(self._step_error(step, exc))
         except asyncio.CancelledError:
             token.cancel()
             raise
@@ -265,6 +277,10 @@ class EnsembleRun:
             branch.running -= 1
             self._flush()
             self._wake()
+
+    def _step_error(self, step: EnsembleStep, exc: ServerError) -> ServerError:
+        return ServerError(f"in ensemble '{self.config.name}', step '{step.model_name}': "
+                           f"{exc.message}", exc.code)
 
     async def _acquire(self, limiter: StepLimiter, index: int) -> None:
         """A slot at this step (max_inflight_requests); a cancelled request stops waiting."""
@@ -343,6 +359,7 @@ class EnsembleRun:
         finally:
             for t in list(self.tasks):
                 t.cancel()
+            self.root.release()
 
     def _final(self, error: ServerError | None = None) -> InferenceResponse:
         return InferenceResponse(self.config.name, self.version, self.request.id, [], error=error,

@@ -75,11 +75,15 @@ class ResponseSink:
             self.unread += 1
             if response.error is not None:
                 self.failed = True
+            on_final: list[Callable[[InferenceResponse], None]] | tuple = ()
             if response.final:
                 self.closed = True
-        if response.final:  # bookkeeping first: the consumer may look at stats at once
-            for cb in self._on_final:
-                cb(response)
+                # dropped once run (as is a producer's pending drained()): they hold
+                # the request, which holds this sink
+                on_final, self._on_final = self._on_final, []
+                self._drained = None
+        for cb in on_final:  # bookkeeping first: the consumer may look at stats at once
+            cb(response)
         self._deliver(response)
         return True
 

@@ -291,3 +291,20 @@ def test_model_control_from_inside_a_model(backend_server):
 def test_a_models_own_is_ready_decides_its_readiness(backend_server):
     assert backend_server.model_ready("add_sub")
     assert not backend_server.model_ready("not_ready")
+
+
+def test_finished_requests_and_bls_calls_leave_no_reference_cycles(backend_server):
+    """A decoupled model's request (its state and response sender) and a decoupled BLS
+    call walked to its end (its iterator, its responses, the callback it left on the
+    calling request's cancellation) are freed by reference counting in the model's
+    process, not left as cycles for the garbage collector (core/gc_freeze.py)."""
+    def ask(mode):
+        resps = backend_server.run(collect(backend_server, make_request(
+            "gc_probe", {"MODE": np.array([mode])})))
+        assert resps[-1].final and resps[0].error is None, resps[0].error
+        return int(resps[0].output("COUNT").data[0])
+
+    ask("bls")  # the first call may fill caches that live on
+    ask("start")
+    assert [ask("bls") for _ in range(3)] == [3, 3, 3]
+    assert ask("count") == 0

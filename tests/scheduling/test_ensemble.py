@@ -1,5 +1,7 @@
 """Ensembles of Python models: chained steps, decoupled steps streaming through, errors."""
 
+import time
+
 import numpy as np
 from inproc_server import collect, make_request
 
@@ -227,3 +229,39 @@ def test_max_inflight_requests_bounds_each_step_across_requests():
     assert most_at_once(0) == 6  # one per stream (paced), every stream at once
     assert most_at_once(2) == 2
     assert most_at_once(1) == 1
+
+
+def test_finished_requests_leave_no_reference_cycles(sched_server):
+    """What a request builds (its scheduler entry, response sink, cancellation callbacks,
+    an ensemble's branch per streamed response with its tensors) is freed by reference
+    counting when it finishes. A cycle among them would leave one batch of garbage per
+    streamed token for the collector, whose full passes stalled a busy server for
+    hundreds of ms (core/gc_freeze.py)."""
+    import collections
+    import gc
+
+    ours = {"SchedRequest", "ResponseSink", "InferenceRequest", "CancellationToken",
+            "_Branch", "EnsembleRun", "Tensor"}
+
+    def run_all():
+        values = np.array([1, 2, 3, 4, 5], np.int32)
+        a = np.array([[1, 2, 3, 4]], np.float32)
+        for model, inputs in [("ens_stream", {"IN": values}), ("ens_ordered", {"IN": values}),
+                              ("ens", {"A": a, "B": a}), ("repeat", {"IN": values}),
+                              ("ens_fail", {"IN": np.array([1], np.int32)})]:
+            resps = sched_server.run(collect(sched_server, make_request(model, inputs)))
+            assert resps[-1].final
+
+    run_all()  # first requests may fill caches that live on
+    time.sleep(0.2)  # the models' threads book their last executions
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        run_all()
+        time.sleep(0.2)
+        gc.collect()
+        kinds = collections.Counter(type(o).__name__ for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert {k: n for k, n in kinds.items() if k in ours} == {}

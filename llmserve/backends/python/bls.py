@@ -144,12 +144,15 @@ class ResponseIterator:
         self._idx = 0
         self._done = False
         self._orphaned = False
+        self._parents = parents
+        self._orphan: Callable[[], None] | None = None  # (it holds self: cleared at the end)
         if parents:
             def orphan() -> None:
                 if all(p.is_cancelled() for p in parents):
                     self._orphaned = True
                     self._cancel.cancel()
 
+            self._orphan = orphan
             for parent in parents:
                 parent.add_callback(orphan)
         # async_exec's caller waits on this event in its own loop instead of blocking it
@@ -234,6 +237,12 @@ class ResponseIterator:
     def _finish(self) -> None:
         self._done = True
         self._idx = len(self._responses)
+        # a finished call leaves its parents' tokens (a stream of calls piles up no
+        # callbacks) and lets go of what would hold it in a cycle
+        for parent in self._parents:
+            parent.remove_callback(self._orphan)
+        # (the reader pace is the call's sink, whose delivery holds this iterator)
+        self._parents, self._orphan, self._read = (), None, None
 
 
 def exec_sync(server: Any, request: CoreRequest) -> InferenceResponse:

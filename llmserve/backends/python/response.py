@@ -133,6 +133,8 @@ class InferenceResponseSender:
 
     def _deliver(self, response: InferenceResponse | None, final: bool) -> None:
         deliver(self._sreq, response, final)
+        if final:  # the request's state points back at this sender: unlinked, both are
+            self._sreq.backend_state.pop("sender", None)  # freed with the request
 
     def is_cancelled(self) -> bool:
         return self._sreq.is_cancelled()

@@ -74,6 +74,9 @@ class StubServer:
         packed = pack_response(self.link, response)
         if final:
             state.final_sent = True
+            # the sender points back at the state: unlinked, both are freed with the
+            # request (a sender asked for later is a new one, equally closed)
+            state.sender = None
             self.requests.pop(state.key, None)
         self.link.send(("resp", state.key, packed, final))
 
