@@ -29,6 +29,8 @@ import logging
 import os
 import time
 
+from llmserve.core.env_numbers import env_number
+
 logger = logging.getLogger(__name__)
 
 ENV = "LLMSERVE_GC_FREEZE"
@@ -104,18 +106,12 @@ def refreeze_after_unload(what: str) -> None:
 
 
 def _warn_ms() -> float:
-    raw = os.environ.get(WARN_ENV, "").strip()
-    if not raw:
-        return DEFAULT_WARN_MS
     try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        logger.warning("%s=%r is not a number of milliseconds >= 0; using %.0f",
-                       WARN_ENV, raw, DEFAULT_WARN_MS)
+        value = env_number(WARN_ENV, float, lambda ms: ms >= 0, "a number of milliseconds >= 0")
+    except ValueError as exc:
+        logger.warning("%s; using %.0f", exc, DEFAULT_WARN_MS)
         return DEFAULT_WARN_MS
-    return value
+    return DEFAULT_WARN_MS if value is None else value
 
 
 def watch_pauses(what: str) -> None:

@@ -28,6 +28,7 @@ from typing import Protocol, TypeVar
 
 import torch
 
+from llmserve.core.env_numbers import env_number
 from llmserve.llm.heap_trim import HeapTrimmer
 
 T = TypeVar("T")
@@ -44,16 +45,7 @@ IDLE_POLL_S = 0.005  # when work exists but nothing fits this step
 def _env_int(name: str, low: int, high: int | None, what: str) -> int | None:
     """The integer in environment variable `name` (None when unset or blank); ValueError
     naming the variable when it is not one within [low, high]."""
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        n = None
-    if n is None or n < low or (high is not None and n > high):
-        raise ValueError(f"{name} must be {what}, got '{value}'")
-    return n
+    return env_number(name, int, lambda n: n >= low and (high is None or n <= high), what)
 
 
 def engine_num_threads() -> int:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import os
 
 import torch
 
+from llmserve.core.env_numbers import env_number
 from llmserve.core.errors import InvalidArgument, Unavailable
 
 from .config import ArchConfig
@@ -25,17 +25,11 @@ DEFAULT_TIMEOUT_S = 120.0
 
 
 def collective_timeout_s() -> float:
-    value = os.environ.get(_TIMEOUT_ENV, "").strip()
-    if not value:
-        return DEFAULT_TIMEOUT_S
     try:
-        seconds = float(value)
-    except ValueError:
-        raise InvalidArgument(f"{_TIMEOUT_ENV} must be a number of seconds, got '{value}'"
-                              ) from None
-    if seconds <= 0:
-        raise InvalidArgument(f"{_TIMEOUT_ENV} must be > 0, got '{value}'")
-    return seconds
+        seconds = env_number(_TIMEOUT_ENV, float, lambda s: s > 0, "a number of seconds > 0")
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
+    return DEFAULT_TIMEOUT_S if seconds is None else seconds
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
