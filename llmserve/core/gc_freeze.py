@@ -52,13 +52,15 @@ def enabled() -> bool:
 def freeze_loaded_heap(what: str, collect: bool = True) -> int:
     """Freeze every object tracked now; returns how many are frozen in all (0 when
     turned off). collect: run a full collection first. Then starts watch_pauses."""
-    if not enabled():
-        watch_pauses(what)
-        return 0
+    frozen = _freeze(what, collect) if enabled() else 0
+    watch_pauses(what)  # after our own collection, which is no stall to warn of
+    return frozen
+
+
+def _freeze(what: str, collect: bool) -> int:
     if collect:
         gc.collect()
     gc.freeze()
-    watch_pauses(what)
     frozen = gc.get_freeze_count()
     logger.debug("%s: %d objects kept out of garbage collection", what, frozen)
     return frozen
@@ -97,12 +99,9 @@ def refreeze_after_unload(what: str) -> None:
     """A model was unloaded: what it leaves in reference cycles was frozen with the rest
     and would never be freed (an in-process engine's model and caches among it). Thaw
     the heap, collect it in full (one pause, as at load) and freeze what is left."""
-    if not enabled():
-        return
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    logger.debug("%s: %d objects kept out of garbage collection", what, gc.get_freeze_count())
+    if enabled():
+        gc.unfreeze()
+        _freeze(what, collect=True)
 
 
 def _warn_ms() -> float:
@@ -121,4 +120,3 @@ def watch_pauses(what: str) -> None:
     if threshold_ms <= 0 or any(isinstance(cb, _PauseWatch) for cb in gc.callbacks):
         return
     gc.callbacks.append(_PauseWatch(what, threshold_ms / 1000))
-
