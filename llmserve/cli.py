@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from llmserve.core.booleans import bool_word
 from llmserve.core.errors import ServerError
 from llmserve.options import ServerOptions
 from llmserve.restrictions import (
@@ -23,9 +24,6 @@ from llmserve.restrictions import (
 )
 
 log = logging.getLogger("llmserve")
-
-_TRUE = {"true", "1", "yes", "on", "t", "y"}
-_FALSE = {"false", "0", "no", "off", "f", "n"}
 
 # tritonserver flags accepted so existing launch scripts keep working; they change nothing.
 IGNORED_FLAGS = (
@@ -40,12 +38,10 @@ IGNORED_FLAGS = (
 
 
 def parse_bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+    value = bool_word(text)
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+    return value
 
 
 def _positive_int(text: str) -> int:

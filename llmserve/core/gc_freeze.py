@@ -29,6 +29,7 @@ import logging
 import os
 import time
 
+from llmserve.core.booleans import bool_word
 from llmserve.core.env_numbers import env_number
 
 logger = logging.getLogger(__name__)
@@ -40,13 +41,14 @@ WARN_EVERY_S = 60.0  # at most one warning a minute, counting the slow ones betw
 
 
 def enabled() -> bool:
-    value = os.environ.get(ENV, "").strip().lower()
-    if value in ("", "1", "true", "yes", "on"):
+    value = os.environ.get(ENV, "")
+    if not value.strip():
         return True
-    if value not in ("0", "false", "no", "off"):
+    parsed = bool_word(value)
+    if parsed is None:
         logger.warning("%s=%r is neither 0 nor 1; the loaded heap is frozen", ENV, value)
         return True
-    return False
+    return parsed
 
 
 def freeze_loaded_heap(what: str, collect: bool = True) -> int:

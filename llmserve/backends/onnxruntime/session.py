@@ -12,6 +12,7 @@ from typing import Any
 import onnxruntime as ort
 from tritonclient.grpc import model_config_pb2 as mc
 
+from llmserve.core.booleans import bool_word
 from llmserve.core.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ _SESSION_INTS = {"intra_op_thread_count": "intra_op_num_threads",
 _SESSION_BOOLS = {"enable_mem_arena": "enable_cpu_mem_arena",
                   "enable_mem_pattern": "enable_mem_pattern"}
 _RUN_ENTRIES = {"memory.enable_memory_arena_shrinkage"}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 @dataclass(slots=True)
@@ -52,13 +51,11 @@ class SessionSettings:
 
 
 def _parse_bool(model: str, key: str, value: str) -> bool:
-    text = value.strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise InvalidArgument(f"unable to load model '{model}': parameter '{key}' expects a "
-                          f"boolean, got '{value}'")
+    parsed = bool_word(value)
+    if parsed is None:
+        raise InvalidArgument(f"unable to load model '{model}': parameter '{key}' expects a "
+                              f"boolean, got '{value}'")
+    return parsed
 
 
 def _parse_int(model: str, key: str, value: str) -> int:

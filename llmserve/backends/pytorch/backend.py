@@ -26,6 +26,7 @@ from llmserve.backends.pytorch.io_mapping import (
     map_io,
 )
 from llmserve.core import datatypes
+from llmserve.core.booleans import bool_word
 from llmserve.core.errors import InternalError, InvalidArgument, ServerError, Unavailable
 from llmserve.repository import model_file_path
 from llmserve.scheduling.batching import concat_inputs, run_and_respond, split_outputs
@@ -40,8 +41,6 @@ _BOOL_PARAMS = {"INFERENCE_MODE": True, "DISABLE_OPTIMIZED_EXECUTION": False,
                 "ENABLE_JIT_PROFILING": None}
 _INT_PARAMS = {"INTRA_OP_THREAD_COUNT", "INTER_OP_THREAD_COUNT"}
 _IGNORED_PARAMS = {"ENABLE_NVFUSER", "ENABLE_TENSOR_FUSER"}
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -55,10 +54,11 @@ def parse_parameters(config: mc.ModelConfig) -> dict[str, Any]:
     for key, value in sorted(config.parameters.items()):
         text = value.string_value.strip()
         if key in _BOOL_PARAMS:
-            if text.lower() not in _TRUE | _FALSE:
+            parsed = bool_word(text)
+            if parsed is None:
                 raise InvalidArgument(f"unable to load model '{config.name}': parameter "
                                       f"'{key}' expects true or false, got '{text}'")
-            params[key] = text.lower() in _TRUE
+            params[key] = parsed
         elif key in _INT_PARAMS:
             try:
                 params[key] = int(text)

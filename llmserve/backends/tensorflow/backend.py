@@ -21,6 +21,7 @@ from llmserve.backends.tensorflow.graph import (
     open_model,
     read_init_ops,
 )
+from llmserve.core.booleans import bool_word
 from llmserve.core.errors import InternalError, InvalidArgument
 from llmserve.repository import model_file_path
 from llmserve.scheduling.batching import concat_inputs, run_and_respond, split_outputs
@@ -56,8 +57,8 @@ class TensorFlowModel(BackendModel):
         self.settings = SessionSettings(
             intra_threads=_count(self.config, "TF_NUM_INTRA_THREADS", 0),
             inter_threads=_count(self.config, "TF_NUM_INTER_THREADS", 0),
-            per_session_threads=_param(self.config, "TF_USE_PER_SESSION_THREADS").lower()
-            in ("true", "on", "1"),
+            per_session_threads=bool_word(_param(self.config,
+                                                 "TF_USE_PER_SESSION_THREADS")) is True,
             graph_tag=_param(self.config, "TF_GRAPH_TAG"),
             signature_def=_param(self.config, "TF_SIGNATURE_DEF"))
         self.share_count = max(1, _count(self.config, "MAX_SESSION_SHARE_COUNT", 1))

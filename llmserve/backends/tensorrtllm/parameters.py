@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmserve.backends.tensorrtllm.values import is_unset, parse_bool
+from llmserve.core.booleans import FALSE_WORDS, TRUE_WORDS
 from llmserve.core.errors import InvalidArgument, Unsupported
 from llmserve.llm.config import (
     BatchingType,
@@ -88,14 +89,14 @@ INEFFECTIVE_PARAMETERS: dict[str, str] = {
 
 # Values of INEFFECTIVE_PARAMETERS that mean "off" and need no warning.
 _HARMLESS = {
-    "FORCE_CPU_ONLY_INPUT_TENSORS": {"no", "false", "0"},
+    "FORCE_CPU_ONLY_INPUT_TENSORS": FALSE_WORDS,
     "executor_worker_path": {"/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"},
     "gpu_weights_percent": {"1", "1.0"},
-    "multi_block_mode": {"true", "1", "yes"},
-    "cuda_graph_mode": {"false", "0", "no"},
+    "multi_block_mode": TRUE_WORDS,
+    "cuda_graph_mode": FALSE_WORDS,
     "cuda_graph_cache_size": {"0"},
-    "enable_context_fmha_fp32_acc": {"false", "0", "no"},
-    "kv_cache_onboard_blocks": {"true", "1", "yes"},
+    "enable_context_fmha_fp32_acc": FALSE_WORDS,
+    "kv_cache_onboard_blocks": TRUE_WORDS,
 }
 
 _LORA_KEYS = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+from llmserve.core.booleans import bool_word
 from llmserve.core.errors import InvalidArgument
 
 _PLACEHOLDER = re.compile(r"^\$\{?\w*\}?$")
@@ -16,9 +17,7 @@ def is_unset(value: str | None) -> bool:
 
 
 def parse_bool(name: str, value: str) -> bool:
-    v = value.strip().lower()
-    if v in ("true", "1", "yes", "on"):
-        return True
-    if v in ("false", "0", "no", "off"):
-        return False
-    raise InvalidArgument(f"parameter '{name}': expected true or false, got '{value}'")
+    parsed = bool_word(value)
+    if parsed is None:
+        raise InvalidArgument(f"parameter '{name}': expected true or false, got '{value}'")
+    return parsed

@@ -13,6 +13,7 @@ from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from llmserve.core.booleans import bool_word
 from llmserve.core.datatypes import config_to_api
 from llmserve.core.errors import ServerError
 from llmserve.frontends.openai.errors import bad_request, model_not_found
@@ -60,7 +61,7 @@ def _param(config: Any, key: str) -> str | None:
 def _bool(value: str | None, default: bool) -> bool:
     if value is None:
         return default
-    return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool_word(value) is True
 
 
 def _context_length(dirs: list[Path]) -> int | None:
