@@ -168,9 +168,21 @@ class BlockManager:
                 self.blocks[old].ref_count -= 1
                 seq.block_table[first] = new
         need = self.blocks_for(seq.num_computed + num_new_tokens) - len(seq.block_table)
-        for _ in range(need):
-            seq.block_table.append(self._pop_free())
-            seq.num_new_blocks += 1
+        # Contiguity: a sequence's blocks in ascending order, and a growing sequence's
+        # next block right after its last when that one is free. The CPU decode kernel
+        # reads a sequence's keys and values block after block; across adjacent blocks
+        # the hardware prefetcher keeps streaming, across scattered ones it starts over
+        # (scripts/bench/step_cost.py; docs/BENCHMARKS.md, session 10: nearly twice
+        # the time scattered). A cached free block is taken out of eviction order that
+        # way only while more than half the pool is free.
+        last = seq.block_table[-1] if need == 1 and seq.block_table else FREED_BLOCK
+        nxt = last + 1 if last >= 0 else -1
+        if nxt in self.free_queue and (self.blocks[nxt].block_hash is None
+                                       or 2 * self.num_free_blocks > self.num_blocks):
+            seq.block_table.append(self._take_free(nxt))
+        else:
+            seq.block_table.extend(sorted(self._pop_free() for _ in range(need)))
+        seq.num_new_blocks += need
         return copies
 
     def cache_full_blocks(self, seq: Sequence, extra: tuple = ()) -> None:
@@ -304,6 +316,13 @@ class BlockManager:
 
     def _pop_free(self) -> int:
         block_id, _ = self.free_queue.popitem(last=False)
+        return self._claim(block_id)
+
+    def _take_free(self, block_id: int) -> int:
+        del self.free_queue[block_id]
+        return self._claim(block_id)
+
+    def _claim(self, block_id: int) -> int:
         block = self.blocks[block_id]
         assert block.ref_count == 0
         if block.block_hash is not None:

@@ -129,3 +129,63 @@ def test_fork_shares_blocks_and_copies_partial_block_on_write():
     bm.free(parent)
     bm.free(child)
     assert bm.num_free_blocks == 8
+
+
+def test_a_sequence_gets_its_blocks_in_ascending_order():
+    """Frees go tail first, so a freed sequence's blocks sit in the queue in descending
+    order; the next sequence to take them gets them ascending (the CPU decode kernel
+    reads adjacent blocks as one stream)."""
+    bm = BlockManager(8, 4, enable_reuse=True)
+    first = make_seq(list(range(16)), 1)
+    prefill(bm, first)
+    assert first.block_table == [0, 1, 2, 3]
+    bm.free(first)  # all four full and cached: queued as 4, ... behind 3, 2, 1, 0 order
+    filler = make_seq([9] * 16, 2)
+    assert bm.allocate_slots(filler, 16) == []  # the four never-used blocks
+    assert filler.block_table == [4, 5, 6, 7]
+    second = make_seq([8] * 16, 3)
+    assert bm.allocate_slots(second, 16) == []  # evicts first's four, newest last
+    assert second.block_table == [0, 1, 2, 3]
+
+
+def test_a_growing_sequence_takes_the_block_after_its_last():
+    bm = BlockManager(8, 4)
+    a, b, c = (make_seq(list(range(4)), rid) for rid in (1, 2, 3))
+    for seq in (a, b, c):
+        assert bm.allocate_slots(seq, 4) == []
+        seq.num_computed = 4
+    assert [s.block_table for s in (a, b, c)] == [[0], [1], [2]]
+    bm.free(b)
+    bm.free(c)  # the queue's front: 2, then 1
+    a.token_ids.append(5)
+    assert bm.allocate_slots(a, 1) == []
+    assert a.block_table == [0, 1]
+    d = make_seq(list(range(8)), 4)
+    assert bm.allocate_slots(d, 8) == []
+    assert d.block_table == [2, 3]
+
+
+def test_a_cached_block_leaves_eviction_order_only_while_half_the_pool_is_free():
+    bm = BlockManager(8, 4, enable_reuse=True)
+    grower = make_seq(list(range(4)), 1)
+    prefill(bm, grower)  # block 0
+    cached = make_seq([7] * 4 + [1], 2)
+    prefill(bm, cached)  # blocks 1 (full, cached) and 2
+    bm.free(cached)  # 2 unhashed to the front, 1 cached at the back
+    hog = make_seq([5] * 16, 3)
+    assert bm.allocate_slots(hog, 16) == []  # 2, 3, 4, 5: 3 blocks left free
+    grower.token_ids.append(5)
+    assert bm.allocate_slots(grower, 1) == []
+    assert grower.block_table == [0, 6]  # not 1: its prefix stays cached
+    assert bm.num_cached_blocks == 2  # grower's block 0 and cached's block 1
+
+    roomy = BlockManager(8, 4, enable_reuse=True)
+    grower = make_seq(list(range(4)), 1)
+    prefill(roomy, grower)
+    cached = make_seq([7] * 4 + [1], 2)
+    prefill(roomy, cached)
+    roomy.free(cached)  # 7 of 8 free
+    grower.token_ids.append(5)
+    assert roomy.allocate_slots(grower, 1) == []
+    assert grower.block_table == [0, 1]  # adjacent, its cached prefix evicted
+    assert roomy.num_cached_blocks == 1
