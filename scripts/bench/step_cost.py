@@ -1,9 +1,10 @@
 """Where one engine step's time goes, against what the machine can do: the ModelRunner's
 forward at the shapes of a 32-stream load (32 decode tokens at contexts 130-200, two
 128-token prefills, and a mixed step of 24 decodes and 232 prefill tokens), the matrix
-products of those shapes in float32 and bfloat16 (GFLOP/s), the paged decode kernel's
-read rate over KV blocks laid out in order and scattered, and a plain read of 64 MiB (the
-memory's rate on one thread). One thread unless THREADS says otherwise; run it alone.
+products of those shapes in float32 and bfloat16 (GFLOP/s; torch's default GEMM and the
+engine's prepacked oneDNN one), prefill attention (SDPA and the paged prefill kernel), the
+paged decode kernel's read rate over KV blocks laid out in order and scattered, and a
+plain read of 64 MiB (the memory's rate on one thread). One thread unless THREADS says otherwise; run it alone.
 
     .venv/bin/python scripts/bench/step_cost.py [MODEL] [--threads 1]
 """
@@ -54,16 +55,61 @@ def forward_costs(model: str) -> None:
 
 
 def gemm_rates(hidden: int, qkv: int, gate_up: int, inter: int) -> None:
+    """torch's default GEMM (F.linear: MKL's sgemm on x86) and the engine's own path
+    (engine/linear.py: oneDNN on weights prepacked at load), float32 and bfloat16."""
+    from llmserve.llm.engine.linear import Linears
+
+    engines = {dtype: Linears(torch.device("cpu"), dtype)
+               for dtype in (torch.float32, torch.bfloat16)}
     for rows in (32, 256):
         for out_f, in_f in ((qkv, hidden), (gate_up, hidden), (hidden, inter)):
             x, w = torch.randn(rows, in_f), torch.randn(out_f, in_f)
             flop = 2 * rows * in_f * out_f
             rates = []
-            for dtype in (torch.float32, torch.bfloat16):
+            for dtype, eng in engines.items():
                 xd, wd = x.to(dtype), w.to(dtype)
-                ms = best_ms(lambda a=xd, b=wd: F.linear(a, b), 200)
-                rates.append(f"{dtype}: {flop / ms / 1e6:.0f} GFLOP/s")
-            print(f"linear [{rows} x {in_f}] x [{in_f} x {out_f}]: " + ", ".join(rates))
+                packed = eng.pack(wd)
+                plain = best_ms(lambda a=xd, b=wd: F.linear(a, b), 200)
+                ours = best_ms(lambda a=xd, b=packed, f=eng.fn: f(a, b, None), 200)
+                rates.append(f"{dtype} F.linear {flop / plain / 1e6:.0f}, "
+                             f"engine {flop / ours / 1e6:.0f}")
+            print(f"linear [{rows} x {in_f}] x [{in_f} x {out_f}], GFLOP/s: "
+                  + "; ".join(rates))
+
+
+def prefill_attention_rates(kv_heads: int, heads: int, head_dim: int) -> None:
+    """One sequence's causal prefill attention, one layer: torch's SDPA (flash attention
+    for CPU) on the new keys against the paged prefill kernel reading the cache."""
+    from llmserve.llm.engine.cpu_kernels import kernels
+
+    if kernels() is None:
+        print("paged prefill kernel: not available (no C compiler)")
+        return
+    for n in (128, 512):
+        sdpa, kernel = _prefill_case(n, kv_heads, heads, head_dim)
+        flop = 4 * heads * head_dim * n * (n + 1) / 2
+        print(f"prefill attention, {n} tokens, one layer: SDPA {sdpa * 1e3:.0f} us, "
+              f"paged prefill kernel {kernel * 1e3:.0f} us ({flop / kernel / 1e6:.0f} GFLOP/s)")
+
+
+def _prefill_case(n: int, kv_heads: int, heads: int, head_dim: int) -> tuple[float, float]:
+    from llmserve.llm.engine.cpu_kernels import paged_prefill
+
+    bs, scale = 32, head_dim**-0.5
+    blocks = n // bs
+    k = torch.randn(blocks + 4, bs, kv_heads, head_dim)
+    v = torch.randn(blocks + 4, bs, kv_heads, head_dim)
+    table = torch.arange(2, 2 + blocks)[None].contiguous()
+    q, out = torch.randn(n, heads, head_dim), torch.empty(n, heads, head_dim)
+    kn, vn = (c[2 : 2 + blocks].reshape(n, kv_heads, head_dim).transpose(0, 1)[None]
+              for c in (k, v))
+    qs = q.transpose(0, 1)[None]
+    zero, length = torch.tensor([0]), torch.tensor([n])
+    sdpa = best_ms(lambda: F.scaled_dot_product_attention(
+        qs, kn, vn, is_causal=True, scale=scale, enable_gqa=True), 50)
+    kernel = best_ms(lambda: paged_prefill(out, q, k, v, table, zero, length, zero, scale,
+                                           None), 50)
+    return sdpa, kernel
 
 
 def decode_kernel_rates(layers: int, kv_heads: int, heads: int, head_dim: int) -> None:
@@ -111,6 +157,7 @@ def main() -> None:
         forward_costs(args.model)
         gemm_rates(arch.hidden_size, arch.num_heads * arch.head_dim + 2 * kv,
                    2 * arch.intermediate_size, arch.intermediate_size)
+        prefill_attention_rates(arch.num_kv_heads, arch.num_heads, arch.head_dim)
         decode_kernel_rates(arch.num_layers, arch.num_kv_heads, arch.num_heads, arch.head_dim)
 
 

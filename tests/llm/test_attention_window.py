@@ -65,7 +65,7 @@ def _run_with_stats(ex: Executor, requests: list[Request]):
 def test_window_matches_transformers_and_frees_blocks(mistral, kernel):
     path, runner, windowed, _ = mistral
     ex = _executor(path, runner, max_attention_window=10)
-    runner._decode_kernel = kernel and runner._decode_kernel
+    runner._attention_kernels = kernel and runner._attention_kernels
     try:
         # 90 and 70 tokens each, in a cache of 64 tokens: only freeing makes them fit
         prompts = [prompt(30, 1), prompt(22, 2)]
@@ -78,7 +78,7 @@ def test_window_matches_transformers_and_frees_blocks(mistral, kernel):
                         _reference(windowed, prompts[1], 48)]
     finally:
         ex.shutdown()
-        runner._decode_kernel = True
+        runner._attention_kernels = True
 
 
 def test_sink_tokens_match_a_reference_mask(mistral):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .cpu_kernels import paged_decode
+from .cpu_kernels import paged_decode, paged_prefill
 from .kv_cache import KVCache
 
 # A block table entry for a block freed because it fell out of every layer's attention
@@ -63,6 +63,17 @@ class DecodeTables:
     context_lens: torch.Tensor  # [count] keys per sequence, the new token's included
 
 
+@dataclass(slots=True)
+class PrefillTables:
+    """The multi-token chunks, for the in-place paged prefill kernel: each reads its keys
+    (its own new ones included) through its block table."""
+
+    block_tables: torch.Tensor  # [chunks, max_blocks] int64, short tables padded with 0
+    starts: torch.Tensor  # [chunks] keys cached before each chunk
+    lens: torch.Tensor  # [chunks] its tokens
+    rows: torch.Tensor  # [chunks] its first row in the step's token stream
+
+
 # Decode sequences are grouped so that no sequence is padded to more than twice its
 # blocks (gather and attention cost follow the padded length); a few groups at most,
 # since each costs a gather and an attention call per layer.
@@ -80,7 +91,8 @@ class StepMetadata:
     num_decode: int
     decode_groups: list[DecodeGroup]  # empty when decode_tables is set
     decode_tables: DecodeTables | None
-    prefills: list[PrefillSeq]
+    prefills: list[PrefillSeq]  # empty when prefill_tables is set
+    prefill_tables: PrefillTables | None
     logit_rows: torch.Tensor | None  # rows of the stream needing logits, in chunk order
     num_logit_rows: int
     chunk_rows: list[int]  # first row of each chunk in the stream, in chunk order
@@ -166,6 +178,26 @@ def _decode_tables(chunks: list[SeqChunk], decode: list[int], block_size: int,
     )
 
 
+def _prefill_tables(chunks: list[SeqChunk], multi: list[int], row_of_chunk: list[int],
+                    block_size: int, device: torch.device) -> PrefillTables:
+    tables: list[list[int]] = []
+    for i in multi:
+        chunk = chunks[i]
+        used = (chunk.start_pos + len(chunk.token_ids) + block_size - 1) // block_size
+        tables.append(_live(chunk.block_table[:used]))
+    width = max(len(t) for t in tables)
+
+    def column(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long).to(device)
+
+    return PrefillTables(
+        block_tables=column([t + [0] * (width - len(t)) for t in tables]),
+        starts=column([chunks[i].start_pos for i in multi]),
+        lens=column([len(chunks[i].token_ids) for i in multi]),
+        rows=column([row_of_chunk[i] for i in multi]),
+    )
+
+
 # Chunks of up to this many tokens (decodes, speculative verifications, short prompt
 # tails) go through the in-place decode kernel one row per token, with no gather.
 KERNEL_MAX_CHUNK = 16
@@ -176,14 +208,15 @@ def build_step(
     block_size: int,
     windows: set[int | None],
     device: torch.device,
-    decode_kernel: bool = False,
+    attention_kernels: bool = False,
     sink: int = 0,
 ) -> StepMetadata:
     """Orders the chunks' tokens (decodes first), computes slots, block tables and masks.
-    decode_kernel: describe single-token and short chunks for the in-place paged kernel
-    (a block table and key count per token) instead of padded, masked decode groups.
-    sink: tokens at the start that windowed layers always attend to."""
-    short = KERNEL_MAX_CHUNK if decode_kernel else 1
+    attention_kernels: describe the chunks for the in-place paged kernels (single-token
+    and short chunks: a block table and key count per token; longer ones: a block table,
+    start and length per chunk) instead of padded, masked decode groups and gathered
+    prefills. sink: tokens at the start that windowed layers always attend to."""
+    short = KERNEL_MAX_CHUNK if attention_kernels else 1
     decode = [i for i, c in enumerate(chunks) if len(c.token_ids) <= short]
     decode.sort(key=lambda i: chunks[i].start_pos, reverse=True)  # longest first
     multi = [i for i, c in enumerate(chunks) if len(c.token_ids) > short]
@@ -205,11 +238,15 @@ def build_step(
 
     tables = None
     groups: list[DecodeGroup] = []
-    if decode and decode_kernel:
+    if decode and attention_kernels:
         tables = _decode_tables(chunks, decode, block_size, device)
     elif decode:
         groups = _decode_groups(chunks, decode, block_size, windows, device, sink)
     prefills: list[PrefillSeq] = []
+    prefill_tables = None
+    if multi and attention_kernels:
+        prefill_tables = _prefill_tables(chunks, multi, row_of_chunk, block_size, device)
+        multi = []
     for i in multi:
         chunk = chunks[i]
         n, start = len(chunk.token_ids), chunk.start_pos
@@ -245,6 +282,7 @@ def build_step(
         decode_groups=groups,
         decode_tables=tables,
         prefills=prefills,
+        prefill_tables=prefill_tables,
         logit_rows=None if in_order else torch.tensor(rows, dtype=torch.long).to(device),
         num_logit_rows=len(rows),
         chunk_rows=row_of_chunk,
@@ -276,11 +314,15 @@ def paged_attention(
                             tables.context_lens, scale, window, meta.sink)
     if len(meta.decode_groups) == 1 and meta.num_decode == num_tokens:
         return _decode(layer, q, cache, meta.decode_groups[0], scale, window, group)
-    out = torch.empty_like(q)
+    out = q.new_empty((num_tokens, num_heads, head_dim))
     if tables is not None:
         nd = meta.num_decode
         out[:nd] = paged_decode(q[:nd], cache.k[layer], cache.v[layer], tables.block_tables,
                                 tables.context_lens, scale, window, meta.sink)
+    pre = meta.prefill_tables
+    if pre is not None:
+        paged_prefill(out, q, cache.k[layer], cache.v[layer], pre.block_tables, pre.starts,
+                      pre.lens, pre.rows, scale, window, meta.sink)
     for dg in meta.decode_groups:
         rows = slice(dg.offset, dg.offset + dg.count)
         out[rows] = _decode(layer, q[rows], cache, dg, scale, window, group)

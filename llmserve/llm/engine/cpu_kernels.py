@@ -26,7 +26,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 _KERNEL_DIR = Path(__file__).with_name("kernels")
-_SOURCES = [_KERNEL_DIR / name for name in ("paged_attention.c", "norm_act.c")]
+_SOURCES = [_KERNEL_DIR / name for name in ("paged_attention.c", "paged_prefill.c", "norm_act.c")]
 _HEADERS = [_KERNEL_DIR / "vector_math.h"]
 # No -ffast-math: its -ffinite-math-only makes the softmax's -INFINITY undefined. Of its
 # parts the kernels keep the ones that change rounding only: no errno and no FP traps
@@ -108,6 +108,10 @@ def _load() -> ctypes.CDLL | None:
     fn.restype = ctypes.c_int
     fn.argtypes = [_PTR, _PTR, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _I64,
                    _I64, _I64, ctypes.c_float, _I64, _I64]
+    fn = lib.paged_prefill_f32
+    fn.restype = ctypes.c_int
+    fn.argtypes = [_PTR, _PTR, _I64, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _I64,
+                   _I64, _I64, _I64, _I64, _I64, ctypes.c_float, _I64, _I64]
     lib.rms_norm_f32.restype = None
     lib.rms_norm_f32.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _I64, ctypes.c_float]
     lib.silu_mul_f32.restype = None
@@ -132,12 +136,13 @@ def kernels() -> ctypes.CDLL | None:
 # The engine calls these functions directly, on tensors whose dtype, device and layout it
 # guarantees by construction (a per-call check of each costs 1-3 us, 60 calls a step);
 # kernel_ops.py registers them as torch ops that check every argument first. The ids
-# the decode kernel follows are checked in C on every call: a context length or block id
-# out of range raises IndexError, as torch's own index ops do.
+# the attention kernels follow are checked in C on every call: a context length, row range
+# or block id out of range raises IndexError, as torch's own index ops do.
 _PAGED_ERRORS = {
     -1: (RuntimeError, "could not allocate its work buffers"),
     -2: (ValueError, "bad sizes (query heads must be a multiple of KV heads, sink < window)"),
-    -3: (IndexError, "a context length is outside [1, block table width x block size]"),
+    -3: (IndexError, "a context length is outside [1, block table width x block size], "
+                     "or a chunk's rows outside q"),
     -4: (IndexError, "a block id is outside the KV cache"),
 }
 
@@ -170,6 +175,39 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         error, what = _PAGED_ERRORS.get(rc, (RuntimeError, f"error {rc}"))
         raise error(f"paged_decode_f32: {what}")
     return out
+
+
+def paged_prefill(out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor,
+                  v_cache: torch.Tensor, block_tables: torch.Tensor, starts: torch.Tensor,
+                  lens: torch.Tensor, rows: torch.Tensor, scale: float, window: int | None,
+                  sink: int = 0) -> None:
+    """Causal attention of multi-token chunks over the paged cache, into out's rows.
+    out: [T, Hq, D] contiguous float32; q: [T, Hq, D] float32, heads contiguous within a
+    row; k/v_cache: [blocks, bs, Hkv, D] contiguous float32, the chunks' own keys written
+    already; block_tables: [C, max_blocks] int64; starts (keys cached before each chunk),
+    lens (its tokens), rows (its first row of q and out): [C] int64. With a window a query
+    sees the first `sink` keys and the last window - sink (its own included). Rows outside
+    the chunks are left as they are. IndexError: a length or block id out of range
+    (checked before any cache row is read)."""
+    lib = kernels()
+    assert lib is not None
+    num_rows, num_heads, head_dim = q.shape
+    num_blocks, block_size, num_kv_heads, _ = k_cache.shape
+    if q.stride(2) != 1 or q.stride(1) != head_dim:
+        q = q.contiguous()
+    if not (out.is_contiguous() and out.shape == q.shape and k_cache.is_contiguous()
+            and v_cache.is_contiguous() and block_tables.is_contiguous()
+            and starts.is_contiguous() and lens.is_contiguous() and rows.is_contiguous()):
+        raise ValueError("paged_prefill needs contiguous out, caches, tables and lengths")
+    rc = lib.paged_prefill_f32(out.data_ptr(), q.data_ptr(), q.stride(0), num_rows,
+                               k_cache.data_ptr(), v_cache.data_ptr(), num_blocks,
+                               block_tables.data_ptr(), starts.data_ptr(), lens.data_ptr(),
+                               rows.data_ptr(), block_tables.shape[0], num_heads,
+                               num_kv_heads, head_dim, block_size, block_tables.shape[1],
+                               scale, window or 0, sink if window else 0)
+    if rc != 0:
+        error, what = _PAGED_ERRORS.get(rc, (RuntimeError, f"error {rc}"))
+        raise error(f"paged_prefill_f32: {what}")
 
 
 def rows_supported(*tensors: torch.Tensor) -> bool:

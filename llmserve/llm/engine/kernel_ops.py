@@ -62,6 +62,42 @@ def _(q, k_cache, v_cache, block_tables, context_lens, scale, window, sink=0):
     return q.new_empty(q.shape)
 
 
+@custom_op("llmserve::paged_prefill", mutates_args=())
+def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  block_tables: torch.Tensor, starts: torch.Tensor, lens: torch.Tensor,
+                  rows: torch.Tensor, scale: float, window: int, sink: int = 0) -> torch.Tensor:
+    """Causal attention of multi-token chunks over the paged cache (their own keys written
+    already): q [T, Hq, D]; k/v_cache [blocks, bs, Hkv, D]; block_tables [C, W] int64;
+    starts, lens, rows [C] int64 (keys cached before chunk c, its tokens, its first row of
+    q). Returns [T, Hq, D], zero in rows outside every chunk. ValueError for a bad tensor
+    or size, IndexError for a length, row or block id out of range."""
+    _available("paged_prefill")
+    if not (q.dim() == 3 and k_cache.dim() == 4 and _cpu_f32(q, k_cache, v_cache)):
+        raise _fail("paged_prefill", "q [T, Hq, D] and the caches [blocks, bs, Hkv, D] must "
+                    "be float32 CPU tensors")
+    if k_cache.shape[3] != q.shape[2] or v_cache.shape != k_cache.shape:
+        raise _fail("paged_prefill", f"caches {tuple(k_cache.shape)} and "
+                    f"{tuple(v_cache.shape)} must match each other and q's head size")
+    chunks = block_tables.shape[0] if block_tables.dim() == 2 else -1
+    columns = (starts, lens, rows)
+    if not (chunks >= 0 and all(c.shape == (chunks,) for c in columns)
+            and all(t.dtype == torch.int64 and t.device.type == "cpu"
+                    for t in (block_tables, *columns))):
+        raise _fail("paged_prefill", "block_tables [C, W] and starts, lens, rows [C] must be "
+                    "int64 CPU tensors")
+    out = torch.zeros(q.shape, dtype=q.dtype)
+    cpu_kernels.paged_prefill(out, q, k_cache.contiguous(), v_cache.contiguous(),
+                              block_tables.contiguous(), starts.contiguous(),
+                              lens.contiguous(), rows.contiguous(), scale, window or None,
+                              sink)
+    return out
+
+
+@paged_prefill.register_fake
+def _(q, k_cache, v_cache, block_tables, starts, lens, rows, scale, window, sink=0):
+    return q.new_empty(q.shape)
+
+
 @custom_op("llmserve::rms_norm", mutates_args=("x",))
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
              delta: torch.Tensor | None = None) -> torch.Tensor:

@@ -68,9 +68,9 @@ class ModelRunner:
         self.kv_cache: KVCache | None = None
         self.host_pool: HostKVPool | None = None
         self.sink_tokens = 0  # attention sinks of the windowed layers
-        # CPU float32: decode attention reads the paged cache in place (a C kernel)
-        self._decode_kernel = (self.device.type == "cpu" and arch.dtype == torch.float32
-                               and kernels() is not None)
+        # CPU float32: decode and prefill attention read the paged cache in place (C kernels)
+        self._attention_kernels = (self.device.type == "cpu" and arch.dtype == torch.float32
+                                   and kernels() is not None)
         self.lora_source: LoraSource | None = None  # resolves SeqChunk.lora_task_id
         self._lora = LoraBatchBuilder()
         for window in set(arch.layer_windows) - {None}:
@@ -229,7 +229,7 @@ class ModelRunner:
 
     def _forward(self, chunks: list[SeqChunk], cache: KVCache, max_end: int) -> torch.Tensor:
         meta = build_step(chunks, cache.block_size, self.model.window_set, self.device,
-                          self._decode_kernel, self.sink_tokens)
+                          self._attention_kernels, self.sink_tokens)
         embeds = self._prompt_embeddings(chunks, meta.chunk_rows, meta.input_ids)
         self.rope.ensure(max_end)
         cos = self.rope.cos.index_select(0, meta.positions)

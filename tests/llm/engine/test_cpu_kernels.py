@@ -1,6 +1,7 @@
-"""The C decode-attention kernel that reads the paged KV cache in place equals
-scaled_dot_product_attention over each sequence's gathered keys, and the engine gives
-the same logits with and without it; so do the fused RMSNorm, SiLU * up and RoPE row kernels."""
+"""The C decode- and prefill-attention kernels that read the paged KV cache in place
+equal scaled_dot_product_attention over each sequence's gathered keys, and the engine
+gives the same logits with and without them; so do the fused RMSNorm, SiLU * up and RoPE
+row kernels."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import torch.nn.functional as F
 from engine_helpers import BlockPool, random_tokens
 
 from llmserve.llm.engine import ModelRunner, SeqChunk
-from llmserve.llm.engine.cpu_kernels import kernels, paged_decode, rms_norm, rope, silu_mul
+from llmserve.llm.engine.cpu_kernels import (
+    kernels,
+    paged_decode,
+    paged_prefill,
+    rms_norm,
+    rope,
+    silu_mul,
+)
 
 pytestmark = pytest.mark.skipif(kernels() is None, reason="no C compiler for the CPU kernels")
 
@@ -128,6 +136,105 @@ def test_kernel_checks_only_the_blocks_a_window_reads():
         paged_decode(q, k, v, torch.tensor([[0, 1, 2, 5]]), lens, 0.3, 4, sink=4)
 
 
+def _prefill_reference(q, k, v, table, start, n, row, scale, window, sink):
+    """SDPA over chunk's gathered keys with the engine's causal / window / sink mask."""
+    block_size, num_kv, head_dim = k.shape[1:]
+    ctx = start + n
+    keys = k[table].reshape(-1, num_kv, head_dim)[:ctx].transpose(0, 1)
+    vals = v[table].reshape(-1, num_kv, head_dim)[:ctx].transpose(0, 1)
+    key_pos, query_pos = torch.arange(ctx)[None, :], torch.arange(start, ctx)[:, None]
+    mask = key_pos <= query_pos
+    if window:
+        mask &= (key_pos > query_pos - (window - sink)) | (key_pos < sink)
+    qs = q[row : row + n].transpose(0, 1)
+    o = F.scaled_dot_product_attention(qs, keys, vals, attn_mask=mask, scale=scale,
+                                       enable_gqa=True)
+    return o.transpose(0, 1)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2), (8, 1), (40, 1)])
+@pytest.mark.parametrize("window,sink", [(None, 0), (7, 0), (9, 3)])
+@pytest.mark.parametrize("block_size", [4, 64])  # blocks smaller and larger than a tile
+def test_prefill_kernel_matches_sdpa(heads, kv_heads, window, sink, block_size):
+    check_prefill(heads, kv_heads, window, sink, block_size, head_dim=16)
+
+
+@pytest.mark.parametrize("head_dim", [24, 64, 128])  # unvectorised P V; specialised sizes
+def test_prefill_kernel_head_sizes(head_dim):
+    check_prefill(6, 2, None, 0, 16, head_dim)
+    check_prefill(4, 2, 11, 2, 8, head_dim)
+
+
+def check_prefill(heads, kv_heads, window, sink, block_size, head_dim):
+    gen = torch.Generator().manual_seed(heads * 7 + block_size + head_dim)
+    num_blocks = 600 // block_size + 8
+    k = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen)
+    v = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen)
+    # (start, length): a fresh prompt, chunks after a cached prefix, a prompt tail
+    # longer than a key tile, and one shorter than a row tile
+    spans = [(0, 37), (9, 20), (50, 3), (0, 70), (33, 1)]
+    rows, row = [], 2  # rows 0-1 and the gap after each chunk belong to no chunk
+    for _, n in spans:
+        rows.append(row)
+        row += n + 1
+    width = max((s + n + block_size - 1) // block_size for s, n in spans)
+    perm = torch.randperm(num_blocks, generator=gen)
+    tables = perm[: len(spans) * width].view(len(spans), width).contiguous()
+    qkv = torch.randn(row, heads + 2 * kv_heads, head_dim, generator=gen)
+    q = qkv[:, :heads]  # a slice of a wider tensor, as the engine passes it
+    out = torch.full((row, heads, head_dim), 7.0)
+    scale = head_dim**-0.5
+    paged_prefill(out, q, k, v, tables, torch.tensor([s for s, _ in spans]),
+                  torch.tensor([n for _, n in spans]), torch.tensor(rows), scale, window, sink)
+    covered = torch.zeros(row, dtype=torch.bool)
+    for c, (start, n) in enumerate(spans):
+        ref = _prefill_reference(q, k, v, tables[c], start, n, rows[c], scale, window, sink)
+        torch.testing.assert_close(out[rows[c] : rows[c] + n], ref, atol=1e-5, rtol=1e-5)
+        covered[rows[c] : rows[c] + n] = True
+    assert (out[~covered] == 7.0).all()  # rows outside every chunk are left alone
+
+
+def test_prefill_kernel_never_reads_blocks_outside_the_window():
+    """The blocks no query of the chunk attends hold NaN (freed and reused, or marked -1
+    in the table): the result is finite and equal to the reference."""
+    gen = torch.Generator().manual_seed(5)
+    block_size, window, sink, start, n = 4, 6, 2, 20, 9
+    k, v = torch.randn(16, block_size, 2, 16, generator=gen), torch.randn(16, 4, 2, 16,
+                                                                          generator=gen)
+    table = torch.arange(1, 9)  # keys 0-31 of which 0-28 exist
+    q = torch.randn(n, 4, 16, generator=gen)
+    ref = _prefill_reference(q, k, v, table, start, n, 0, 0.25, window, sink)
+    # the first query (position 20) attends 0, 1 and 17-20: blocks 0, 4 and 5 on
+    for blk in (1, 2, 3):
+        k[table[blk]] = v[table[blk]] = float("nan")
+    freed = table.clone()
+    freed[1:4] = -1
+    for tab in (table, freed):
+        out = torch.empty(n, 4, 16)
+        paged_prefill(out, q, k, v, tab[None].contiguous(), torch.tensor([start]),
+                      torch.tensor([n]), torch.tensor([0]), 0.25, window, sink)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("table,start,n,row,match", [
+    ([0, 8], 2, 4, 0, "block id"),  # 8 blocks in the cache: ids 0-7
+    ([0, -1], 2, 4, 0, "block id"),
+    ([0, 1], 6, 3, 0, "context length"),  # 9 keys, wider than the 2-block table
+    ([0, 1], 0, 0, 0, "context length"),
+    ([0, 1], 0, 4, 3, "rows outside q"),  # rows 3-6 of a 5-row q
+])
+def test_prefill_kernel_rejects_ids_out_of_range(table, start, n, row, match):
+    k = torch.randn(8, 4, 2, 8)
+    out = torch.empty(5, 4, 8)
+    with pytest.raises(IndexError, match=match):
+        paged_prefill(out, torch.randn(5, 4, 8), k, k.clone(), torch.tensor([table]),
+                      torch.tensor([start]), torch.tensor([n]), torch.tensor([row]), 1.0,
+                      None)
+    with pytest.raises(ValueError, match="sink < window"):
+        paged_prefill(out, torch.randn(5, 4, 8), k, k.clone(), torch.tensor([[0, 1]]),
+                      torch.tensor([0]), torch.tensor([4]), torch.tensor([0]), 1.0, 3, 3)
+
+
 def test_kernels_are_built_without_finite_math():
     from llmserve.llm.engine import cpu_kernels
 
@@ -145,20 +252,24 @@ def test_engine_logits_same_with_and_without_kernel(tmp_path, family):
     path = make_tiny_checkpoint(tmp_path, family.split("_")[0], **kwargs)
     runner = ModelRunner(path)
     runner.allocate_kv_cache(64, 4)
-    assert runner._decode_kernel
+    assert runner._attention_kernels
     vocab = runner.arch.vocab_size
     prompts = [random_tokens(n, vocab, seed=n) for n in (3, 11, 17)]
     pool = BlockPool(64)
     tables = [pool.table_for([], len(p) + 3, 4) for p in prompts]
     runner.forward([SeqChunk(p, 0, t, "none") for p, t in zip(prompts, tables, strict=True)])
     # decodes and a 3-token chunk over a cached prefix (a speculative verification):
-    # the kernel takes the short chunk one row per token
+    # the decode kernel takes the short chunk one row per token; a 20-token chunk over
+    # another cached prefix and a fresh 19-token prompt go to the prefill kernel
+    long_table = pool.table_for([], 40, 4)
+    runner.forward([SeqChunk(prompts[2], 0, long_table, "none")])
     step = [SeqChunk([5], len(prompts[0]), tables[0], "last"),
             SeqChunk([5, 9, 11], len(prompts[1]), tables[1], "all"),
-            SeqChunk([6], len(prompts[2]), tables[2], "last")]
+            SeqChunk(random_tokens(20, vocab, seed=1), len(prompts[2]), long_table, "all"),
+            SeqChunk(random_tokens(19, vocab, seed=2), 0, pool.table_for([], 19, 4), "all")]
     with_kernel = runner.forward(step)
-    assert with_kernel.shape[0] == 5
-    runner._decode_kernel = False
+    assert with_kernel.shape[0] == 1 + 3 + 20 + 19
+    runner._attention_kernels = False
     without = runner.forward(step)
     torch.testing.assert_close(with_kernel, without, atol=1e-5, rtol=1e-5)
 

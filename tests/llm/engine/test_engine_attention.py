@@ -80,5 +80,5 @@ def test_sink_masks_and_freed_table_entries():
     group = meta.decode_groups[0]
     assert group.blocks.tolist() == [7, 8, 8]
     assert group.masks[5][0, 0, 0].nonzero().flatten().tolist() == [0, 1, 7, 8, 9]
-    kernel = build_step(chunks, 4, {None, 5}, CPU, decode_kernel=True, sink=2)
+    kernel = build_step(chunks, 4, {None, 5}, CPU, attention_kernels=True, sink=2)
     assert kernel.decode_tables.block_tables.tolist() == [[4, 6, 6], [4, 6, 6], [7, 8, 8]]

@@ -169,12 +169,12 @@ def test_forward_validates_chunks(tmp_path):
 
 def test_out_of_range_ids_are_invalid_argument_on_every_path(tmp_path):
     # The runner scans no ids on the CPU path: torch's embedding and index ops and the C
-    # decode kernel raise IndexError, and forward() names the chunk. Each case reaches a
-    # different one: the decode kernel (a context block), index_copy_ (the new token's
-    # slot), the embedding (a token), the gather of a cached prefix (a long chunk).
+    # attention kernels raise IndexError, and forward() names the chunk. Each case reaches
+    # a different one: the decode kernel (a context block), index_copy_ (the new token's
+    # slot), the embedding (a token), the prefill kernel (a cached prefix of a long chunk).
     runner = ModelRunner(make_tiny_checkpoint(tmp_path, "llama", with_tokenizer=False))
     runner.allocate_kv_cache(num_blocks=8, block_size=4)
-    assert runner._decode_kernel
+    assert runner._attention_kernels
     good = SeqChunk([5], 0, [0], "last")
     # (-1 is FREED_BLOCK: a block behind an attention window, allowed where never read)
     cases = [  # (chunk, what the runner reports, the IndexError that caught it)
@@ -183,7 +183,7 @@ def test_out_of_range_ids_are_invalid_argument_on_every_path(tmp_path):
         (SeqChunk([5, 320], 0, [2], "last"), "token id", "index out of range"),
         (SeqChunk([5], 4, [1, FREED_BLOCK], "last"), "the new tokens' blocks", "index_copy_"),
         (SeqChunk(list(range(5, 25)), 4, [-2, 2, 3, 4, 5, 6], "last"), "block id",
-         "index out of range"),
+         "paged_prefill_f32"),
     ]
     for bad, what, source in cases:
         with pytest.raises(InvalidArgument, match=f"chunk 1: {what}") as err:

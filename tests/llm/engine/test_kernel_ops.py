@@ -24,8 +24,19 @@ def _decode_args():
     return q, k, v, torch.tensor([[3, 5], [1, 0]]), torch.tensor([6, 3]), 0.3, 0
 
 
+def _prefill_args():
+    gen = torch.Generator().manual_seed(1)
+    k, v = torch.randn(16, 4, 2, 8, generator=gen), torch.randn(16, 4, 2, 8, generator=gen)
+    q = torch.randn(7, 4, 8, generator=gen)
+    # a 5-token chunk after 3 cached keys (rows 0-4), a fresh 2-token one (rows 5-6)
+    return (q, k, v, torch.tensor([[3, 5], [1, 0]]), torch.tensor([3, 0]),
+            torch.tensor([5, 2]), torch.tensor([0, 5]), 0.3, 0)
+
+
 def test_opcheck_every_op():
     torch.library.opcheck(ops.paged_decode.default, _decode_args())
+    torch.library.opcheck(ops.paged_prefill.default, _prefill_args())
+    torch.library.opcheck(ops.paged_prefill.default, (*_prefill_args()[:-1], 4, 1))  # sinks
     torch.library.opcheck(ops.paged_decode.default, (*_decode_args()[:-1], 5, 2))  # sinks
     x, w, d = torch.randn(3, 16), torch.randn(16), torch.randn(3, 16)
     torch.library.opcheck(ops.rms_norm.default, (x.clone(), w, 1e-6, d))
@@ -70,6 +81,22 @@ def test_ops_reject_tensors_of_the_wrong_kind():
             pytest.fail(case)
     with pytest.raises(IndexError, match="block id"):
         ops.paged_decode(q, k, v, torch.tensor([[3, 16], [1, 0]]), lens, scale, window)
+    q, k, v, tables, starts, lens, rows, scale, window = _prefill_args()
+    bad_prefill = {
+        "float64 cache": (q, k.double(), v.double(), tables, starts, lens, rows),
+        "one start too many": (q, k, v, tables, torch.tensor([3, 0, 0]), lens, rows),
+        "int32 rows": (q, k, v, tables, starts, lens, rows.int()),
+        "a flat table": (q, k, v, tables.flatten(), starts, lens, rows),
+    }
+    for case, args in bad_prefill.items():
+        with pytest.raises(ValueError, match="llmserve::paged_prefill"):
+            ops.paged_prefill(*args, scale, window)
+            pytest.fail(case)
+    with pytest.raises(IndexError, match="block id"):
+        ops.paged_prefill(q, k, v, torch.tensor([[3, 5], [16, 0]]), starts, lens, rows,
+                          scale, window)
+    with pytest.raises(IndexError, match="rows outside q"):
+        ops.paged_prefill(q, k, v, tables, starts, lens, torch.tensor([0, 6]), scale, window)
     with pytest.raises(ValueError, match="llmserve::rms_norm"):
         ops.rms_norm(torch.randn(3, 16), torch.randn(8), 1e-6)
     with pytest.raises(ValueError, match="llmserve::rms_norm"):

@@ -43,7 +43,7 @@ def test_bf16_checkpoint_keeps_bf16_weights_under_float32_activations(tmp_path, 
     assert (arch.dtype, arch.weight_dtype, arch.weight_only_precision) == (
         torch.float32, torch.bfloat16, None)
     kernels_built = kernels() is not None
-    assert runner._decode_kernel == runner.model.row_kernels == kernels_built  # float32 kernels
+    assert runner._attention_kernels == runner.model.row_kernels == kernels_built  # float32 kernels
     tokens = random_tokens(20, arch.vocab_size, seed=5)
     logits = _logits(runner, tokens)
     for reference_dtype in (torch.bfloat16, torch.float32):
