@@ -147,6 +147,22 @@ _PAGED_ERRORS = {
 }
 
 
+def _heads_contiguous(q: torch.Tensor) -> torch.Tensor:
+    """q [T, H, D] whose heads and dims are one run per row (any row stride)."""
+    return q if q.stride(2) == 1 and q.stride(1) == q.shape[2] else q.contiguous()
+
+
+def _require_contiguous(op: str, *tensors: torch.Tensor) -> None:
+    if not all(t.is_contiguous() for t in tensors):
+        raise ValueError(f"{op} needs contiguous caches, block tables and lengths")
+
+
+def _raise_on(kernel: str, rc: int) -> None:
+    if rc != 0:
+        error, what = _PAGED_ERRORS.get(rc, (RuntimeError, f"error {rc}"))
+        raise error(f"{kernel}: {what}")
+
+
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  block_tables: torch.Tensor, context_lens: torch.Tensor, scale: float,
                  window: int | None, sink: int = 0) -> torch.Tensor:
@@ -158,22 +174,17 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     before any cache row is read)."""
     lib = kernels()
     assert lib is not None
+    q = _heads_contiguous(q)
+    _require_contiguous("paged_decode", k_cache, v_cache, block_tables, context_lens)
     batch, num_heads, head_dim = q.shape
     num_blocks, block_size, num_kv_heads, _ = k_cache.shape
-    if q.stride(2) != 1 or q.stride(1) != head_dim:
-        q = q.contiguous()
-    if not (k_cache.is_contiguous() and v_cache.is_contiguous()
-            and block_tables.is_contiguous() and context_lens.is_contiguous()):
-        raise ValueError("paged_decode needs contiguous caches, block tables and lengths")
     out = torch.empty(batch, num_heads, head_dim, dtype=q.dtype)
     rc = lib.paged_decode_f32(out.data_ptr(), q.data_ptr(), q.stride(0), k_cache.data_ptr(),
                               v_cache.data_ptr(), num_blocks, block_tables.data_ptr(),
                               context_lens.data_ptr(), batch, num_heads, num_kv_heads,
                               head_dim, block_size, block_tables.shape[1], scale,
                               window or 0, sink if window else 0)
-    if rc != 0:
-        error, what = _PAGED_ERRORS.get(rc, (RuntimeError, f"error {rc}"))
-        raise error(f"paged_decode_f32: {what}")
+    _raise_on("paged_decode_f32", rc)
     return out
 
 
@@ -187,27 +198,24 @@ def paged_prefill(out: torch.Tensor, q: torch.Tensor, k_cache: torch.Tensor,
     already; block_tables: [C, max_blocks] int64; starts (keys cached before each chunk),
     lens (its tokens), rows (its first row of q and out): [C] int64. With a window a query
     sees the first `sink` keys and the last window - sink (its own included). Rows outside
-    the chunks are left as they are. IndexError: a length or block id out of range
+    the chunks are left as they are. IndexError: a length, row or block id out of range
     (checked before any cache row is read)."""
     lib = kernels()
     assert lib is not None
+    q = _heads_contiguous(q)
+    _require_contiguous("paged_prefill", out, k_cache, v_cache, block_tables, starts, lens,
+                        rows)
+    if out.shape != q.shape:
+        raise ValueError(f"paged_prefill: out {tuple(out.shape)} must have q's shape")
     num_rows, num_heads, head_dim = q.shape
     num_blocks, block_size, num_kv_heads, _ = k_cache.shape
-    if q.stride(2) != 1 or q.stride(1) != head_dim:
-        q = q.contiguous()
-    if not (out.is_contiguous() and out.shape == q.shape and k_cache.is_contiguous()
-            and v_cache.is_contiguous() and block_tables.is_contiguous()
-            and starts.is_contiguous() and lens.is_contiguous() and rows.is_contiguous()):
-        raise ValueError("paged_prefill needs contiguous out, caches, tables and lengths")
     rc = lib.paged_prefill_f32(out.data_ptr(), q.data_ptr(), q.stride(0), num_rows,
                                k_cache.data_ptr(), v_cache.data_ptr(), num_blocks,
                                block_tables.data_ptr(), starts.data_ptr(), lens.data_ptr(),
                                rows.data_ptr(), block_tables.shape[0], num_heads,
                                num_kv_heads, head_dim, block_size, block_tables.shape[1],
                                scale, window or 0, sink if window else 0)
-    if rc != 0:
-        error, what = _PAGED_ERRORS.get(rc, (RuntimeError, f"error {rc}"))
-        raise error(f"paged_prefill_f32: {what}")
+    _raise_on("paged_prefill_f32", rc)
 
 
 def rows_supported(*tensors: torch.Tensor) -> bool:
