@@ -82,3 +82,24 @@ def test_sink_masks_and_freed_table_entries():
     assert group.masks[5][0, 0, 0].nonzero().flatten().tolist() == [0, 1, 7, 8, 9]
     kernel = build_step(chunks, 4, {None, 5}, CPU, attention_kernels=True, sink=2)
     assert kernel.decode_tables.block_tables.tolist() == [[4, 6, 6], [4, 6, 6], [7, 8, 8]]
+
+
+def test_kernel_step_describes_long_chunks_by_table_start_and_rows():
+    """With the attention kernels, chunks over KERNEL_MAX_CHUNK tokens are described for
+    the prefill kernel (no masks, no gathered blocks); freed entries read as the
+    sequence's own last block, short tables are padded."""
+    from llmserve.llm.engine.attention import FREED_BLOCK, KERNEL_MAX_CHUNK
+
+    long = KERNEL_MAX_CHUNK + 4
+    chunks = [SeqChunk(list(range(long)), 6, [3, FREED_BLOCK, 9, 4, 5, 8, 2], "last"),
+              SeqChunk([7], 4, [1, 0], "last"),
+              SeqChunk(list(range(long)), 0, [6, 7, 10, 11, 12], "none")]
+    meta = build_step(chunks, 4, {None, 8}, CPU, attention_kernels=True, sink=2)
+    assert meta.prefills == [] and meta.num_decode == 1
+    pre = meta.prefill_tables
+    assert pre.block_tables.tolist() == [[3, 2, 9, 4, 5, 8, 2], [6, 7, 10, 11, 12, 0, 0]]
+    assert pre.starts.tolist() == [6, 0] and pre.lens.tolist() == [long, long]
+    assert pre.rows.tolist() == [1, 1 + long]  # after the decode row, in chunk order
+    assert meta.chunk_rows == [1, 0, 1 + long]
+    plain = build_step(chunks, 4, {None, 8}, CPU, sink=2)
+    assert plain.prefill_tables is None and len(plain.prefills) == 2
