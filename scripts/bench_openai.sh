@@ -4,6 +4,7 @@
 #
 #   scripts/bench_openai.sh [llmserve|vllm|both]        (default: both)
 #   scripts/bench_openai_report.py build/bench_openai   # markdown tables of the results
+#   scripts/bench_openai_report.py OUT1 OUT2 ... --ratios   # repeated pairs, median ratios
 #
 # Environment (defaults in brackets):
 #   MODEL_DIR   checkpoint + tokenizer folder, absolute        [models/demo-llm]

@@ -1,10 +1,14 @@
 """Markdown tables from the aiperf results that scripts/bench_openai.sh leaves in OUT.
 
     python scripts/bench_openai_report.py [OUT] [--summary]   (default build/bench_openai)
+    python scripts/bench_openai_report.py OUT1 OUT2 ... --ratios
 
 prints, per run (endpoint x concurrency), llmserve and vLLM side by side: TTFT, ITL,
 request latency, output tokens/s, requests/s, errors, and the load average (uptime) taken
-before each run; --summary prints one line per run instead.
+before each run; --summary prints one line per run instead. --ratios compares several
+result folders (repeated pairs of the same benchmark): per run, output tok/s llmserve /
+vLLM and their ratio in each folder, the median ratio, and ITL p99 and TTFT p50 likewise:
+one run of a shared machine is not a verdict, the spread over several is.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -115,22 +120,65 @@ def summary(out: Path, names: list[str]) -> str:
     return "\n".join(lines)
 
 
+RATIO_METRICS = [("output tok/s", "output_token_throughput", "avg", 0),
+                 ("ITL p99 ms", "inter_token_latency", "p99", 1),
+                 ("TTFT p50 ms", "time_to_first_token", "p50", 0)]
+
+
+def ratios(outs: list[Path]) -> str:
+    """One table per metric: a row per run name, a column per folder (llmserve / vLLM
+    (ratio)), and the median ratio over the folders that have the run."""
+    names: list[str] = []
+    for out in outs:
+        names += [n for n in run_names(out) if n not in names]
+    blocks = []
+    for label, metric, stat, digits in RATIO_METRICS:
+        lines = [f"**{label}, llmserve / vLLM (ratio)**", "",
+                 "| run | " + " | ".join(o.name for o in outs) + " | median ratio |",
+                 "|---|" + "---:|" * (len(outs) + 1)]
+        for name in names:
+            cells, found = [], []
+            for out in outs:
+                ours, peer = (_stat(_load(out / s / name) or {}, metric, stat)
+                              for s in SYSTEMS)
+                if ours is None or peer is None or not peer:
+                    cells.append("-")
+                    continue
+                found.append(ours / peer)
+                cells.append(f"{_fmt(ours, digits)} / {_fmt(peer, digits)} "
+                             f"({ours / peer:.2f}x)")
+            if found:
+                median = f"{statistics.median(found):.2f}x"
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {median} |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", nargs="?", type=Path, default=Path("build/bench_openai"))
+    parser.add_argument("out", nargs="*", type=Path, default=[Path("build/bench_openai")])
     parser.add_argument("--summary", action="store_true", help="one line per run")
+    parser.add_argument("--ratios", action="store_true",
+                        help="compare several result folders, with median ratios")
     args = parser.parse_args(argv)
-    names = run_names(args.out)
-    if not names:
-        print(f"no aiperf results under {args.out}", file=sys.stderr)
+    missing = [out for out in args.out if not run_names(out)]
+    if missing:
+        print(f"no aiperf results under {', '.join(map(str, missing))}", file=sys.stderr)
         return 1
-    env = args.out / "environment.txt"
+    if args.ratios:
+        print(ratios(args.out))
+        return 0
+    if len(args.out) > 1:
+        parser.error("several result folders need --ratios")
+    out = args.out[0]
+    names = run_names(out)
+    env = out / "environment.txt"
     if env.is_file():
         print("```\n" + env.read_text().strip() + "\n```\n")
     if args.summary:
-        print(summary(args.out, names))
+        print(summary(out, names))
     else:
-        print("\n\n".join(table(args.out, name) for name in names))
+        print("\n\n".join(table(out, name) for name in names))
     return 0
 
 
