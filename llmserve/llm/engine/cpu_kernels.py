@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 _KERNEL_DIR = Path(__file__).with_name("kernels")
 _SOURCES = [_KERNEL_DIR / name for name in ("paged_attention.c", "paged_prefill.c", "norm_act.c")]
-_HEADERS = [_KERNEL_DIR / "vector_math.h"]
+_HEADERS = [_KERNEL_DIR / name for name in ("paged_common.h", "vector_math.h")]
 # No -ffast-math: its -ffinite-math-only makes the softmax's -INFINITY undefined. Of its
 # parts the kernels keep the ones that change rounding only: no errno and no FP traps
 # (so loops with expf vectorise), fused multiply-adds (-std=c11 alone turns contraction

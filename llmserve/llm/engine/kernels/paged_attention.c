@@ -13,9 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "paged_common.h"
 #include "vector_math.h"
-
-enum { PAGED_NO_MEMORY = -1, PAGED_BAD_SHAPE = -2, PAGED_BAD_LENGTH = -3, PAGED_BAD_BLOCK = -4 };
 
 static inline float dot(const float *restrict a, const float *restrict b, int64_t n) {
     float acc = 0.0f;
@@ -111,23 +110,6 @@ static inline __attribute__((always_inline)) void attend(float *restrict out, co
         const float *a = acc + r * head_dim;
         for (int64_t d = 0; d < head_dim; d++) o[d] = a[d] * maxs[r];
     }
-}
-
-/* The keys a query at context length ctx attends: [0, *sink_end) and [*start, ctx). With
- * a window, its sink first tokens and the last window - sink (itself included); the
- * blocks between the two ranges are never read (they may be freed). */
-static inline void key_ranges(int64_t ctx, int64_t window, int64_t sink, int64_t *sink_end,
-                              int64_t *start) {
-    const int64_t lo = window > 0 ? ctx - (window - sink) : 0;
-    *start = lo > sink ? lo : 0;
-    *sink_end = lo > sink ? sink : 0;
-}
-
-static inline int blocks_in_cache(const int64_t *table, int64_t lo, int64_t hi,
-                                  int64_t block_size, int64_t num_blocks) {
-    for (int64_t blk = lo / block_size; blk * block_size < hi; blk++)
-        if (table[blk] < 0 || table[blk] >= num_blocks) return 0;
-    return 1;
 }
 
 /* Checks every id the kernel will follow before it reads the cache: a context length

@@ -22,10 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "paged_common.h"
 #include "vector_math.h"
-
-enum { PREFILL_NO_MEMORY = -1, PREFILL_BAD_SHAPE = -2, PREFILL_BAD_LENGTH = -3,
-       PREFILL_BAD_BLOCK = -4 };
 
 #define KT 32 /* keys per tile */
 #define RV 32 /* query rows per vector block: the rows of an item, padded, in lanes */
@@ -46,7 +44,7 @@ typedef struct {
     const float *k_cache;
     const float *v_cache;
     int64_t q_stride, out_stride; /* floats between the rows of q, of out */
-    int64_t group, qt, block_size, tok_stride, block_stride, window, sink;
+    int64_t group, block_size, tok_stride, block_stride, window, sink;
     float scale;
 } prefill_args;
 
@@ -57,21 +55,6 @@ typedef struct {
     float *qT, *s, *m, *l, *corr, *tmax, *acc;
     int64_t *pos, *lo;
 } scratch;
-
-/* The keys the queries at positions [p_first, ...] attend: [0, *sink_end) and from *lo
- * on (up to the last position). */
-static inline void tile_keys(int64_t p_first, int64_t window, int64_t sink,
-                             int64_t *sink_end, int64_t *lo) {
-    *sink_end = 0;
-    *lo = 0;
-    if (window > 0) {
-        const int64_t first = p_first - (window - sink) + 1;
-        if (first > sink) {
-            *lo = first;
-            *sink_end = sink;
-        }
-    }
-}
 
 /* One key tile [t0, t0 + kt) (inside one block) against the item's rows [0, rows_pad). */
 static inline __attribute__((always_inline)) void key_tile(
@@ -231,8 +214,8 @@ static inline __attribute__((always_inline)) void attend_tile(
                            (h * group + (r < rows ? r % group : 0)) * head_dim;
         for (int64_t d = 0; d < head_dim; d++) w->qT[d * rows_pad + r] = src[d] * a->scale;
     }
-    int64_t sink_end, lo;
-    tile_keys(start + i0, a->window, a->sink, &sink_end, &lo);
+    int64_t sink_end, lo; /* the keys of the item's first query: the others see more */
+    key_ranges(start + i0 + 1, a->window, a->sink, &sink_end, &lo);
     key_range(a, table, h, 0, sink_end, rows_pad, head_dim, w);
     key_range(a, table, h, lo, start + i0 + qt, rows_pad, head_dim, w);
     for (int64_t r = 0; r < rows; r++) {
@@ -244,19 +227,12 @@ static inline __attribute__((always_inline)) void attend_tile(
     }
 }
 
-static int blocks_ok(const int64_t *table, int64_t lo, int64_t hi, int64_t block_size,
-                     int64_t num_blocks) {
-    for (int64_t blk = lo / block_size; blk * block_size < hi; blk++)
-        if (table[blk] < 0 || table[blk] >= num_blocks) return 0;
-    return 1;
-}
-
 /* out: [num_rows, num_heads, head_dim] contiguous. q: head stride head_dim, token stride
  * q_stride. k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim].
  * block_tables: [num_chunks, max_blocks]; starts, lens, rows: [num_chunks]. window <= 0:
  * no window; else 0 <= sink < window. Rows of out outside every chunk are not written.
- * Returns 0 or one of the PREFILL_* errors (nothing has been read from the cache when a
- * shape, length or block id is bad). */
+ * Returns 0 or one of the PAGED_* errors of paged_common.h (nothing has been read from the
+ * cache when a shape, length or block id is bad). */
 int paged_prefill_f32(float *out, const float *q, int64_t q_stride, int64_t num_rows,
                       const float *k_cache, const float *v_cache, int64_t num_blocks,
                       const int64_t *block_tables, const int64_t *starts,
@@ -267,11 +243,11 @@ int paged_prefill_f32(float *out, const float *q, int64_t q_stride, int64_t num_
     if (num_kv_heads < 1 || num_heads < num_kv_heads || num_heads % num_kv_heads != 0 ||
         head_dim < 1 || block_size < 1 || num_chunks < 0 ||
         (window > 0 && (sink < 0 || sink >= window)))
-        return PREFILL_BAD_SHAPE;
+        return PAGED_BAD_SHAPE;
     const int64_t group = num_heads / num_kv_heads;
     const int64_t qt_max = group < RV ? RV / group : 1; /* positions per item */
     const prefill_args a = {q, out, k_cache, v_cache, q_stride, num_heads * head_dim, group,
-                            qt_max, block_size, num_kv_heads * head_dim,
+                            block_size, num_kv_heads * head_dim,
                             block_size * num_kv_heads * head_dim, window,
                             window > 0 ? sink : 0, scale};
     /* every id the items will follow, before any of them runs */
@@ -280,13 +256,13 @@ int paged_prefill_f32(float *out, const float *q, int64_t q_stride, int64_t num_
         const int64_t ctx = starts[c] + lens[c];
         if (starts[c] < 0 || lens[c] < 1 || ctx > max_blocks * block_size || rows[c] < 0 ||
             rows[c] + lens[c] > num_rows)
-            return PREFILL_BAD_LENGTH;
-        int64_t sink_end, lo;
-        tile_keys(starts[c], a.window, a.sink, &sink_end, &lo);
+            return PAGED_BAD_LENGTH;
+        int64_t sink_end, lo; /* the keys of the chunk's first query, and all after it */
+        key_ranges(starts[c] + 1, a.window, a.sink, &sink_end, &lo);
         const int64_t *table = block_tables + c * max_blocks;
-        if (!blocks_ok(table, 0, sink_end, block_size, num_blocks) ||
-            !blocks_ok(table, lo, ctx, block_size, num_blocks))
-            return PREFILL_BAD_BLOCK;
+        if (!blocks_in_cache(table, 0, sink_end, block_size, num_blocks) ||
+            !blocks_in_cache(table, lo, ctx, block_size, num_blocks))
+            return PAGED_BAD_BLOCK;
         items += (lens[c] + qt_max - 1) / qt_max * num_kv_heads;
     }
     const int64_t rows_max = (qt_max * group + RV - 1) / RV * RV;
@@ -314,10 +290,8 @@ int paged_prefill_f32(float *out, const float *q, int64_t q_stride, int64_t num_
         for (int64_t item = 0; item < items; item++) {
             if (!ok) continue;
             int64_t c = 0, rest = item; /* find the item's chunk (few chunks per step) */
-            while (rest >= (lens[c] + qt_max - 1) / qt_max * num_kv_heads) {
-                rest -= (lens[c] + qt_max - 1) / qt_max * num_kv_heads;
-                c++;
-            }
+            for (int64_t n; rest >= (n = (lens[c] + qt_max - 1) / qt_max * num_kv_heads); c++)
+                rest -= n;
             const int64_t tile = rest / num_kv_heads, h = rest % num_kv_heads;
             const int64_t i0 = tile * qt_max;
             const int64_t qt = lens[c] - i0 < qt_max ? lens[c] - i0 : qt_max;
@@ -340,5 +314,5 @@ int paged_prefill_f32(float *out, const float *q, int64_t q_stride, int64_t num_
         free(w.pos);
         free(w.lo);
     }
-    return failed ? PREFILL_NO_MEMORY : 0;
+    return failed ? PAGED_NO_MEMORY : 0;
 }
